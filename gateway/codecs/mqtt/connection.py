@@ -1,0 +1,170 @@
+"""The MQTT connection state machine, sans-I/O, for either side of a link.
+
+Used like h11: ``receive_data(bytes)`` (``b""`` means end of stream), then
+``next_event()`` until it returns ``NEED_DATA``; ``send(packet)`` returns the
+bytes to write.
+"""
+
+from __future__ import annotations
+
+from enum import Enum, auto
+from typing import Final
+
+from .errors import MQTTProtocolError, ReasonCode
+from .packets import ConnAck, Connect, Disconnect, Packet, PacketType
+from .serialize import decode_packet, encode_packet
+from .wire import MAX_REMAINING_LENGTH, decode_varint
+
+
+class _Sentinel(Enum):
+    NEED_DATA = auto()
+    CLOSED = auto()
+
+
+NEED_DATA: Final = _Sentinel.NEED_DATA
+"""``next_event()`` needs more bytes before it can return a packet."""
+
+CLOSED: Final = _Sentinel.CLOSED
+"""The peer ended the stream cleanly between packets."""
+
+Event = Packet | _Sentinel
+
+# Which packet types each side may send (spec 2.1.2, "Direction of flow").
+_FROM_CLIENT = frozenset(
+    {
+        PacketType.CONNECT,
+        PacketType.PUBLISH,
+        PacketType.PUBACK,
+        PacketType.PUBREC,
+        PacketType.PUBREL,
+        PacketType.PUBCOMP,
+        PacketType.SUBSCRIBE,
+        PacketType.UNSUBSCRIBE,
+        PacketType.PINGREQ,
+        PacketType.DISCONNECT,
+    }
+)
+_FROM_SERVER = frozenset(
+    {
+        PacketType.CONNACK,
+        PacketType.PUBLISH,
+        PacketType.PUBACK,
+        PacketType.PUBREC,
+        PacketType.PUBREL,
+        PacketType.PUBCOMP,
+        PacketType.SUBACK,
+        PacketType.UNSUBACK,
+        PacketType.PINGRESP,
+    }
+)
+
+
+class Role(Enum):
+    SERVER = auto()
+    CLIENT = auto()
+
+
+class State(Enum):
+    AWAIT_CONNECT = auto()
+    CONNECTED = auto()
+    CLOSED = auto()
+
+
+# Compacting the receive buffer costs a copy; do it only once this much is consumed.
+_COMPACT_AT = 65536
+
+
+class MQTTConnection:
+    """One side of an MQTT connection: framing, direction and ordering rules."""
+
+    def __init__(
+        self, role: Role = Role.SERVER, *, max_packet_size: int = MAX_REMAINING_LENGTH
+    ) -> None:
+        self.role = role
+        self.max_packet_size = max_packet_size
+        self.state = State.AWAIT_CONNECT
+        self.protocol_level = 4
+        self._buf = bytearray()
+        self._pos = 0
+        self._eof = False
+        self._allowed_in = _FROM_CLIENT if role is Role.SERVER else _FROM_SERVER
+
+    def receive_data(self, data: bytes) -> None:
+        if data:
+            self._buf += data
+        else:
+            self._eof = True
+
+    def next_event(self) -> Event:
+        """Return the next complete packet, ``NEED_DATA`` or ``CLOSED``."""
+        buf = self._buf
+        pos = self._pos
+        end = len(buf)
+        if pos >= end:
+            if pos:
+                del buf[:pos]
+                self._pos = 0
+            if self._eof:
+                self.state = State.CLOSED
+                return CLOSED
+            return NEED_DATA
+        if self.state is State.AWAIT_CONNECT and self.role is Role.SERVER and buf[pos] != 0x10:
+            # Refuse at the first byte: waiting for a length that garbage announces could stall.
+            raise MQTTProtocolError("first packet is not CONNECT", ReasonCode.PROTOCOL_ERROR)
+        decoded = decode_varint(buf, pos + 1, end)
+        if decoded is None:
+            return self._short()
+        length, body_start = decoded
+        # 1 byte type + varint + body; refuse before buffering a huge packet.
+        if length + (body_start - pos) > self.max_packet_size:
+            raise MQTTProtocolError(
+                f"packet of {length} bytes exceeds the maximum {self.max_packet_size}",
+                ReasonCode.PACKET_TOO_LARGE,
+            )
+        body_end = body_start + length
+        if body_end > end:
+            return self._short()
+        type_byte = buf[pos]
+        body = bytes(buf[body_start:body_end])
+        if body_end >= _COMPACT_AT or body_end == end:
+            del buf[:body_end]
+            self._pos = 0
+        else:
+            self._pos = body_end
+        packet = decode_packet(type_byte, body)
+        self._check_order(PacketType(type_byte >> 4), packet)
+        return packet
+
+    def _short(self) -> Event:
+        if self._eof:
+            raise MQTTProtocolError("stream ended inside a packet")
+        return NEED_DATA
+
+    def _check_order(self, ptype: PacketType, packet: Packet) -> None:
+        if ptype not in self._allowed_in:
+            raise MQTTProtocolError(
+                f"{ptype.name} may not be sent by the peer", ReasonCode.PROTOCOL_ERROR
+            )
+        if self.state is State.AWAIT_CONNECT:
+            first = PacketType.CONNECT if self.role is Role.SERVER else PacketType.CONNACK
+            if ptype is not first:
+                raise MQTTProtocolError(
+                    f"expected {first.name}, got {ptype.name}", ReasonCode.PROTOCOL_ERROR
+                )
+            if isinstance(packet, Connect):
+                self.protocol_level = packet.protocol_level
+            self.state = State.CONNECTED
+        elif self.state is State.CONNECTED:
+            if ptype is PacketType.CONNECT:
+                raise MQTTProtocolError("second CONNECT", ReasonCode.PROTOCOL_ERROR)
+            if ptype is PacketType.DISCONNECT:
+                self.state = State.CLOSED
+        else:
+            raise MQTTProtocolError(f"{ptype.name} after DISCONNECT", ReasonCode.PROTOCOL_ERROR)
+
+    def send(self, packet: Packet) -> bytes:
+        data = encode_packet(packet)
+        refused = isinstance(packet, ConnAck) and packet.return_code != 0
+        if isinstance(packet, Disconnect) or refused:
+            self.state = State.CLOSED
+        return data

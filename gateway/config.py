@@ -1,0 +1,208 @@
+"""Typed, frozen configuration, decoded once from TOML.
+
+Every error names the file, the key and the problem; ``load`` raises
+``ConfigError`` before anything opens a port. docs/config.md documents each key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+Protocol = Literal["mqtt", "stomp", "http"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["auto", "json", "console"]
+
+# Protocols whose listeners exist today; the others are accepted by the schema
+# so that the error can say they are not built yet rather than "unknown".
+BUILT_PROTOCOLS: frozenset[str] = frozenset({"mqtt"})
+DEFAULT_PORTS = {"mqtt": 1883, "stomp": 61613, "http": 8080}
+
+
+class ConfigError(Exception):
+    """A configuration problem: ``str(err)`` is the whole message for the operator."""
+
+    def __init__(self, source: str, key: str, problem: str) -> None:
+        self.source = source
+        self.key = key
+        self.problem = problem
+        where = f"{source}: {key}" if key else source
+        super().__init__(f"{where}: {problem}")
+
+
+class _Base(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ListenerConfig(_Base, frozen=True):
+    protocol: Protocol
+    bind: str
+    name: str = ""
+    connect_timeout: float = 10.0
+    max_packet_size: int = 16 * 1024 * 1024
+    max_connections: int = 100_000
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.protocol}:{self.bind}"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return parse_bind(self.bind)
+
+
+class GatewaySection(_Base, frozen=True):
+    data_dir: str = "./data"
+    drain_timeout: float = 5.0
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "auto"
+
+
+class Config(_Base, frozen=True):
+    gateway: GatewaySection = GatewaySection()
+    listeners: tuple[ListenerConfig, ...] = ()
+    source: str = "<defaults>"
+
+
+def parse_bind(bind: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[v6]:PORT`` for IPv6) and check both parts."""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]\s]+):(\d{1,5})", bind)
+    if match is None:
+        raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:1883 or [::1]:1883), got {bind!r}")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if port > 65535:
+        raise ValueError(f"port {port} is out of range 0-65535")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?", host):
+            raise ValueError(f"{host!r} is neither an IP address nor a host name") from None
+    return host, port
+
+
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+
+
+def _explain(exc: msgspec.ValidationError) -> tuple[str, str]:
+    """Turn msgspec's message into (dotted key, problem)."""
+    match = _AT.match(str(exc))
+    assert match is not None
+    msg, path = match.group("msg"), (match.group("path") or "").lstrip(".")
+    unknown = re.fullmatch(r"Object contains unknown field `(.+)`", msg)
+    if unknown:
+        return _join(path, unknown.group(1)), "unknown key"
+    missing = re.fullmatch(r"Object missing required field `(.+)`", msg)
+    if missing:
+        return _join(path, missing.group(1)), "required key is missing"
+    return path, msg[0].lower() + msg[1:]
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _validate(config: Config) -> None:
+    src = config.source
+    if config.gateway.drain_timeout < 0:
+        raise ConfigError(src, "gateway.drain_timeout", "must be zero or more seconds")
+    names: set[str] = set()
+    for i, listener in enumerate(config.listeners):
+        key = f"listeners[{i}]"
+        try:
+            parse_bind(listener.bind)
+        except ValueError as exc:
+            raise ConfigError(src, f"{key}.bind", str(exc)) from None
+        if listener.protocol not in BUILT_PROTOCOLS:
+            raise ConfigError(
+                src,
+                f"{key}.protocol",
+                f"{listener.protocol!r} listeners are not built yet "
+                f"(available: {', '.join(sorted(BUILT_PROTOCOLS))})",
+            )
+        if listener.connect_timeout <= 0:
+            raise ConfigError(src, f"{key}.connect_timeout", "must be more than 0 seconds")
+        if not 64 <= listener.max_packet_size <= 268_435_460:
+            raise ConfigError(
+                src, f"{key}.max_packet_size", "must be between 64 and 268435460 bytes"
+            )
+        if listener.max_connections < 1:
+            raise ConfigError(src, f"{key}.max_connections", "must be at least 1")
+        if listener.label in names:
+            raise ConfigError(src, f"{key}.name", f"duplicate listener name {listener.label!r}")
+        names.add(listener.label)
+
+
+def loads(text: str, source: str = "<string>") -> Config:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, "", f"invalid TOML: {exc}") from None
+    raw.pop("source", None)
+    try:
+        config = msgspec.convert(raw, Config, strict=True)
+    except msgspec.ValidationError as exc:
+        key, problem = _explain(exc)
+        raise ConfigError(source, key, problem) from None
+    config = msgspec.structs.replace(config, source=source)
+    _validate(config)
+    return config
+
+
+def load(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), "", f"cannot read: {exc.strerror or exc}") from None
+    return loads(text, str(path))
+
+
+def default() -> Config:
+    """The built-in defaults: one MQTT listener on all interfaces, as conf/gateway.toml."""
+    return Config(listeners=(ListenerConfig(protocol="mqtt", bind="0.0.0.0:1883"),))
+
+
+def parse_listen(spec: str) -> ListenerConfig:
+    """Parse a ``--listen PROTO=HOST:PORT`` option."""
+    proto, sep, bind = spec.partition("=")
+    if not sep or proto not in DEFAULT_PORTS:
+        raise ConfigError(
+            "--listen", spec, "expected PROTO=HOST:PORT with PROTO one of mqtt, stomp, http"
+        )
+    try:
+        parse_bind(bind)
+    except ValueError as exc:
+        raise ConfigError("--listen", spec, str(exc)) from None
+    return msgspec.convert({"protocol": proto, "bind": bind}, ListenerConfig)
+
+
+def override(
+    config: Config,
+    *,
+    listen: Sequence[ListenerConfig] = (),
+    data_dir: str | None = None,
+    log_level: str | None = None,
+) -> Config:
+    """Apply command-line options: each ``--listen`` replaces that protocol's listeners."""
+    replaced = {item.protocol for item in listen}
+    listeners: Iterable[ListenerConfig] = [
+        *(item for item in config.listeners if item.protocol not in replaced),
+        *listen,
+    ]
+    gateway = config.gateway
+    if data_dir is not None:
+        gateway = msgspec.structs.replace(gateway, data_dir=data_dir)
+    if log_level is not None:
+        gateway = msgspec.convert(
+            {**msgspec.structs.asdict(gateway), "log_level": log_level}, GatewaySection
+        )
+    result = msgspec.structs.replace(config, gateway=gateway, listeners=tuple(listeners))
+    _validate(result)
+    return result

@@ -1,0 +1,67 @@
+"""The one neutral message every protocol maps to and from."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from types import MappingProxyType
+from typing import Final
+
+EMPTY_HEADERS: Final[Mapping[str, str]] = MappingProxyType({})
+
+# Ids are unique within a process and increase across restarts: they start at
+# the boot time in microseconds, which a restart cannot repeat below ~1M msg/s.
+_ids = itertools.count(time.time_ns() // 1000)
+next_message_id = _ids.__next__
+
+
+class Kind(Enum):
+    """The two kinds of destination (ARCHITECTURE.md, address model)."""
+
+    TOPIC = "topic"
+    QUEUE = "queue"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Origin:
+    """Where a message entered the gateway; bridges use it to avoid loops."""
+
+    protocol: str
+    listener: str = ""
+    client_id: str = ""
+
+
+NO_ORIGIN: Final = Origin(protocol="internal")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Message:
+    """An immutable message; fan-out shares one instance among all receivers.
+
+    ``destination`` is a topic name (levels separated by ``/``) when ``kind`` is
+    TOPIC, or a queue name when it is QUEUE. ``qos`` is the publisher's quality
+    of service; 1 and above means persistent. ``expiry`` is absolute, in
+    seconds since the epoch, or None for never.
+    """
+
+    destination: str
+    payload: bytes
+    kind: Kind = Kind.TOPIC
+    headers: Mapping[str, str] = field(default_factory=lambda: EMPTY_HEADERS)
+    qos: int = 0
+    retain: bool = False
+    priority: int = 4
+    expiry: float | None = None
+    content_type: str | None = None
+    correlation_id: bytes | None = None
+    reply_to: str | None = None
+    message_id: int = field(default_factory=next_message_id)
+    timestamp: float = field(default_factory=time.time)
+    origin: Origin = NO_ORIGIN
+
+    @property
+    def persistent(self) -> bool:
+        return self.qos > 0

@@ -1,0 +1,105 @@
+"""The MQTT listener: one reader and one writer per TCP connection.
+
+The reader takes large chunks, decodes every complete packet in them and hands
+each to the connection's ``MQTTSession``; all output goes through the
+connection's ``Outbox``. The reader's cancel scope doubles as the connect and
+keep-alive timer (1.5 times the client's keep-alive, spec 3.1.2.10).
+"""
+
+from __future__ import annotations
+
+import math
+
+import trio
+
+from ..codecs import mqtt
+from ..codecs.mqtt import CLOSED, NEED_DATA, MQTTConnection, MQTTProtocolError
+from ..config import ListenerConfig
+from ..core import Broker
+from ._serve import Connection, Handler
+from .mqtt_session import MQTTSession
+from .outbox import Outbox
+
+READ_SIZE = 65536
+# How long a closing connection may take to flush what it still has to send.
+CLOSE_TIMEOUT = 5.0
+
+
+def mqtt_handler(broker: Broker, config: ListenerConfig) -> Handler:
+    async def handle(stream: trio.SocketStream, conn: Connection) -> None:
+        codec = MQTTConnection(max_packet_size=config.max_packet_size)
+        outbox = Outbox()
+        session = MQTTSession(
+            broker,
+            outbox.write,
+            conn.stop,
+            listener=config.label,
+            writable=lambda: outbox.writable,
+        )
+        session.log = conn.log
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(outbox.run, stream)
+            try:
+                await _read(stream, codec, session, conn, config)
+            finally:
+                session.connection_ended()
+                outbox.finish()
+                nursery.cancel_scope.deadline = trio.current_time() + CLOSE_TIMEOUT
+
+    return handle
+
+
+async def _read(
+    stream: trio.SocketStream,
+    codec: MQTTConnection,
+    session: MQTTSession,
+    conn: Connection,
+    config: ListenerConfig,
+) -> None:
+    with conn.reading() as timer:
+        timer.deadline = trio.current_time() + config.connect_timeout
+        while True:
+            data = await stream.receive_some(READ_SIZE)
+            codec.receive_data(data)
+            try:
+                while True:
+                    event = codec.next_event()
+                    if event is NEED_DATA:
+                        break
+                    if event is CLOSED:
+                        session.log.info(
+                            "mqtt.connection.eof", connected=session.session is not None
+                        )
+                        return
+                    session.handle(event)
+                    if conn.stop_reason is not None or codec.state is mqtt.State.CLOSED:
+                        return
+            except MQTTProtocolError as exc:
+                _refuse(exc, codec, session, conn)
+                return
+            if session.session is not None:
+                timer.deadline = (
+                    trio.current_time() + 1.5 * session.keep_alive
+                    if session.keep_alive
+                    else math.inf
+                )
+    if timer.cancelled_caught and conn.stop_reason is None:
+        if session.session is None:
+            session.log.info("mqtt.connect.timeout", after=config.connect_timeout)
+        else:
+            session.log.info("mqtt.keep_alive.expired", keep_alive=session.keep_alive)
+
+
+def _refuse(
+    exc: MQTTProtocolError, codec: MQTTConnection, session: MQTTSession, conn: Connection
+) -> None:
+    """Answer a protocol error as the spec says, log it once; the caller closes."""
+    session.log.warning(
+        "mqtt.protocol_error",
+        error=str(exc),
+        reason_code=int(exc.reason),
+        connected=session.session is not None,
+    )
+    if exc.connack_code is not None and codec.state is mqtt.State.AWAIT_CONNECT:
+        # 3.1.1 answers a CONNECT it cannot accept with a CONNACK code (3.1.4).
+        session.send(mqtt.encode_packet(mqtt.ConnAck(return_code=exc.connack_code)))

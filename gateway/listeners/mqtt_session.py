@@ -1,0 +1,191 @@
+"""The MQTT session adapter: codec events in, core calls out; deliveries in, bytes out.
+
+It performs no I/O. The listener feeds it packets and gives it two callbacks:
+``send`` (append bytes to the connection's outbound buffer) and ``stop`` (end
+the connection). That makes the whole protocol state testable without a socket.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+from ..codecs import mqtt
+from ..codecs.mqtt import ConnectReturnCode, MQTTProtocolError, ReasonCode
+from ..core import Broker, CloseReason, Message, Origin, Session
+from ..logging import get_logger
+
+# Highest QoS granted to subscriptions until QoS 1/2 delivery exists (issue 4).
+MAX_QOS = 0
+
+
+# Fan-out hands every subscriber the same Message in turn, so remembering the
+# last encoding makes it one encode per publish instead of one per subscriber.
+_last_encoded: tuple[Message, bool, bytes] | None = None
+
+
+def _encode_qos0(message: Message, retain: bool) -> bytes:
+    global _last_encoded
+    last = _last_encoded
+    if last is not None and last[0] is message and last[1] is retain:
+        return last[2]
+    data = mqtt.encode_publish(
+        mqtt.Publish(topic=message.destination, payload=message.payload, retain=retain)
+    )
+    _last_encoded = (message, retain, data)
+    return data
+
+
+class MQTTSession:
+    """Implements the core's ``Sink`` for one MQTT connection."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        send: Callable[[bytes], None],
+        stop: Callable[[object], None],
+        *,
+        listener: str = "",
+        writable: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.broker = broker
+        self.send = send
+        self.stop = stop
+        self.listener = listener
+        self.writable = writable
+        self.log = get_logger()
+        self.codec_level = 4
+        self.session: Session | None = None
+        self.client_id = ""
+        self.keep_alive = 0
+        self.will: mqtt.Will | None = None
+        self.origin = Origin(protocol="mqtt", listener=listener)
+        self.dropped = 0
+        self._awaiting_rel: set[int] = set()
+
+    # -- packets from the client -------------------------------------------------
+
+    def handle(self, packet: mqtt.Packet) -> None:
+        match packet:
+            case mqtt.Publish():
+                self._on_publish(packet)
+            case mqtt.PubRel(packet_id=pid):
+                self._awaiting_rel.discard(pid)
+                self.send(mqtt.encode_packet(mqtt.PubComp(packet_id=pid)))
+            case mqtt.Subscribe():
+                self._on_subscribe(packet)
+            case mqtt.Unsubscribe(packet_id=pid, topic_filters=filters):
+                assert self.session is not None
+                for topic_filter in filters:
+                    self.broker.unsubscribe(self.session, topic_filter)
+                self.send(mqtt.encode_packet(mqtt.UnsubAck(packet_id=pid)))
+            case mqtt.PingReq():
+                self.send(b"\xd0\x00")
+            case mqtt.Disconnect():
+                # A normal disconnect discards the will (3.1.2.5).
+                self.will = None
+                self.log.info("mqtt.disconnect")
+            case mqtt.Connect():
+                self._on_connect(packet)
+            case mqtt.PubAck() | mqtt.PubRec() | mqtt.PubComp():
+                # Only answers to QoS 1/2 deliveries, which are not granted yet.
+                raise MQTTProtocolError(
+                    f"{type(packet).__name__} for a delivery never sent", ReasonCode.PROTOCOL_ERROR
+                )
+            case mqtt.ConnAck() | mqtt.SubAck() | mqtt.UnsubAck() | mqtt.PingResp():
+                raise AssertionError("the codec refuses server-to-client packets")
+
+    def _on_connect(self, packet: mqtt.Connect) -> None:
+        self.codec_level = packet.protocol_level
+        client_id = packet.client_id
+        if not client_id:
+            if not packet.clean_start or packet.protocol_level == 3:
+                self._refuse(
+                    ConnectReturnCode.IDENTIFIER_REJECTED, "empty client id needs clean session"
+                )
+                return
+            client_id = f"auto-{uuid.uuid4().hex}"
+        self.client_id = client_id
+        self.keep_alive = packet.keep_alive
+        self.will = packet.will
+        self.origin = Origin(protocol="mqtt", listener=self.listener, client_id=client_id)
+        self.log = self.log.bind(client_id=client_id)
+        self.session = self.broker.open_session(client_id, self)
+        self.send(mqtt.encode_packet(mqtt.ConnAck(session_present=False, return_code=0)))
+        self.log.info(
+            "mqtt.connect.accepted",
+            protocol_level=packet.protocol_level,
+            clean_start=packet.clean_start,
+            keep_alive=packet.keep_alive,
+        )
+
+    def _refuse(self, code: ConnectReturnCode, why: str) -> None:
+        self.send(mqtt.encode_packet(mqtt.ConnAck(return_code=code)))
+        self.log.info("mqtt.connect.rejected", return_code=int(code), reason=why)
+        self.stop("connect refused")
+
+    def _on_publish(self, packet: mqtt.Publish) -> None:
+        qos = packet.qos
+        if qos == 2 and packet.packet_id in self._awaiting_rel:
+            # A resent QoS 2 PUBLISH before PUBREL: deliver once (4.3.3).
+            self.send(mqtt.encode_packet(mqtt.PubRec(packet_id=packet.packet_id)))
+            return
+        self.broker.publish(
+            Message(
+                destination=packet.topic,
+                payload=packet.payload,
+                qos=qos,
+                retain=packet.retain,
+                origin=self.origin,
+            )
+        )
+        if qos == 1:
+            assert packet.packet_id is not None
+            self.send(mqtt.encode_packet(mqtt.PubAck(packet_id=packet.packet_id)))
+        elif qos == 2:
+            assert packet.packet_id is not None
+            self._awaiting_rel.add(packet.packet_id)
+            self.send(mqtt.encode_packet(mqtt.PubRec(packet_id=packet.packet_id)))
+
+    def _on_subscribe(self, packet: mqtt.Subscribe) -> None:
+        assert self.session is not None
+        codes = []
+        for topic_filter, qos in packet.subscriptions:
+            codes.append(self.broker.subscribe(self.session, topic_filter, min(qos, MAX_QOS)))
+        self.send(
+            mqtt.encode_packet(mqtt.SubAck(packet_id=packet.packet_id, return_codes=tuple(codes)))
+        )
+
+    # -- the core's Sink -----------------------------------------------------------
+
+    def deliver(self, message: Message, qos: int, retain: bool) -> None:
+        if not self.writable():
+            # A QoS 0 delivery to a peer that is a high-water mark behind is dropped.
+            self.dropped += 1
+            return
+        self.send(_encode_qos0(message, retain))
+
+    def close(self, reason: CloseReason) -> None:
+        self.log.info("mqtt.session.closed_by_core", reason=reason.value)
+        self.stop(reason)
+
+    # -- end of the connection -----------------------------------------------------
+
+    def connection_ended(self) -> None:
+        """The connection is gone: publish the will unless DISCONNECT discarded it."""
+        if self.session is None:
+            return
+        self.broker.close_session(self.session)
+        self.session = None
+        if self.will is not None:
+            will, self.will = self.will, None
+            self.log.info("mqtt.will.published", topic=will.topic)
+            self.broker.publish(
+                Message(
+                    destination=will.topic,
+                    payload=will.payload,
+                    qos=will.qos,
+                    retain=will.retain,
+                    origin=self.origin,
+                )
+            )

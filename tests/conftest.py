@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import io
+import os
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+
+from gateway import config as config_mod
+from gateway import logging as gw_logging
+from gateway.app import Gateway
+
+# Every networked test runs under trio.fail_after(NET_TIMEOUT) or a subprocess timeout.
+NET_TIMEOUT = 20
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _logging() -> None:
+    gw_logging.configure("debug", "json", io.StringIO())
+
+
+def make_config(tmp_path: os.PathLike[str], **listener: object) -> config_mod.Config:
+    text = f"""
+[gateway]
+data_dir = "{os.fspath(tmp_path)}/data"
+drain_timeout = 2.0
+
+[[listeners]]
+protocol = "mqtt"
+bind = "127.0.0.1:0"
+""" + "".join(f"{key} = {value!r}\n" for key, value in listener.items())
+    return config_mod.loads(text, "test.toml")
+
+
+@pytest.fixture
+async def gateway(nursery: trio.Nursery, tmp_path: os.PathLike[str]) -> AsyncIterator[Gateway]:
+    """A gateway with one MQTT listener on an ephemeral loopback port."""
+    gw = Gateway(make_config(tmp_path))
+    with trio.fail_after(NET_TIMEOUT):
+        await nursery.start(gw.run)
+    yield gw
+    gw.stop()
+    with trio.fail_after(NET_TIMEOUT):
+        await gw.stopped.wait()
+
+
+def upstream_reachable(host: str, port: int) -> None:
+    """Skip (or, with GATEWAY_TEST_REQUIRE_UPSTREAMS=1, fail) when a server is down."""
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return
+    except OSError as exc:
+        why = f"upstream {host}:{port} unreachable: {exc}"
+    if os.environ.get("GATEWAY_TEST_REQUIRE_UPSTREAMS") == "1":
+        pytest.fail(why)
+    pytest.skip(why)

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway import config
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+@pytest.mark.parametrize("path", sorted(CONF.glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path: Path) -> None:
+    loaded = config.load(path)
+    assert loaded.source == str(path)
+    assert loaded.listeners
+
+
+def test_default_file_matches_the_built_in_defaults() -> None:
+    loaded = config.load(CONF / "gateway.toml")
+    builtin = config.default()
+    assert [(item.protocol, item.bind) for item in loaded.listeners] == [
+        (item.protocol, item.bind) for item in builtin.listeners
+    ]
+    assert loaded.gateway == builtin.gateway
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        ("[gateway]\nbogus = 1\n", "gateway.bogus", "unknown key"),
+        (
+            "[[listeners]]\nprotocol = 'mqtt'\nbind = 'x:1'\nport = 3\n",
+            "listeners[0].port",
+            "unknown key",
+        ),
+        ("[[listeners]]\nprotocol = 'mqtt'\n", "listeners[0].bind", "required key is missing"),
+        ("[[listeners]]\nprotocol = 'mqtt'\nbind = 1883\n", "listeners[0].bind", "expected `str`"),
+        ("[[listeners]]\nprotocol = 'mqtt'\nbind = 'nohost'\n", "listeners[0].bind", "HOST:PORT"),
+        (
+            "[[listeners]]\nprotocol = 'mqtt'\nbind = '1.2.3.4:70000'\n",
+            "listeners[0].bind",
+            "out of range",
+        ),
+        (
+            "[[listeners]]\nprotocol = 'amqp'\nbind = 'a:1'\n",
+            "listeners[0].protocol",
+            "invalid enum",
+        ),
+        (
+            "[[listeners]]\nprotocol = 'stomp'\nbind = 'a:1'\n",
+            "listeners[0].protocol",
+            "not built yet",
+        ),
+        ("[gateway]\ndrain_timeout = 'soon'\n", "gateway.drain_timeout", "expected `float`"),
+        ("[gateway]\nlog_level = 'loud'\n", "gateway.log_level", "invalid enum"),
+        (
+            "[[listeners]]\nprotocol = 'mqtt'\nbind = 'a:1'\n" * 2,
+            "listeners[1].name",
+            "duplicate",
+        ),
+    ],
+)
+def test_errors_name_the_file_key_and_problem(text: str, key: str, problem: str) -> None:
+    with pytest.raises(config.ConfigError) as info:
+        config.loads(text, "site.toml")
+    assert info.value.source == "site.toml"
+    assert info.value.key == key
+    assert problem in info.value.problem
+    assert str(info.value).startswith(f"site.toml: {key}: ")
+
+
+def test_invalid_toml_is_reported_with_the_file() -> None:
+    with pytest.raises(config.ConfigError, match=r"^bad\.toml: invalid TOML"):
+        config.loads("[gateway\n", "bad.toml")
+
+
+def test_missing_file_is_reported() -> None:
+    with pytest.raises(config.ConfigError, match="cannot read"):
+        config.load("/nonexistent/gateway.toml")
+
+
+@pytest.mark.parametrize(
+    ("bind", "expected"),
+    [
+        ("127.0.0.1:1883", ("127.0.0.1", 1883)),
+        ("[::1]:0", ("::1", 0)),
+        ("localhost:8080", ("localhost", 8080)),
+    ],
+)
+def test_parse_bind(bind: str, expected: tuple[str, int]) -> None:
+    assert config.parse_bind(bind) == expected
+
+
+def test_listen_option_replaces_only_that_protocols_listeners() -> None:
+    base = config.loads("[[listeners]]\nprotocol = 'mqtt'\nbind = '0.0.0.0:1883'\n")
+    changed = config.override(
+        base,
+        listen=[config.parse_listen("mqtt=127.0.0.1:0")],
+        data_dir="/tmp/d",
+        log_level="debug",
+    )
+    assert [(item.protocol, item.bind) for item in changed.listeners] == [("mqtt", "127.0.0.1:0")]
+    assert changed.gateway.data_dir == "/tmp/d"
+    assert changed.gateway.log_level == "debug"
+    assert base.listeners[0].bind == "0.0.0.0:1883"  # frozen: the original is untouched
+
+
+@pytest.mark.parametrize("spec", ["mqtt", "smtp=1.2.3.4:25", "mqtt=host"])
+def test_bad_listen_option(spec: str) -> None:
+    with pytest.raises(config.ConfigError, match="--listen"):
+        config.parse_listen(spec)
+
+
+def test_config_is_frozen() -> None:
+    loaded = config.default()
+    with pytest.raises(AttributeError):
+        loaded.gateway.data_dir = "elsewhere"  # type: ignore[misc]

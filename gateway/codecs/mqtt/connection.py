@@ -70,6 +70,9 @@ class State(Enum):
     CLOSED = auto()
 
 
+# The largest packet the spec allows: type byte, 4-byte length, maximum remaining length.
+MAX_PACKET_SIZE = 1 + 4 + MAX_REMAINING_LENGTH
+
 # Compacting the receive buffer costs a copy; do it only once this much is consumed.
 _COMPACT_AT = 65536
 
@@ -78,7 +81,7 @@ class MQTTConnection:
     """One side of an MQTT connection: framing, direction and ordering rules."""
 
     def __init__(
-        self, role: Role = Role.SERVER, *, max_packet_size: int = MAX_REMAINING_LENGTH
+        self, role: Role = Role.SERVER, *, max_packet_size: int = MAX_PACKET_SIZE
     ) -> None:
         self.role = role
         self.max_packet_size = max_packet_size
@@ -118,7 +121,7 @@ class MQTTConnection:
         # 1 byte type + varint + body; refuse before buffering a huge packet.
         if length + (body_start - pos) > self.max_packet_size:
             raise MQTTProtocolError(
-                f"packet of {length} bytes exceeds the maximum {self.max_packet_size}",
+                f"packet of {length + body_start - pos} bytes exceeds the maximum {self.max_packet_size}",
                 ReasonCode.PACKET_TOO_LARGE,
             )
         body_end = body_start + length

@@ -4,11 +4,32 @@ from __future__ import annotations
 
 import trio
 
-from .config import Config
-from .core import Broker
+from .config import Config, QueueConfig
+from .core import Broker, Overflow, QueuePolicy
 from .listeners import BoundAddress, StartupError, TCPServer
 from .listeners.mqtt import mqtt_handler
 from .logging import get_logger
+
+# How often the core's timers run: will delays, session expiry, TTL sweeps.
+TICK_INTERVAL = 1.0
+
+
+def queue_policy(queue: QueueConfig) -> QueuePolicy:
+    return QueuePolicy(
+        max_length=queue.max_length,
+        max_bytes=queue.max_bytes,
+        overflow=Overflow(queue.overflow),
+        max_deliveries=queue.max_deliveries,
+        dead_letter=queue.dead_letter,
+        ttl=queue.ttl_seconds,
+    )
+
+
+def build_broker(config: Config) -> Broker:
+    return Broker(
+        session_queue=QueuePolicy(max_length=config.gateway.max_queued_messages),
+        queues=[(queue.name, queue_policy(queue)) for queue in config.queues],
+    )
 
 
 def _address(item: BoundAddress) -> str:
@@ -20,12 +41,13 @@ class Gateway:
 
     def __init__(self, config: Config, broker: Broker | None = None) -> None:
         self.config = config
-        self.broker = broker if broker is not None else Broker()
+        self.broker = broker if broker is not None else build_broker(config)
         self.bound: list[BoundAddress] = []
         self.log = get_logger()
         self.stopped = trio.Event()
         self._stop = trio.Event()
         self._servers: list[TCPServer] = []
+        self._ticking = trio.CancelScope()
 
     def port(self, protocol: str) -> int:
         """The first bound port of ``protocol`` (tests start listeners on port 0)."""
@@ -72,6 +94,12 @@ class Gateway:
                 tls=item.tls,
             )
 
+    async def _tick(self) -> None:
+        with self._ticking:
+            while True:
+                await trio.sleep(TICK_INTERVAL)
+                self.broker.tick()
+
     async def run(
         self, *, task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED
     ) -> None:
@@ -81,12 +109,14 @@ class Gateway:
             async with trio.open_nursery() as nursery:
                 for server in self._servers:
                     await nursery.start(server.serve)
+                nursery.start_soon(self._tick)
                 self.log.info("gateway.started", listeners=len(self.bound))
                 task_status.started(self)
                 await self._stop.wait()
                 self.log.info("gateway.stopping", drain_timeout=self.config.gateway.drain_timeout)
                 for server in self._servers:
                     server.stop_accepting()
+                self._ticking.cancel()
         finally:
             for server in self._servers:
                 server.close_sockets()

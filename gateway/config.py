@@ -62,12 +62,45 @@ class GatewaySection(_Base, frozen=True):
     drain_timeout: float = 5.0
     log_level: LogLevel = "info"
     log_format: LogFormat = "auto"
+    max_queued_messages: int = 1000
+
+
+class QueueConfig(_Base, frozen=True):
+    name: str
+    max_length: int | None = None
+    max_bytes: int | None = None
+    overflow: Literal["drop-head", "reject-publish"] = "drop-head"
+    max_deliveries: int | None = None
+    dead_letter: str | None = None
+    ttl: float | str | None = None
+
+    @property
+    def ttl_seconds(self) -> float | None:
+        return None if self.ttl is None else parse_duration(self.ttl)
 
 
 class Config(_Base, frozen=True):
     gateway: GatewaySection = GatewaySection()
     listeners: tuple[ListenerConfig, ...] = ()
+    queues: tuple[QueueConfig, ...] = ()
     source: str = "<defaults>"
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: float | str) -> float:
+    """Seconds from a number or a string such as "500ms", "30s", "5m", "1h", "7d"."""
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*", value)
+        if match is None:
+            raise ValueError(f"expected a duration like 30s, 5m or 1h, got {value!r}")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError("must be more than zero")
+    return seconds
 
 
 def parse_bind(bind: str) -> tuple[str, int]:
@@ -112,6 +145,9 @@ def _validate(config: Config) -> None:
     src = config.source
     if config.gateway.drain_timeout < 0:
         raise ConfigError(src, "gateway.drain_timeout", "must be zero or more seconds")
+    if config.gateway.max_queued_messages < 1:
+        raise ConfigError(src, "gateway.max_queued_messages", "must be at least 1")
+    _validate_queues(config)
     names: set[str] = set()
     for i, listener in enumerate(config.listeners):
         key = f"listeners[{i}]"
@@ -137,6 +173,29 @@ def _validate(config: Config) -> None:
         if listener.label in names:
             raise ConfigError(src, f"{key}.name", f"duplicate listener name {listener.label!r}")
         names.add(listener.label)
+
+
+def _validate_queues(config: Config) -> None:
+    seen: set[str] = set()
+    for i, queue in enumerate(config.queues):
+        key = f"queues[{i}]"
+        if not queue.name or queue.name.startswith("$"):
+            raise ConfigError(
+                config.source, f"{key}.name", "must be non-empty and not start with '$'"
+            )
+        if queue.name in seen:
+            raise ConfigError(config.source, f"{key}.name", f"duplicate queue {queue.name!r}")
+        seen.add(queue.name)
+        for field in ("max_length", "max_bytes", "max_deliveries"):
+            value = getattr(queue, field)
+            if value is not None and value < 1:
+                raise ConfigError(config.source, f"{key}.{field}", "must be at least 1")
+        if queue.dead_letter == queue.name:
+            raise ConfigError(config.source, f"{key}.dead_letter", "a queue cannot be its own DLQ")
+        try:
+            queue.ttl_seconds  # noqa: B018 - parsed for its error
+        except ValueError as exc:
+            raise ConfigError(config.source, f"{key}.ttl", str(exc)) from None
 
 
 def loads(text: str, source: str = "<string>") -> Config:

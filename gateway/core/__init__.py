@@ -5,7 +5,30 @@ objects through the ``Broker`` facade; it calls them back through ``Sink``.
 Routing is a synchronous function call, never an ``await``.
 """
 
-from .broker import Broker, CloseReason, Session, Sink
+from .broker import Broker, PublishResult, Status
+from .delivery import CloseReason, Consumer, Delivery, Sink
 from .message import Kind, Message, Origin
+from .queue import Overflow, Queue, QueuePolicy
+from .session import NEVER, Session, SubscribeOptions, Will
+from .topics import InvalidFilter
 
-__all__ = ["Broker", "CloseReason", "Kind", "Message", "Origin", "Session", "Sink"]
+__all__ = [
+    "NEVER",
+    "Broker",
+    "CloseReason",
+    "Consumer",
+    "Delivery",
+    "InvalidFilter",
+    "Kind",
+    "Message",
+    "Origin",
+    "Overflow",
+    "PublishResult",
+    "Queue",
+    "QueuePolicy",
+    "Session",
+    "Sink",
+    "Status",
+    "SubscribeOptions",
+    "Will",
+]

@@ -1,90 +1,540 @@
-"""The broker facade: the one narrow interface every listener and bridge uses."""
+"""The broker facade: the one narrow interface every listener and bridge uses.
+
+Publishing is a synchronous call that never waits for a subscriber: each
+matching subscription's queue takes the message or applies its overflow
+policy on the spot. Time is read through an injected clock and advanced by
+``tick``, which the application calls on a timer; the core starts no tasks.
+A distributed backend implements this same class interface.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Protocol
 
-from .message import Message
-from .topics import TopicTrie
+from ..store.base import SessionState, Store, StoredEntry
+from ..store.memory import MemoryStore
+from .delivery import CloseReason, Consumer, Delivery, Sink
+from .message import Kind, Message
+from .queue import Queue, QueuePolicy
+from .retained import RetainedStore
+from .session import NEVER, Session, SubscribeOptions, Will
+from .stats import BrokerStats, QueueSnapshot
+from .topics import InvalidFilter, TopicTrie, check_filter
+
+SHARE_PREFIX = "$share/"
+SESSION_QUEUE_PREFIX = "$session/"
+TEMP_QUEUE_PREFIX = "$temp/"
+# Reasons for which an entry goes to its queue's dead-letter queue, if it has one.
+# Messages an offline or slow session holds, like Mosquitto's max_queued_messages.
+SESSION_QUEUE = QueuePolicy(max_length=1000)
+DEFAULT_OPTIONS = SubscribeOptions()
+DEAD_LETTER_REASONS = frozenset({"expired", "max-deliveries", "rejected", "max-length"})
 
 
-class CloseReason(Enum):
-    TAKEN_OVER = "session taken over"
-    SHUTDOWN = "server shutting down"
-
-
-class Sink(Protocol):
-    """What a listener hands the core to receive deliveries. Never blocks."""
-
-    def deliver(self, message: Message, qos: int, retain: bool) -> None: ...
-
-    def close(self, reason: CloseReason) -> None: ...
-
-
-@dataclass(slots=True, eq=False)
-class Session:
-    client_id: str
-    sink: Sink | None
-    subscriptions: dict[str, int]
+class Status(Enum):
+    ACCEPTED = "accepted"
+    REFUSED = "refused"
 
 
 @dataclass(frozen=True, slots=True)
-class Subscriber:
-    session: Session
+class PublishResult:
+    """``routed`` counts the queues (subscriptions included) that took the message.
+    ``REFUSED`` means at least one queue refused it (``reason`` says why)."""
+
+    status: Status
+    routed: int = 0
+    reason: str | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.status is Status.ACCEPTED
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """A subscription's share of a topic: either a session or a shared-subscription queue."""
+
+    session: Session | None
+    queue: Queue
     qos: int
+    no_local: bool
+    retain_as_published: bool
+    subscription_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Binding:
+    options: SubscribeOptions
+    session: Session | None
+    queue: Queue
 
 
 class Broker:
-    def __init__(self) -> None:
-        self._sessions: dict[str, Session] = {}
-        self._topics: TopicTrie[Session, Subscriber] = TopicTrie()
+    def __init__(
+        self,
+        *,
+        store: Store | None = None,
+        clock: Callable[[], float] = time.time,
+        session_queue: QueuePolicy = SESSION_QUEUE,
+        queues: Iterable[tuple[str, QueuePolicy]] = (),
+    ) -> None:
+        self.store: Store = store if store is not None else MemoryStore()
+        self.now = clock
+        self.session_queue_policy = session_queue
+        self.retained = RetainedStore()
+        self.stats = BrokerStats()
+        self.sessions: dict[str, Session] = {}
+        self.queues: dict[str, Queue] = {}
+        self._policies: dict[str, QueuePolicy] = dict(queues)
+        self._trie: TopicTrie[object, _Binding] = TopicTrie()
+        self._routes: dict[str, list[_Route]] = {}
+        self._temp_ids = itertools.count(1)
+
+    # -- queues ------------------------------------------------------------------
+
+    def declare_queue(self, name: str, policy: QueuePolicy | None = None) -> Queue:
+        """Get queue ``name``, creating it (with its configured policy) on first use."""
+        queue = self.queues.get(name)
+        if queue is None:
+            if policy is None:
+                policy = self._policies.get(name, QueuePolicy())
+            queue = self.queues[name] = Queue(name, self, policy)
+        elif policy is not None:
+            queue.policy = policy
+        return queue
+
+    def delete_queue(self, name: str) -> None:
+        queue = self.queues.pop(name, None)
+        if queue is None:
+            return
+        for consumer in list(queue.consumers):
+            consumer.session.consumers.pop(name, None)
+            queue.detach(consumer, keep_inflight=True)
+        for entry in queue.purge():
+            self.forget(queue, entry)
+        self.store.drop_queue(name)
+
+    def temporary_queue(self, session: Session) -> str:
+        """A queue that is deleted with ``session`` (reply queues)."""
+        name = f"{TEMP_QUEUE_PREFIX}{session.client_id}/{next(self._temp_ids)}"
+        self.queues[name] = Queue(name, self, QueuePolicy(), durable=False, owner=session)
+        session.temporary.append(name)
+        return name
+
+    def queue_stats(self, name: str) -> QueueSnapshot:
+        queue = self.queues[name]
+        s = queue.stats
+        return QueueSnapshot(
+            name=name,
+            depth=queue.depth,
+            bytes=queue.bytes,
+            consumers=len(queue.consumers),
+            in_flight=sum(len(c.unacked) for c in queue.consumers),
+            enqueued=s.enqueued,
+            delivered=s.delivered,
+            acked=s.acked,
+            redelivered=s.redelivered,
+            expired=s.expired,
+            dead_lettered=s.dead_lettered,
+            dropped=s.dropped,
+            refused=s.refused,
+        )
 
     @property
     def subscription_count(self) -> int:
-        return len(self._topics)
+        return len(self._trie)
 
-    def open_session(self, client_id: str, sink: Sink) -> Session:
-        old = self._sessions.pop(client_id, None)
-        if old is not None:
-            old_sink = old.sink
-            self._drop(old)
-            if old_sink is not None:
-                old_sink.close(CloseReason.TAKEN_OVER)
-        session = Session(client_id=client_id, sink=sink, subscriptions={})
-        self._sessions[client_id] = session
-        return session
+    # -- the queue owner interface --------------------------------------------------
 
-    def close_session(self, session: Session) -> None:
-        if self._sessions.get(session.client_id) is session:
-            del self._sessions[session.client_id]
-        self._drop(session)
+    def discard(self, queue: Queue, entry: Delivery, reason: str) -> None:
+        self.forget(queue, entry)
+        target = queue.policy.dead_letter
+        if target is not None and reason in DEAD_LETTER_REASONS and target != queue.name:
+            message = entry.message
+            dead = replace(
+                message,
+                destination=target,
+                kind=Kind.QUEUE,
+                headers={
+                    **message.headers,
+                    "x-death-reason": reason,
+                    "x-death-queue": queue.name,
+                    "x-death-destination": message.destination,
+                    "x-delivery-count": str(entry.count),
+                },
+                expiry=None,
+            )
+            if self.declare_queue(target).put(Delivery(dead, qos=dead.qos)) is None:
+                queue.stats.dead_lettered += 1
+                return
+            reason = "dead-letter-full"
+        if reason != "expired":
+            queue.stats.dropped += 1
+        self.stats.drops[reason] += 1
 
-    def _drop(self, session: Session) -> None:
-        session.sink = None
-        for topic_filter in session.subscriptions:
-            self._topics.remove(topic_filter, session)
-        session.subscriptions.clear()
+    def persist(self, queue: Queue, entry: Delivery) -> None:
+        message = entry.message
+        self.store.enqueue(
+            queue.name,
+            message,
+            StoredEntry(message_id=message.message_id, qos=entry.qos, count=entry.count),
+        )
 
-    def subscribe(self, session: Session, topic_filter: str, qos: int) -> int:
-        """Subscribe; returns the granted QoS."""
-        session.subscriptions[topic_filter] = qos
-        self._topics.add(topic_filter, session, Subscriber(session, qos))
-        return qos
+    def forget(self, queue: Queue, entry: Delivery) -> None:
+        if queue.durable and entry.message.qos:
+            self.store.remove(queue.name, entry.message.message_id)
+
+    # -- sessions ------------------------------------------------------------------
+
+    def open_session(
+        self,
+        client_id: str,
+        sink: Sink,
+        *,
+        clean: bool = True,
+        expiry: float = 0.0,
+        will: Will | None = None,
+        window: int = 65535,
+    ) -> tuple[Session, bool]:
+        """Attach ``sink`` to ``client_id``'s session; returns it and whether it existed.
+
+        A connection already attached is closed (takeover); its will is handled as
+        for any abnormal disconnect. ``clean`` discards an existing session.
+        """
+        session = self.sessions.get(client_id)
+        if session is not None and session.connected:
+            old_sink = session.sink
+            self.detach(session, graceful=False)
+            assert old_sink is not None
+            old_sink.close(CloseReason.TAKEN_OVER)
+            session = self.sessions.get(client_id)
+        if session is not None and clean:
+            self._end_session(session)
+            session = None
+        present = session is not None
+        if session is None:
+            durable = expiry > 0
+            queue = Queue(
+                SESSION_QUEUE_PREFIX + client_id,
+                self,
+                self.session_queue_policy,
+                lossy=True,
+                durable=durable,
+            )
+            session = Session(client_id=client_id, expiry=expiry, queue=queue)
+            queue.owner = session
+            self.sessions[client_id] = session
+        else:
+            # Back in time: a pending will is cancelled (MQTT 5, 3.1.3.2.2).
+            session.will_due = None
+            session.expires_at = None
+            session.expiry = expiry
+        session.will = will
+        session.consumer.window = window
+        session.consumer.sink = sink
+        for consumer in session.consumers.values():
+            consumer.sink = sink
+            consumer.window = min(consumer.window, window)
+            consumer.queue.attach(consumer)
+        self._save(session)
+        # Deliveries in flight when the last connection ended go first, in their
+        # original order, marked as redeliveries (MQTT resends them with DUP).
+        for entry in session.inflight():
+            entry.count += 1
+            session.queue.stats.redelivered += 1
+            sink.deliver(entry, session.consumer.delivery_qos(entry.qos))
+        session.queue.dispatch()
+        return session, present
+
+    def detach(self, session: Session, *, graceful: bool) -> None:
+        """The session's connection ended; ``graceful`` (a clean goodbye) discards the will."""
+        if not session.connected:
+            return
+        now = self.now()
+        session.consumer.sink = None
+        for consumer in session.consumers.values():
+            consumer.sink = None
+            consumer.queue.detach(consumer)
+        if graceful:
+            session.will = None
+        if session.expiry <= 0:
+            self._end_session(session)
+            return
+        session.expires_at = now + session.expiry if session.expiry != NEVER else None
+        will = session.will
+        if will is not None:
+            if will.delay <= 0:
+                self._publish_will(session)
+            else:
+                session.will_due = now + min(will.delay, session.expiry)
+
+    def _end_session(self, session: Session) -> None:
+        if self.sessions.get(session.client_id) is session:
+            del self.sessions[session.client_id]
+        self._publish_will(session)
+        for topic_filter in list(session.subscriptions):
+            self.unsubscribe(session, topic_filter)
+        for name, consumer in list(session.consumers.items()):
+            consumer.sink = None
+            consumer.queue.detach(consumer)
+            del session.consumers[name]
+        for name in session.temporary:
+            self.delete_queue(name)
+        session.temporary.clear()
+        for entry in [*session.inflight(), *session.queue.purge()]:
+            self.forget(session.queue, entry)
+        session.consumer.unacked.clear()
+        session.consumer.sink = None
+        self.store.drop_queue(session.queue.name)
+        self.store.delete_session(session.client_id)
+
+    def _publish_will(self, session: Session) -> None:
+        will, session.will, session.will_due = session.will, None, None
+        if will is not None:
+            self.publish(will.message)
+
+    def _save(self, session: Session) -> None:
+        if session.durable:
+            subs = tuple((f, o.qos) for f, o in session.subscriptions.items())
+            self.store.save_session(
+                SessionState(client_id=session.client_id, expiry=session.expiry, subscriptions=subs)
+            )
+
+    def resume(self, session: Session) -> None:
+        """The session's sink became writable again: send what waited."""
+        session.queue.dispatch()
+        for consumer in session.consumers.values():
+            consumer.queue.dispatch()
+
+    def tick(self) -> None:
+        """Fire due wills, end expired sessions, expire queued and retained messages."""
+        now = self.now()
+        for session in list(self.sessions.values()):
+            if session.will_due is not None and session.will_due <= now:
+                self._publish_will(session)
+            if session.expires_at is not None and session.expires_at <= now:
+                self._end_session(session)
+        for queue in list(self.queues.values()):
+            queue.expire(now)
+        for session in self.sessions.values():
+            session.queue.expire(now)
+        self.retained.remove_expired(now)
+
+    # -- subscriptions -----------------------------------------------------------
+
+    def subscribe(
+        self, session: Session, topic_filter: str, options: SubscribeOptions = DEFAULT_OPTIONS
+    ) -> int:
+        """Subscribe ``session``; returns the granted QoS. Raises InvalidFilter.
+
+        ``$share/GROUP/FILTER`` joins the shared subscription GROUP: a queue fed by
+        FILTER whose members compete for its messages.
+        """
+        if topic_filter.startswith(SHARE_PREFIX):
+            return self._subscribe_shared(session, topic_filter, options)
+        check_filter(topic_filter)
+        is_new = topic_filter not in session.subscriptions
+        session.subscriptions[topic_filter] = options
+        self._trie.add(
+            topic_filter, (session, topic_filter), _Binding(options, session, session.queue)
+        )
+        self._routes.clear()
+        self._save(session)
+        if options.retain_handling == 0 or (options.retain_handling == 1 and is_new):
+            self._send_retained(session, topic_filter, options)
+        return options.qos
+
+    def _subscribe_shared(self, session: Session, share: str, options: SubscribeOptions) -> int:
+        group, sep, topic_filter = share[len(SHARE_PREFIX) :].partition("/")
+        if not group or not sep or "+" in group or "#" in group:
+            raise InvalidFilter(f"shared subscription needs $share/GROUP/FILTER: {share!r}")
+        check_filter(topic_filter)
+        queue = self.queues.get(share)
+        if queue is None:
+            queue = self.queues[share] = Queue(share, self, self.session_queue_policy, lossy=True)
+            shared = SubscribeOptions(qos=2)
+            self._trie.add(topic_filter, share, _Binding(shared, None, queue))
+            self._routes.clear()
+        session.subscriptions[share] = options
+        self._attach(session, queue, qos=options.qos)
+        self._save(session)
+        return options.qos
 
     def unsubscribe(self, session: Session, topic_filter: str) -> bool:
         if session.subscriptions.pop(topic_filter, None) is None:
             return False
-        self._topics.remove(topic_filter, session)
+        if topic_filter.startswith(SHARE_PREFIX):
+            self._detach_consumer(session, topic_filter)
+            queue = self.queues.get(topic_filter)
+            if (
+                queue is not None
+                and not queue.consumers
+                and not any(topic_filter in s.subscriptions for s in self.sessions.values())
+            ):
+                # The last member left: the group's queue goes with it.
+                self._trie.remove(topic_filter.split("/", 2)[2], topic_filter)
+                self.delete_queue(topic_filter)
+        else:
+            self._trie.remove(topic_filter, (session, topic_filter))
+        self._routes.clear()
+        self._save(session)
         return True
 
-    def publish(self, message: Message) -> int:
-        """Route ``message`` to every matching subscriber; returns how many got it."""
-        delivered = 0
-        for sub in self._topics.match(message.destination):
-            sink = sub.session.sink
-            if sink is not None:
-                sink.deliver(message, min(sub.qos, message.qos), False)
-                delivered += 1
-        return delivered
+    def consume(
+        self,
+        session: Session,
+        queue_name: str,
+        *,
+        qos: int = 1,
+        window: int = 65535,
+        ack_all: bool = False,
+    ) -> Consumer:
+        """Make ``session`` a competing consumer of queue ``queue_name`` (created on first use)."""
+        queue = self.queues.get(queue_name) or self.declare_queue(queue_name)
+        return self._attach(session, queue, qos=qos, window=window, ack_all=ack_all)
+
+    def cancel(self, session: Session, queue_name: str) -> bool:
+        """Stop consuming; unacked deliveries go back to the queue."""
+        return self._detach_consumer(session, queue_name)
+
+    def _attach(
+        self,
+        session: Session,
+        queue: Queue,
+        *,
+        qos: int,
+        window: int = 65535,
+        ack_all: bool = False,
+    ) -> Consumer:
+        consumer = session.consumers.get(queue.name)
+        if consumer is not None:
+            consumer.qos = qos  # subscribing again updates the options
+            return consumer
+        window = min(window, session.consumer.window)
+        consumer = Consumer(queue, session, qos=qos, window=window, ack_all=ack_all)
+        session.consumers[queue.name] = consumer
+        consumer.sink = session.sink
+        if consumer.sink is not None:
+            queue.attach(consumer)
+        return consumer
+
+    def _detach_consumer(self, session: Session, queue_name: str) -> bool:
+        consumer = session.consumers.pop(queue_name, None)
+        if consumer is None:
+            return False
+        consumer.queue.detach(consumer)
+        consumer.sink = None
+        return True
+
+    def _send_retained(
+        self, session: Session, topic_filter: str, options: SubscribeOptions
+    ) -> None:
+        now = self.now()
+        ids = () if options.subscription_id is None else (options.subscription_id,)
+        for message in self.retained.match(topic_filter):
+            if message.expiry is not None and message.expiry <= now:
+                continue
+            qos = min(message.qos, options.qos)
+            session.queue.put(
+                Delivery(
+                    message, qos=qos, retain=True, subscription_ids=ids, expires=message.expiry
+                )
+            )
+
+    # -- publishing ----------------------------------------------------------------
+
+    def publish(self, message: Message) -> PublishResult:
+        """Route ``message`` now; never waits for a consumer."""
+        stats = self.stats
+        stats.published += 1
+        if message.kind is Kind.QUEUE:
+            queue = self.queues.get(message.destination) or self.declare_queue(message.destination)
+            refused = queue.put(Delivery(message, qos=message.qos, expires=message.expiry))
+            if refused is not None:
+                stats.refused += 1
+                return PublishResult(Status.REFUSED, 0, refused)
+            return PublishResult(Status.ACCEPTED, 1)
+        topic = message.destination
+        stats.count_topic(topic)
+        if message.retain:
+            self._retain(message)
+        routes = self._routes.get(topic)
+        if routes is None:
+            routes = self._plan(topic)
+        if not routes:
+            stats.unrouted += 1
+            return PublishResult(Status.ACCEPTED, 0)
+        refused = None
+        routed = 0
+        publisher = message.origin.client_id
+        for route in routes:
+            if (
+                route.no_local
+                and route.session is not None
+                and route.session.client_id == publisher
+            ):
+                continue
+            entry = Delivery(
+                message,
+                qos=route.qos if route.qos < message.qos else message.qos,
+                retain=message.retain and route.retain_as_published,
+                subscription_ids=route.subscription_ids,
+                expires=message.expiry,
+            )
+            why = route.queue.put(entry)
+            if why is None:
+                routed += 1
+            else:
+                refused = why
+        if refused is not None:
+            stats.refused += 1
+            return PublishResult(Status.REFUSED, routed, refused)
+        return PublishResult(Status.ACCEPTED, routed)
+
+    def _retain(self, message: Message) -> None:
+        if self.retained.set(message):
+            if message.payload:
+                self.store.set_retained(message)
+            else:
+                self.store.clear_retained(message.destination)
+
+    def _plan(self, topic: str) -> list[_Route]:
+        """One route per session and per shared group; a session's overlapping
+        filters merge into one delivery (highest QoS, every subscription id)."""
+        per_session: dict[Session, list[SubscribeOptions]] = {}
+        routes: list[_Route] = []
+        for binding in self._trie.match(topic):
+            if binding.session is None:
+                routes.append(_Route(None, binding.queue, 2, False, True, ()))
+            else:
+                per_session.setdefault(binding.session, []).append(binding.options)
+        for session, options in per_session.items():
+            ids = tuple(o.subscription_id for o in options if o.subscription_id is not None)
+            routes.append(
+                _Route(
+                    session,
+                    session.queue,
+                    max(o.qos for o in options),
+                    all(o.no_local for o in options),
+                    any(o.retain_as_published for o in options),
+                    ids,
+                )
+            )
+        self._routes[topic] = routes
+        return routes
+
+    # -- acknowledgements ----------------------------------------------------------
+
+    def ack(self, delivery: Delivery) -> bool:
+        """The consumer processed ``delivery``; False if it was not outstanding."""
+        consumer = delivery.consumer
+        return consumer is not None and consumer.queue.ack(delivery)
+
+    def nack(self, delivery: Delivery, *, requeue: bool = True) -> bool:
+        """Return ``delivery`` to its queue for redelivery, or reject it (dead-letter)."""
+        consumer = delivery.consumer
+        return consumer is not None and consumer.queue.nack(delivery, requeue=requeue)

@@ -34,9 +34,10 @@ def mqtt_handler(broker: Broker, config: ListenerConfig) -> Handler:
             outbox.write,
             conn.stop,
             listener=config.label,
-            writable=lambda: outbox.writable,
+            writable=outbox.writable,
         )
         session.log = conn.log
+        outbox.on_drain = session.resume
         async with trio.open_nursery() as nursery:
             nursery.start_soon(outbox.run, stream)
             try:

@@ -7,6 +7,8 @@ so a burst of a thousand messages costs a handful of system calls.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 
 DEFAULT_HIGH_WATER = 1 << 20
@@ -15,6 +17,10 @@ DEFAULT_HIGH_WATER = 1 << 20
 class Outbox:
     def __init__(self, high_water: int = DEFAULT_HIGH_WATER) -> None:
         self.high_water = high_water
+        # Called once the buffer has drained after it went past the high-water
+        # mark, so that the core can send what it held back meanwhile.
+        self.on_drain: Callable[[], None] | None = None
+        self._was_full = False
         self._buf = bytearray()
         self._wake = trio.Event()
         self._finishing = False
@@ -23,10 +29,12 @@ class Outbox:
     def pending(self) -> int:
         return len(self._buf)
 
-    @property
     def writable(self) -> bool:
         """False once the peer has fallen a high-water mark behind."""
-        return len(self._buf) < self.high_water
+        if len(self._buf) < self.high_water:
+            return True
+        self._was_full = True
+        return False
 
     def write(self, data: bytes) -> None:
         self._buf += data
@@ -44,5 +52,8 @@ class Outbox:
             while self._buf:
                 data, self._buf = self._buf, bytearray()
                 await stream.send_all(data)
+                if self._was_full and self.on_drain is not None:
+                    self._was_full = False
+                    self.on_drain()
             if self._finishing:
                 return

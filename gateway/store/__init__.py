@@ -1,7 +1,12 @@
 """Durability: the store interface the core persists through, and its implementations.
 
-Will hold durable queue contents, persistent sessions, in-flight QoS state,
-retained messages and bridge outboxes, with an in-memory implementation and an
-embedded SQLite (WAL, group commit, off the Trio thread) one. Nothing above
-this package touches SQL.
+``base.Store`` is what the core needs persisted (queue contents, sessions,
+retained messages); ``memory.MemoryStore`` is the in-memory reference
+implementation. The embedded SQLite store (WAL, group commit, off the Trio
+thread) comes with the durability work. Nothing above this package touches SQL.
 """
+
+from .base import SessionState, Snapshot, Store, StoredEntry
+from .memory import MemoryStore
+
+__all__ = ["MemoryStore", "SessionState", "Snapshot", "Store", "StoredEntry"]

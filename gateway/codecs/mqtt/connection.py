@@ -80,9 +80,7 @@ _COMPACT_AT = 65536
 class MQTTConnection:
     """One side of an MQTT connection: framing, direction and ordering rules."""
 
-    def __init__(
-        self, role: Role = Role.SERVER, *, max_packet_size: int = MAX_PACKET_SIZE
-    ) -> None:
+    def __init__(self, role: Role = Role.SERVER, *, max_packet_size: int = MAX_PACKET_SIZE) -> None:
         self.role = role
         self.max_packet_size = max_packet_size
         self.state = State.AWAIT_CONNECT
@@ -120,8 +118,9 @@ class MQTTConnection:
         length, body_start = decoded
         # 1 byte type + varint + body; refuse before buffering a huge packet.
         if length + (body_start - pos) > self.max_packet_size:
+            size = length + body_start - pos
             raise MQTTProtocolError(
-                f"packet of {length + body_start - pos} bytes exceeds the maximum {self.max_packet_size}",
+                f"packet of {size} bytes exceeds the maximum {self.max_packet_size}",
                 ReasonCode.PACKET_TOO_LARGE,
             )
         body_end = body_start + length

@@ -1,0 +1,120 @@
+"""What the core hands a consumer: deliveries, the sink interface, consumers and their credit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Protocol
+
+from .message import Message
+
+if TYPE_CHECKING:
+    from .queue import Queue
+    from .session import Session
+
+
+class CloseReason(Enum):
+    """Why the core ends a connection's attachment to its session."""
+
+    TAKEN_OVER = "session taken over"
+    SHUTDOWN = "server shutting down"
+
+
+class Sink(Protocol):
+    """What a listener hands the core to receive deliveries. No method may block."""
+
+    def deliver(self, delivery: Delivery, qos: int) -> None:
+        """Encode ``delivery`` at ``qos`` and append it to the connection's output buffer.
+
+        With ``qos`` 0 the delivery is finished once sent; otherwise the core
+        waits for ``Broker.ack`` or ``Broker.nack`` with this same object.
+        """
+
+    def writable(self) -> bool:
+        """False while the connection's output buffer is past its high-water mark."""
+
+    def close(self, reason: CloseReason) -> None:
+        """End the connection (e.g. another connection took the session over)."""
+
+
+@dataclass(slots=True, eq=False)
+class Delivery:
+    """One message on its way to one consumer; also the queue entry that holds it.
+
+    ``qos`` is the QoS the entry was queued with (the publisher's, capped by the
+    subscription); each consumer may lower it further. ``count`` is how
+    many times it has been sent; above 1 it is a redelivery. ``wire_id`` is the
+    protocol's own id for the latest send (an MQTT packet id), kept so that a
+    resumed session can resend in-flight messages under the same id.
+    """
+
+    message: Message
+    qos: int = 0
+    retain: bool = False
+    subscription_ids: tuple[int, ...] = ()
+    expires: float | None = None
+    count: int = 0
+    tag: int = 0
+    wire_id: int | None = None
+    consumer: Consumer | None = None
+
+    @property
+    def redelivered(self) -> bool:
+        return self.count > 1
+
+    @property
+    def size(self) -> int:
+        return len(self.message.payload)
+
+
+class Consumer:
+    """A session's attachment to one queue: its sink, credit window and unacked deliveries.
+
+    ``qos`` caps the delivery QoS; with ``ack_all`` every delivery needs an
+    acknowledgement whatever the message's QoS (STOMP client acks). ``window``
+    bounds unacknowledged deliveries (MQTT receive maximum, STOMP prefetch).
+    """
+
+    __slots__ = ("_next_tag", "ack_all", "qos", "queue", "session", "sink", "unacked", "window")
+
+    def __init__(
+        self,
+        queue: Queue,
+        session: Session,
+        *,
+        qos: int = 1,
+        window: int = 65535,
+        ack_all: bool = False,
+    ) -> None:
+        self.queue = queue
+        self.session = session
+        self.qos = qos
+        self.window = window
+        self.ack_all = ack_all
+        self.sink: Sink | None = None
+        self.unacked: dict[int, Delivery] = {}
+        self._next_tag = 1
+
+    def delivery_qos(self, entry_qos: int) -> int:
+        if self.ack_all:
+            return max(1, min(entry_qos, self.qos))
+        return entry_qos if entry_qos < self.qos else self.qos
+
+    def can_take(self, entry_qos: int) -> bool:
+        """Attached, writable, and with credit if this delivery will need an ack."""
+        sink = self.sink
+        if sink is None or not sink.writable():
+            return False
+        return len(self.unacked) < self.window or self.delivery_qos(entry_qos) == 0
+
+    def send(self, entry: Delivery) -> None:
+        """Hand ``entry`` to the sink; the caller has checked ``can_take``."""
+        assert self.sink is not None
+        qos = self.delivery_qos(entry.qos)
+        entry.count += 1
+        entry.consumer = self
+        entry.tag = self._next_tag
+        self._next_tag += 1
+        if qos:
+            self.unacked[entry.tag] = entry
+        self.sink.deliver(entry, qos)

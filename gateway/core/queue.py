@@ -1,0 +1,285 @@
+"""Queues: anycast delivery with credit, acks, redelivery, priorities, TTL, limits.
+
+Every delivery path in the core ends in a ``Queue``: named queues, each
+session's own queue (fed by its topic subscriptions) and shared subscriptions.
+A queue holds ready entries in ten FIFO lanes, one per priority, and hands
+them round-robin to consumers that are writable and have credit.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Protocol
+
+from .delivery import Consumer, Delivery
+
+if TYPE_CHECKING:
+    from .session import Session
+
+PRIORITIES = 10
+
+
+class Overflow(Enum):
+    """What a full queue does with one more message."""
+
+    DROP_HEAD = "drop-head"
+    REJECT_PUBLISH = "reject-publish"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueuePolicy:
+    """Limits of one queue. ``None`` means unlimited; ``ttl`` is in seconds."""
+
+    max_length: int | None = None
+    max_bytes: int | None = None
+    overflow: Overflow = Overflow.DROP_HEAD
+    max_deliveries: int | None = None
+    dead_letter: str | None = None
+    ttl: float | None = None
+
+
+@dataclass(slots=True)
+class QueueStats:
+    enqueued: int = 0
+    delivered: int = 0
+    acked: int = 0
+    redelivered: int = 0
+    expired: int = 0
+    dead_lettered: int = 0
+    dropped: int = 0
+    refused: int = 0
+
+
+class QueueOwner(Protocol):
+    """What a queue needs from the broker that holds it."""
+
+    def now(self) -> float: ...
+
+    def discard(self, queue: Queue, entry: Delivery, reason: str) -> None:
+        """Dead-letter ``entry`` (or drop it and count why); it has left ``queue``."""
+
+    def persist(self, queue: Queue, entry: Delivery) -> None: ...
+
+    def forget(self, queue: Queue, entry: Delivery) -> None: ...
+
+
+class Queue:
+    """One queue. ``lossy`` queues (topic subscriptions) drop QoS 0 entries they cannot send
+    at once instead of holding them; ``owner`` is the session a private queue belongs to."""
+
+    def __init__(
+        self,
+        name: str,
+        broker: QueueOwner,
+        policy: QueuePolicy = QueuePolicy(),
+        *,
+        lossy: bool = False,
+        durable: bool = True,
+        owner: Session | None = None,
+    ) -> None:
+        self.name = name
+        self.broker = broker
+        self.policy = policy
+        self.lossy = lossy
+        self.durable = durable
+        self.owner = owner
+        self.consumers: list[Consumer] = []
+        self.stats = QueueStats()
+        self.depth = 0
+        self.bytes = 0
+        self._lanes: list[deque[Delivery]] = [deque() for _ in range(PRIORITIES)]
+        self._rr = 0
+
+    def __repr__(self) -> str:
+        return f"<Queue {self.name!r} depth={self.depth} consumers={len(self.consumers)}>"
+
+    # -- consumers -------------------------------------------------------------
+
+    def attach(self, consumer: Consumer) -> None:
+        self.consumers.append(consumer)
+        self.dispatch()
+
+    def detach(self, consumer: Consumer, *, keep_inflight: bool = False) -> None:
+        """Remove ``consumer``; its unacked entries go back to the queue unless kept for it."""
+        if consumer in self.consumers:
+            self.consumers.remove(consumer)
+        if not keep_inflight and consumer.unacked:
+            entries = list(consumer.unacked.values())
+            consumer.unacked.clear()
+            self.requeue(entries)
+        self.dispatch()
+
+    def _pick(self, qos: int) -> Consumer | None:
+        consumers = self.consumers
+        n = len(consumers)
+        if n == 1:
+            only = consumers[0]
+            return only if only.can_take(qos) else None
+        start = self._rr
+        for i in range(n):
+            consumer = consumers[(start + i) % n]
+            if consumer.can_take(qos):
+                self._rr = (start + i + 1) % n
+                return consumer
+        return None
+
+    # -- entries in --------------------------------------------------------------
+
+    def put(self, entry: Delivery) -> str | None:
+        """Offer ``entry``; returns None once it is taken, else why it was refused."""
+        stats = self.stats
+        if self.lossy and entry.qos == 0:
+            consumer = self._pick(0)
+            if consumer is None:
+                online = any(c.sink is not None for c in self.consumers)
+                self.broker.discard(self, entry, "slow-consumer" if online else "offline")
+                return None
+            stats.enqueued += 1
+            stats.delivered += 1
+            consumer.send(entry)
+            return None
+        policy = self.policy
+        if policy.ttl is not None:
+            deadline = self.broker.now() + policy.ttl
+            if entry.expires is None or deadline < entry.expires:
+                entry.expires = deadline
+        if self.depth == 0 and self.consumers:
+            consumer = self._pick(entry.qos)
+            if consumer is not None:
+                stats.enqueued += 1
+                stats.delivered += 1
+                if self.durable and entry.message.qos:
+                    self.broker.persist(self, entry)
+                consumer.send(entry)
+                return None
+        if not self._make_room(entry):
+            stats.refused += 1
+            return "queue-full"
+        self._lanes[entry.message.priority].append(entry)
+        self.depth += 1
+        self.bytes += entry.size
+        stats.enqueued += 1
+        if self.durable and entry.message.qos:
+            self.broker.persist(self, entry)
+        return None
+
+    def _make_room(self, entry: Delivery) -> bool:
+        policy = self.policy
+        max_length, max_bytes = policy.max_length, policy.max_bytes
+        if max_length is None and max_bytes is None:
+            return True
+
+        def full() -> bool:
+            return (max_length is not None and self.depth + 1 > max_length) or (
+                max_bytes is not None and self.bytes + entry.size > max_bytes
+            )
+
+        if not full():
+            return True
+        if policy.overflow is Overflow.REJECT_PUBLISH:
+            return False
+        # drop-head: the oldest entry of the lowest priority goes first.
+        while full() and self.depth:
+            lane = next(lane for lane in self._lanes if lane)
+            dropped = lane.popleft()
+            self._remove(dropped)
+            self.broker.discard(self, dropped, "max-length")
+        return not full()
+
+    def _remove(self, entry: Delivery) -> None:
+        self.depth -= 1
+        self.bytes -= entry.size
+
+    def requeue(self, entries: list[Delivery]) -> None:
+        """Put delivered-but-unacked entries back at the front, in their original order."""
+        limit = self.policy.max_deliveries
+        for entry in sorted(entries, key=lambda e: e.tag, reverse=True):
+            entry.consumer = None
+            if limit is not None and entry.count >= limit:
+                self.broker.discard(self, entry, "max-deliveries")
+                continue
+            self._lanes[entry.message.priority].appendleft(entry)
+            self.depth += 1
+            self.bytes += entry.size
+
+    # -- entries out -------------------------------------------------------------
+
+    def dispatch(self) -> None:
+        """Send ready entries, highest priority first, while some consumer can take them."""
+        if not self.depth or not self.consumers:
+            return
+        now = self.broker.now()
+        lanes = self._lanes
+        stats = self.stats
+        while self.depth:
+            lane = next(lane for lane in reversed(lanes) if lane)
+            entry = lane[0]
+            if entry.expires is not None and entry.expires <= now:
+                lane.popleft()
+                self._remove(entry)
+                stats.expired += 1
+                self.broker.discard(self, entry, "expired")
+                continue
+            consumer = self._pick(entry.qos)
+            if consumer is None:
+                return
+            lane.popleft()
+            self._remove(entry)
+            stats.delivered += 1
+            if entry.count:
+                stats.redelivered += 1
+            consumer.send(entry)
+
+    def ack(self, entry: Delivery) -> bool:
+        consumer = entry.consumer
+        if consumer is None or consumer.unacked.pop(entry.tag, None) is None:
+            return False
+        self.stats.acked += 1
+        self.broker.forget(self, entry)
+        self.dispatch()
+        return True
+
+    def nack(self, entry: Delivery, *, requeue: bool) -> bool:
+        consumer = entry.consumer
+        if consumer is None or consumer.unacked.pop(entry.tag, None) is None:
+            return False
+        if requeue:
+            self.requeue([entry])
+            self.dispatch()
+        else:
+            entry.consumer = None
+            self.broker.discard(self, entry, "rejected")
+        return True
+
+    def expire(self, now: float) -> int:
+        """Remove every ready entry whose deadline has passed; returns how many."""
+        count = 0
+        for i, lane in enumerate(self._lanes):
+            if not lane or all(e.expires is None or e.expires > now for e in lane):
+                continue
+            keep: deque[Delivery] = deque()
+            for entry in lane:
+                if entry.expires is not None and entry.expires <= now:
+                    self._remove(entry)
+                    self.stats.expired += 1
+                    self.broker.discard(self, entry, "expired")
+                    count += 1
+                else:
+                    keep.append(entry)
+            self._lanes[i] = keep
+        return count
+
+    def entries(self) -> list[Delivery]:
+        """Ready entries in delivery order (highest priority first)."""
+        return [entry for lane in reversed(self._lanes) for entry in lane]
+
+    def purge(self) -> list[Delivery]:
+        """Remove and return every ready entry."""
+        removed = self.entries()
+        for lane in self._lanes:
+            lane.clear()
+        self.depth = 0
+        self.bytes = 0
+        return removed

@@ -1,0 +1,81 @@
+"""Sessions: a client's identity, subscriptions, private queue, consumers and will."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .delivery import Consumer, Delivery, Sink
+from .message import Message
+
+if TYPE_CHECKING:
+    from .queue import Queue
+
+NEVER = math.inf
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubscribeOptions:
+    """Per-subscription options (MQTT 5 names; other protocols use the defaults).
+
+    ``retain_handling``: 0 sends retained messages on subscribe, 1 only if the
+    subscription is new, 2 never.
+    """
+
+    qos: int = 0
+    no_local: bool = False
+    retain_as_published: bool = False
+    retain_handling: int = 0
+    subscription_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Will:
+    """The message published when a connection ends without a clean goodbye."""
+
+    message: Message
+    delay: float = 0.0
+
+
+@dataclass(slots=True, eq=False)
+class Session:
+    """State the core keeps for one client id, across connections while it lives.
+
+    ``expiry`` is how long the session outlives its connection, in seconds:
+    0 ends it with the connection, ``NEVER`` keeps it until a clean start.
+    """
+
+    client_id: str
+    expiry: float
+    queue: Queue
+    consumer: Consumer = field(init=False)
+    subscriptions: dict[str, SubscribeOptions] = field(default_factory=dict)
+    consumers: dict[str, Consumer] = field(default_factory=dict)
+    temporary: list[str] = field(default_factory=list)
+    will: Will | None = None
+    will_due: float | None = None
+    expires_at: float | None = None
+
+    def __post_init__(self) -> None:
+        self.consumer = Consumer(self.queue, self, qos=2)
+        self.queue.attach(self.consumer)
+
+    @property
+    def sink(self) -> Sink | None:
+        return self.consumer.sink
+
+    @property
+    def connected(self) -> bool:
+        return self.consumer.sink is not None
+
+    @property
+    def durable(self) -> bool:
+        return self.expiry > 0
+
+    def inflight(self) -> list[Delivery]:
+        """Deliveries sent on the private queue and not yet acknowledged, oldest first."""
+        return sorted(self.consumer.unacked.values(), key=lambda d: d.tag)
+
+    def all_consumers(self) -> list[Consumer]:
+        return [self.consumer, *self.consumers.values()]

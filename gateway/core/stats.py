@@ -1,0 +1,46 @@
+"""Counters the operations work exposes: plain integers, cheap to bump on the hot path."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+# Per-topic publish counts are kept for this many topics; the rest are summed
+# under OTHER_TOPICS so that millions of device topics cannot grow memory.
+TOPIC_COUNT_LIMIT = 10_000
+OTHER_TOPICS = "(other)"
+
+
+@dataclass(slots=True)
+class BrokerStats:
+    published: int = 0
+    unrouted: int = 0
+    refused: int = 0
+    drops: Counter[str] = field(default_factory=Counter)
+    topics: dict[str, int] = field(default_factory=dict)
+
+    def count_topic(self, topic: str) -> None:
+        topics = self.topics
+        if topic in topics:
+            topics[topic] += 1
+        elif len(topics) < TOPIC_COUNT_LIMIT:
+            topics[topic] = 1
+        else:
+            topics[OTHER_TOPICS] = topics.get(OTHER_TOPICS, 0) + 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueSnapshot:
+    name: str
+    depth: int
+    bytes: int
+    consumers: int
+    in_flight: int
+    enqueued: int
+    delivered: int
+    acked: int
+    redelivered: int
+    expired: int
+    dead_lettered: int
+    dropped: int
+    refused: int

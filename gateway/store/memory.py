@@ -1,0 +1,65 @@
+"""The in-memory store: the reference implementation of the store interface.
+
+It keeps what a durable store would write, with the same reference counting,
+so tests can check that the core persists exactly what it should. Nothing
+survives the process.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from ..core.message import Message
+from .base import SessionState, Snapshot, StoredEntry
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.messages: dict[int, Message] = {}
+        self.refs: Counter[int] = Counter()
+        self.queues: dict[str, dict[int, StoredEntry]] = {}
+        self.sessions: dict[str, SessionState] = {}
+        self.retained: dict[str, Message] = {}
+
+    def enqueue(self, queue: str, message: Message, entry: StoredEntry) -> None:
+        held = self.queues.setdefault(queue, {})
+        if entry.message_id not in held:
+            self.refs[entry.message_id] += 1
+            self.messages.setdefault(entry.message_id, message)
+        held[entry.message_id] = entry
+
+    def remove(self, queue: str, message_id: int) -> None:
+        held = self.queues.get(queue)
+        if held is None or held.pop(message_id, None) is None:
+            return
+        self._release(message_id)
+
+    def _release(self, message_id: int) -> None:
+        self.refs[message_id] -= 1
+        if self.refs[message_id] <= 0:
+            del self.refs[message_id]
+            self.messages.pop(message_id, None)
+
+    def drop_queue(self, queue: str) -> None:
+        for message_id in self.queues.pop(queue, {}):
+            self._release(message_id)
+
+    def save_session(self, state: SessionState) -> None:
+        self.sessions[state.client_id] = state
+
+    def delete_session(self, client_id: str) -> None:
+        self.sessions.pop(client_id, None)
+
+    def set_retained(self, message: Message) -> None:
+        self.retained[message.destination] = message
+
+    def clear_retained(self, topic: str) -> None:
+        self.retained.pop(topic, None)
+
+    def load(self) -> Snapshot:
+        return Snapshot(
+            messages=dict(self.messages),
+            queues={name: list(held.values()) for name, held in self.queues.items()},
+            sessions=dict(self.sessions),
+            retained=dict(self.retained),
+        )

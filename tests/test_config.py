@@ -116,3 +116,49 @@ def test_config_is_frozen() -> None:
     loaded = config.default()
     with pytest.raises(AttributeError):
         loaded.gateway.data_dir = "elsewhere"  # type: ignore[misc]
+
+
+def test_queue_policies_reach_the_broker() -> None:
+    from gateway.app import build_broker
+    from gateway.core import Overflow
+
+    loaded = config.loads(
+        """
+[gateway]
+max_queued_messages = 7
+
+[[queues]]
+name = "orders"
+max_length = 5
+overflow = "reject-publish"
+max_deliveries = 3
+dead_letter = "orders.dlq"
+ttl = "2m"
+"""
+    )
+    broker = build_broker(loaded)
+    policy = broker.declare_queue("orders").policy
+    assert policy.max_length == 5
+    assert policy.overflow is Overflow.REJECT_PUBLISH
+    assert policy.max_deliveries == 3
+    assert policy.dead_letter == "orders.dlq"
+    assert policy.ttl == 120.0
+    assert broker.session_queue_policy.max_length == 7
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[[queues]]\nname = '$x'\n", "queues[0].name"),
+        ("[[queues]]\nname = 'a'\n[[queues]]\nname = 'a'\n", "queues[1].name"),
+        ("[[queues]]\nname = 'a'\nttl = 'soon'\n", "queues[0].ttl"),
+        ("[[queues]]\nname = 'a'\nttl = -1\n", "queues[0].ttl"),
+        ("[[queues]]\nname = 'a'\nmax_length = 0\n", "queues[0].max_length"),
+        ("[[queues]]\nname = 'a'\ndead_letter = 'a'\n", "queues[0].dead_letter"),
+        ("[[queues]]\nname = 'a'\noverflow = 'drop-tail'\n", "queues[0].overflow"),
+    ],
+)
+def test_bad_queue_settings_name_the_key(text: str, key: str) -> None:
+    with pytest.raises(config.ConfigError) as info:
+        config.loads(text, "q.toml")
+    assert info.value.key == key

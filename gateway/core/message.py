@@ -62,6 +62,13 @@ class Message:
     timestamp: float = field(default_factory=time.time)
     origin: Origin = NO_ORIGIN
 
+    def __post_init__(self) -> None:
+        # Priorities index the queues' lanes directly; refuse what would misroute.
+        if not 0 <= self.priority <= 9:
+            raise ValueError(f"priority must be 0-9, got {self.priority}")
+        if not 0 <= self.qos <= 2:
+            raise ValueError(f"qos must be 0-2, got {self.qos}")
+
     @property
     def persistent(self) -> bool:
         return self.qos > 0

@@ -20,11 +20,6 @@ def msg(topic: str, payload: bytes = b"x", **fields: object) -> Message:
     return Message(destination=topic, payload=payload, **fields)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def broker() -> Broker:
-    return Broker(clock=Clock())
-
-
 def connect(broker: Broker, client_id: str, **kw: object) -> RecordingSink:
     sink = RecordingSink(client_id)
     broker.open_session(client_id, sink, **kw)  # type: ignore[arg-type]

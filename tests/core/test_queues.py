@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from gateway.core import Broker, Kind, Message, Overflow, QueuePolicy, Session, Status
 from gateway.store import MemoryStore
 from tests.core.fakes import Clock, RecordingSink
@@ -21,16 +19,6 @@ def worker(
     session, _ = broker.open_session(name, sink)
     broker.consume(session, queue, **kw)  # type: ignore[arg-type]
     return session, sink
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def broker(clock: Clock) -> Broker:
-    return Broker(clock=clock)
 
 
 def test_competing_consumers_get_disjoint_sets_whose_union_is_everything(broker: Broker) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from gateway.core import NEVER, Broker, CloseReason, Message, SubscribeOptions, Will
 from gateway.store import MemoryStore
 from tests.core.fakes import Clock, RecordingSink
@@ -11,16 +9,6 @@ from tests.core.fakes import Clock, RecordingSink
 
 def msg(topic: str, payload: bytes = b"x", qos: int = 1) -> Message:
     return Message(destination=topic, payload=payload, qos=qos)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def broker(clock: Clock) -> Broker:
-    return Broker(clock=clock)
 
 
 def watch(broker: Broker, topic_filter: str) -> RecordingSink:

@@ -9,6 +9,7 @@ from .core import Broker, Overflow, QueuePolicy
 from .listeners import BoundAddress, StartupError, TCPServer
 from .listeners.mqtt import mqtt_handler
 from .logging import get_logger
+from .sys_topics import publish_sys
 
 # How often the core's timers run: will delays, session expiry, TTL sweeps.
 TICK_INTERVAL = 1.0
@@ -95,8 +96,15 @@ class Gateway:
             )
 
     async def _tick(self) -> None:
+        interval = self.config.gateway.sys_interval
+        started = trio.current_time()
+        next_sys = started
         with self._ticking:
             while True:
+                now = trio.current_time()
+                if interval and now >= next_sys:
+                    publish_sys(self.broker, now - started)
+                    next_sys = now + interval
                 await trio.sleep(TICK_INTERVAL)
                 self.broker.tick()
 

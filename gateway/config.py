@@ -47,6 +47,10 @@ class ListenerConfig(_Base, frozen=True):
     connect_timeout: float = 10.0
     max_packet_size: int = 16 * 1024 * 1024
     max_connections: int = 100_000
+    receive_maximum: int = 100
+    max_inflight: int = 100
+    topic_alias_maximum: int = 10
+    max_keep_alive: int = 65535
 
     @property
     def label(self) -> str:
@@ -63,6 +67,7 @@ class GatewaySection(_Base, frozen=True):
     log_level: LogLevel = "info"
     log_format: LogFormat = "auto"
     max_queued_messages: int = 1000
+    sys_interval: float = 10.0
 
 
 class QueueConfig(_Base, frozen=True):
@@ -145,6 +150,8 @@ def _validate(config: Config) -> None:
     src = config.source
     if config.gateway.drain_timeout < 0:
         raise ConfigError(src, "gateway.drain_timeout", "must be zero or more seconds")
+    if config.gateway.sys_interval < 0:
+        raise ConfigError(src, "gateway.sys_interval", "must be 0 (off) or more seconds")
     if config.gateway.max_queued_messages < 1:
         raise ConfigError(src, "gateway.max_queued_messages", "must be at least 1")
     _validate_queues(config)
@@ -170,6 +177,11 @@ def _validate(config: Config) -> None:
             )
         if listener.max_connections < 1:
             raise ConfigError(src, f"{key}.max_connections", "must be at least 1")
+        for field, low in (("receive_maximum", 1), ("max_inflight", 1), ("topic_alias_maximum", 0)):
+            if not low <= getattr(listener, field) <= 65535:
+                raise ConfigError(src, f"{key}.{field}", f"must be between {low} and 65535")
+        if not 1 <= listener.max_keep_alive <= 65535:
+            raise ConfigError(src, f"{key}.max_keep_alive", "must be between 1 and 65535 seconds")
         if listener.label in names:
             raise ConfigError(src, f"{key}.name", f"duplicate listener name {listener.label!r}")
         names.add(listener.label)

@@ -7,6 +7,7 @@ Routing is a synchronous function call, never an ``await``.
 
 from .broker import Broker, PublishResult, Status
 from .delivery import CloseReason, Consumer, Delivery, Sink
+from .headers import Headers, header_pairs
 from .message import Kind, Message, Origin
 from .queue import Overflow, Queue, QueuePolicy
 from .session import NEVER, Session, SubscribeOptions, Will
@@ -18,6 +19,7 @@ __all__ = [
     "CloseReason",
     "Consumer",
     "Delivery",
+    "Headers",
     "InvalidFilter",
     "Kind",
     "Message",
@@ -31,4 +33,5 @@ __all__ = [
     "Status",
     "SubscribeOptions",
     "Will",
+    "header_pairs",
 ]

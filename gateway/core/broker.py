@@ -18,6 +18,7 @@ from enum import Enum
 from ..store.base import SessionState, Store, StoredEntry
 from ..store.memory import MemoryStore
 from .delivery import CloseReason, Consumer, Delivery, Sink
+from .headers import Headers, header_pairs
 from .message import Kind, Message
 from .queue import Queue, QueuePolicy
 from .retained import RetainedStore
@@ -93,6 +94,8 @@ class Broker:
         self._trie: TopicTrie[object, _Binding] = TopicTrie()
         self._routes: dict[str, list[_Route]] = {}
         self._temp_ids = itertools.count(1)
+        # Deliveries counted by queues that no longer exist, for delivered_total().
+        self._delivered_gone = 0
 
     # -- queues ------------------------------------------------------------------
 
@@ -111,6 +114,7 @@ class Broker:
         queue = self.queues.pop(name, None)
         if queue is None:
             return
+        self._delivered_gone += queue.stats.delivered
         for consumer in list(queue.consumers):
             consumer.session.consumers.pop(name, None)
             queue.detach(consumer, keep_inflight=True)
@@ -148,6 +152,15 @@ class Broker:
     def subscription_count(self) -> int:
         return len(self._trie)
 
+    def delivered_total(self) -> int:
+        """Messages handed to consumers since start, over every queue that ever existed."""
+        live = sum(q.stats.delivered for q in self.queues.values())
+        live += sum(s.queue.stats.delivered for s in self.sessions.values())
+        return self._delivered_gone + live
+
+    def connected_count(self) -> int:
+        return sum(1 for session in self.sessions.values() if session.connected)
+
     # -- the queue owner interface --------------------------------------------------
 
     def discard(self, queue: Queue, entry: Delivery, reason: str) -> None:
@@ -159,13 +172,15 @@ class Broker:
                 message,
                 destination=target,
                 kind=Kind.QUEUE,
-                headers={
-                    **message.headers,
-                    "x-death-reason": reason,
-                    "x-death-queue": queue.name,
-                    "x-death-destination": message.destination,
-                    "x-delivery-count": str(entry.count),
-                },
+                headers=Headers(
+                    (
+                        *header_pairs(message.headers),
+                        ("x-death-reason", reason),
+                        ("x-death-queue", queue.name),
+                        ("x-death-destination", message.destination),
+                        ("x-delivery-count", str(entry.count)),
+                    )
+                ),
                 expiry=None,
             )
             if self.declare_queue(target).put(Delivery(dead, qos=dead.qos)) is None:
@@ -250,10 +265,15 @@ class Broker:
         session.queue.dispatch()
         return session, present
 
-    def detach(self, session: Session, *, graceful: bool) -> None:
-        """The session's connection ended; ``graceful`` (a clean goodbye) discards the will."""
+    def detach(self, session: Session, *, graceful: bool, expiry: float | None = None) -> None:
+        """The session's connection ended; ``graceful`` (a clean goodbye) discards the will.
+
+        ``expiry`` replaces the session's expiry (MQTT 5 DISCONNECT may change it).
+        """
         if not session.connected:
             return
+        if expiry is not None:
+            session.expiry = expiry
         now = self.now()
         session.consumer.sink = None
         for consumer in session.consumers.values():
@@ -275,6 +295,7 @@ class Broker:
     def _end_session(self, session: Session) -> None:
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
+            self._delivered_gone += session.queue.stats.delivered
         self._publish_will(session)
         for topic_filter in list(session.subscriptions):
             self.unsubscribe(session, topic_filter)

@@ -44,8 +44,9 @@ class Delivery:
     ``qos`` is the QoS the entry was queued with (the publisher's, capped by the
     subscription); each consumer may lower it further. ``count`` is how
     many times it has been sent; above 1 it is a redelivery. ``wire_id`` is the
-    protocol's own id for the latest send (an MQTT packet id), kept so that a
-    resumed session can resend in-flight messages under the same id.
+    protocol's own id for the latest send (an MQTT packet id) and ``stage`` its
+    progress (1 = MQTT QoS 2 PUBREC received), kept so that a resumed session
+    resends in-flight messages under the same id, from the same step.
     """
 
     message: Message
@@ -56,6 +57,7 @@ class Delivery:
     count: int = 0
     tag: int = 0
     wire_id: int | None = None
+    stage: int = 0
     consumer: Consumer | None = None
 
     @property

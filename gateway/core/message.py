@@ -44,7 +44,8 @@ class Message:
     ``destination`` is a topic name (levels separated by ``/``) when ``kind`` is
     TOPIC, or a queue name when it is QUEUE. ``qos`` is the publisher's quality
     of service; 1 and above means persistent. ``expiry`` is absolute, in
-    seconds since the epoch, or None for never.
+    seconds since the epoch, or None for never. ``text`` says the payload is
+    UTF-8 text (MQTT's payload format indicator, STOMP's text content types).
     """
 
     destination: str
@@ -56,6 +57,7 @@ class Message:
     priority: int = 4
     expiry: float | None = None
     content_type: str | None = None
+    text: bool = False
     correlation_id: bytes | None = None
     reply_to: str | None = None
     message_id: int = field(default_factory=next_message_id)

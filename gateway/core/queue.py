@@ -196,7 +196,10 @@ class Queue:
         """Put delivered-but-unacked entries back at the front, in their original order."""
         limit = self.policy.max_deliveries
         for entry in sorted(entries, key=lambda e: e.tag, reverse=True):
+            # Another consumer gets it afresh: the old protocol id means nothing there.
             entry.consumer = None
+            entry.wire_id = None
+            entry.stage = 0
             if limit is not None and entry.count >= limit:
                 self.broker.discard(self, entry, "max-deliveries")
                 continue

@@ -44,6 +44,9 @@ class Session:
 
     ``expiry`` is how long the session outlives its connection, in seconds:
     0 ends it with the connection, ``NEVER`` keeps it until a clean start.
+    ``incomplete`` holds the protocol ids of inbound exactly-once messages the
+    client has not released yet (MQTT QoS 2 awaiting PUBREL): a resent one is
+    not published twice, even across connections.
     """
 
     client_id: str
@@ -53,6 +56,7 @@ class Session:
     subscriptions: dict[str, SubscribeOptions] = field(default_factory=dict)
     consumers: dict[str, Consumer] = field(default_factory=dict)
     temporary: list[str] = field(default_factory=list)
+    incomplete: set[int] = field(default_factory=set)
     will: Will | None = None
     will_due: float | None = None
     expires_at: float | None = None

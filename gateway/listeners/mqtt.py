@@ -3,7 +3,8 @@
 The reader takes large chunks, decodes every complete packet in them and hands
 each to the connection's ``MQTTSession``; all output goes through the
 connection's ``Outbox``. The reader's cancel scope doubles as the connect and
-keep-alive timer (1.5 times the client's keep-alive, spec 3.1.2.10).
+keep-alive timer (1.5 times the keep-alive, spec 3.1.2.10). Before closing, an
+MQTT 5 client is told why with a DISCONNECT reason code.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import math
 import trio
 
 from ..codecs import mqtt
-from ..codecs.mqtt import CLOSED, NEED_DATA, MQTTConnection, MQTTProtocolError
+from ..codecs.mqtt import CLOSED, NEED_DATA, MQTTConnection, MQTTProtocolError, ReasonCode
 from ..config import ListenerConfig
-from ..core import Broker
+from ..core import Broker, CloseReason
 from ._serve import Connection, Handler
 from .mqtt_session import MQTTSession
 from .outbox import Outbox
@@ -24,17 +25,19 @@ READ_SIZE = 65536
 # How long a closing connection may take to flush what it still has to send.
 CLOSE_TIMEOUT = 5.0
 
+_STOP_REASONS = {
+    CloseReason.TAKEN_OVER: ReasonCode.SESSION_TAKEN_OVER,
+    CloseReason.SHUTDOWN: ReasonCode.SERVER_SHUTTING_DOWN,
+    "shutdown": ReasonCode.SERVER_SHUTTING_DOWN,
+}
+
 
 def mqtt_handler(broker: Broker, config: ListenerConfig) -> Handler:
     async def handle(stream: trio.SocketStream, conn: Connection) -> None:
         codec = MQTTConnection(max_packet_size=config.max_packet_size)
         outbox = Outbox()
         session = MQTTSession(
-            broker,
-            outbox.write,
-            conn.stop,
-            listener=config.label,
-            writable=outbox.writable,
+            broker, codec, outbox.write, conn.stop, config=config, writable=outbox.writable
         )
         session.log = conn.log
         outbox.on_drain = session.resume
@@ -43,6 +46,9 @@ def mqtt_handler(broker: Broker, config: ListenerConfig) -> Handler:
             try:
                 await _read(stream, codec, session, conn, config)
             finally:
+                reason = _STOP_REASONS.get(conn.stop_reason)
+                if reason is not None:
+                    session.goodbye(reason)
                 session.connection_ended()
                 outbox.finish()
                 nursery.cancel_scope.deadline = trio.current_time() + CLOSE_TIMEOUT
@@ -68,39 +74,42 @@ async def _read(
                     if event is NEED_DATA:
                         break
                     if event is CLOSED:
-                        session.log.info(
-                            "mqtt.connection.eof", connected=session.session is not None
-                        )
+                        session.log.info("mqtt.connection.eof", connected=session.connected)
                         return
                     session.handle(event)
                     if conn.stop_reason is not None or codec.state is mqtt.State.CLOSED:
                         return
             except MQTTProtocolError as exc:
-                _refuse(exc, codec, session, conn)
+                _refuse(exc, codec, session)
                 return
-            if session.session is not None:
+            if session.connected:
                 timer.deadline = (
                     trio.current_time() + 1.5 * session.keep_alive
                     if session.keep_alive
                     else math.inf
                 )
     if timer.cancelled_caught and conn.stop_reason is None:
-        if session.session is None:
+        if not session.connected:
             session.log.info("mqtt.connect.timeout", after=config.connect_timeout)
         else:
             session.log.info("mqtt.keep_alive.expired", keep_alive=session.keep_alive)
+            session.goodbye(ReasonCode.KEEP_ALIVE_TIMEOUT)
 
 
-def _refuse(
-    exc: MQTTProtocolError, codec: MQTTConnection, session: MQTTSession, conn: Connection
-) -> None:
+def _refuse(exc: MQTTProtocolError, codec: MQTTConnection, session: MQTTSession) -> None:
     """Answer a protocol error as the spec says, log it once; the caller closes."""
     session.log.warning(
         "mqtt.protocol_error",
         error=str(exc),
         reason_code=int(exc.reason),
-        connected=session.session is not None,
+        connected=session.connected,
     )
-    if exc.connack_code is not None and codec.state is mqtt.State.AWAIT_CONNECT:
-        # 3.1.1 answers a CONNECT it cannot accept with a CONNACK code (3.1.4).
-        session.send(mqtt.encode_packet(mqtt.ConnAck(return_code=exc.connack_code)))
+    if codec.state is mqtt.State.AWAIT_CONNECT:
+        # A CONNECT the server cannot accept is answered with a CONNACK code (3.1.4):
+        # a 3.1.1 return code, or for MQTT 5 the reason code itself.
+        if exc.protocol_level == 5:
+            session.send(codec.send(mqtt.ConnAck(return_code=exc.reason)))
+        elif exc.connack_code is not None:
+            session.send(mqtt.encode_packet(mqtt.ConnAck(return_code=exc.connack_code)))
+    else:
+        session.goodbye(exc.reason)

@@ -3,22 +3,26 @@
 It performs no I/O. The listener feeds it packets and gives it two callbacks:
 ``send`` (append bytes to the connection's outbound buffer) and ``stop`` (end
 the connection). That makes the whole protocol state testable without a socket.
+The core keeps delivery state; this adapter keeps only MQTT's ids for it
+(packet ids, topic aliases).
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 
 from ..codecs import mqtt
-from ..codecs.mqtt import ConnectReturnCode, MQTTProtocolError, ReasonCode
+from ..codecs.mqtt import ConnectReturnCode, MQTTConnection, MQTTProtocolError, ReasonCode
+from ..config import ListenerConfig
 from ..core import (
     NEVER,
     Broker,
     CloseReason,
     Delivery,
     InvalidFilter,
-    Kind,
     Message,
     Origin,
     Session,
@@ -26,195 +30,423 @@ from ..core import (
     Will,
 )
 from ..logging import get_logger
+from .mqtt_mapping import NO_PROPERTIES, properties_of, queue_name, to_message, topic_of
 
-# Highest QoS granted to subscriptions until QoS 1/2 delivery exists.
-MAX_QOS = 0
-# Topics under this prefix address core queues: publish to `$queue/jobs` enqueues,
-# subscribing to it joins the queue's competing consumers.
-QUEUE_PREFIX = "$queue/"
-SUBACK_FAILURE = 0x80
+SHARE_PREFIX = "$share/"
+NEVER_EXPIRES = 0xFFFFFFFF
+_V3_SUBACK_FAILURE = 0x80
 
 # Fan-out hands every subscriber the same Message in turn, so remembering the
 # last encoding makes it one encode per publish instead of one per subscriber.
-_last_encoded: tuple[Message, bool, bytes] | None = None
+_last_encoded: tuple[Message, bool, int, bytes] | None = None
 
 
-def _encode_qos0(message: Message, retain: bool) -> bytes:
+def _encode_plain_qos0(message: Message, retain: bool, version: int, now: float) -> bytes:
     global _last_encoded
     last = _last_encoded
-    if last is not None and last[0] is message and last[1] is retain:
-        return last[2]
-    data = mqtt.encode_publish(
-        mqtt.Publish(topic=message.destination, payload=message.payload, retain=retain)
+    if last is not None and last[0] is message and last[1] is retain and last[2] == version:
+        return last[3]
+    props = properties_of(message, now) if version == 5 else NO_PROPERTIES
+    publish = mqtt.Publish(
+        topic=topic_of(message), payload=message.payload, retain=retain, properties=props
     )
-    _last_encoded = (message, retain, data)
+    data = mqtt.encode_publish(publish, version)
+    _last_encoded = (message, retain, version, data)
     return data
 
 
 class MQTTSession:
-    """Implements the core's ``Sink`` for one MQTT connection."""
+    """One MQTT connection's protocol state; implements the core's ``Sink``."""
 
     def __init__(
         self,
         broker: Broker,
+        codec: MQTTConnection,
         send: Callable[[bytes], None],
         stop: Callable[[object], None],
         *,
-        listener: str = "",
+        config: ListenerConfig,
         writable: Callable[[], bool] = lambda: True,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.broker = broker
+        self.codec = codec
         self.send = send
         self.stop = stop
-        self.listener = listener
+        self.config = config
         self._writable = writable
+        self.clock = clock
         self.log = get_logger()
         self.session: Session | None = None
+        self.version = 4
         self.client_id = ""
         self.keep_alive = 0
-        self.origin = Origin(protocol="mqtt", listener=listener)
+        self.origin = Origin(protocol="mqtt", listener=config.label)
         self._graceful = False
-        self._awaiting_rel: set[int] = set()
+        self._connect_expiry = 0.0
+        self._disconnect_expiry: float | None = None
+        # Deliveries the core makes while CONNECT is handled wait for the CONNACK.
+        self._held: list[tuple[Delivery, int]] | None = None
+        self._inflight: dict[int, Delivery] = {}
+        self._next_pid = 1
+        self._client_max_packet: int | None = None
+        self._client_alias_max = 0
+        self._aliases_in: dict[int, str] = {}
+        self._aliases_out: dict[str, int] = {}
+        self.dropped_too_large = 0
 
-    # -- packets from the client -------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self.session is not None
+
+    # -- packets from the client ---------------------------------------------
 
     def handle(self, packet: mqtt.Packet) -> None:
         match packet:
             case mqtt.Publish():
                 self._on_publish(packet)
+            case (
+                mqtt.PubAck(packet_id=pid, reason_code=code)
+                | mqtt.PubComp(packet_id=pid, reason_code=code)
+            ):
+                self._settle(pid, code)
+            case mqtt.PubRec(packet_id=pid, reason_code=code):
+                self._on_pubrec(pid, code)
             case mqtt.PubRel(packet_id=pid):
-                self._awaiting_rel.discard(pid)
-                self.send(mqtt.encode_packet(mqtt.PubComp(packet_id=pid)))
+                self._on_pubrel(pid)
             case mqtt.Subscribe():
                 self._on_subscribe(packet)
-            case mqtt.Unsubscribe(packet_id=pid, topic_filters=filters):
-                assert self.session is not None
-                for topic_filter in filters:
-                    if topic_filter.startswith(QUEUE_PREFIX):
-                        self.broker.cancel(self.session, topic_filter[len(QUEUE_PREFIX) :])
-                    else:
-                        self.broker.unsubscribe(self.session, topic_filter)
-                self.send(mqtt.encode_packet(mqtt.UnsubAck(packet_id=pid)))
+            case mqtt.Unsubscribe():
+                self._on_unsubscribe(packet)
             case mqtt.PingReq():
                 self.send(b"\xd0\x00")
             case mqtt.Disconnect():
-                # A normal disconnect discards the will (3.1.2.5).
-                self._graceful = True
-                self.log.info("mqtt.disconnect")
+                self._on_disconnect(packet)
             case mqtt.Connect():
                 self._on_connect(packet)
-            case mqtt.PubAck() | mqtt.PubRec() | mqtt.PubComp():
-                # Only answers to QoS 1/2 deliveries, which are not granted yet.
+            case mqtt.Auth():
                 raise MQTTProtocolError(
-                    f"{type(packet).__name__} for a delivery never sent", ReasonCode.PROTOCOL_ERROR
+                    "AUTH without an authentication method", ReasonCode.PROTOCOL_ERROR
                 )
             case mqtt.ConnAck() | mqtt.SubAck() | mqtt.UnsubAck() | mqtt.PingResp():
                 raise AssertionError("the codec refuses server-to-client packets")
 
     def _on_connect(self, packet: mqtt.Connect) -> None:
+        self.version = v = packet.protocol_level
+        props = packet.properties
+        if props.authentication_method is not None:
+            # Enhanced authentication (AUTH exchanges) is not offered yet.
+            self._refuse(ReasonCode.BAD_AUTHENTICATION_METHOD, "enhanced authentication")
+            return
         client_id = packet.client_id
+        assigned = None
         if not client_id:
-            if not packet.clean_start or packet.protocol_level == 3:
-                self._refuse(
-                    ConnectReturnCode.IDENTIFIER_REJECTED, "empty client id needs clean session"
-                )
+            if v == 3 or (v == 4 and not packet.clean_start):
+                self._refuse(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "empty client id")
                 return
-            client_id = f"auto-{uuid.uuid4().hex}"
+            client_id = assigned = f"auto-{uuid.uuid4().hex}"
         self.client_id = client_id
-        self.keep_alive = packet.keep_alive
-        self.origin = Origin(protocol="mqtt", listener=self.listener, client_id=client_id)
+        self.origin = Origin(protocol="mqtt", listener=self.config.label, client_id=client_id)
         self.log = self.log.bind(client_id=client_id)
+        if v == 5:
+            interval = props.session_expiry_interval or 0
+            expiry = NEVER if interval == NEVER_EXPIRES else float(interval)
+            client_receive_max = props.receive_maximum or 65535
+            self._client_max_packet = props.maximum_packet_size
+            self._client_alias_max = props.topic_alias_maximum or 0
+        else:
+            expiry = 0.0 if packet.clean_start else NEVER
+            client_receive_max = 65535
+        self._connect_expiry = expiry
+        server_keep_alive = None
+        self.keep_alive = packet.keep_alive
+        if v == 5 and (self.keep_alive == 0 or self.keep_alive > self.config.max_keep_alive):
+            server_keep_alive = self.keep_alive = self.config.max_keep_alive
         will = None
         if packet.will is not None:
-            will = Will(
-                message=self._message(
-                    packet.will.topic, packet.will.payload, packet.will.qos, packet.will.retain
-                )
+            w = packet.will
+            message = to_message(
+                w.topic, w.payload, w.qos, w.retain, w.properties, self.origin, self.clock()
             )
+            will = Will(message=message, delay=float(w.properties.will_delay_interval or 0))
+        self._held = []
         self.session, present = self.broker.open_session(
             client_id,
             self,
             clean=packet.clean_start,
-            expiry=0.0 if packet.clean_start else NEVER,
+            expiry=expiry,
             will=will,
+            window=min(self.config.max_inflight, client_receive_max),
         )
-        self.send(mqtt.encode_packet(mqtt.ConnAck(session_present=present, return_code=0)))
+        connack_props = NO_PROPERTIES
+        if v == 5:
+            connack_props = mqtt.Properties(
+                assigned_client_identifier=assigned,
+                receive_maximum=self.config.receive_maximum,
+                maximum_packet_size=self.config.max_packet_size,
+                topic_alias_maximum=self.config.topic_alias_maximum,
+                server_keep_alive=server_keep_alive,
+            )
+        self.send(self.codec.send(mqtt.ConnAck(session_present=present, properties=connack_props)))
+        held, self._held = self._held, None
+        for delivery, qos in held:
+            self.deliver(delivery, qos)
         self.log.info(
             "mqtt.connect.accepted",
-            protocol_level=packet.protocol_level,
+            protocol_level=v,
             clean_start=packet.clean_start,
-            keep_alive=packet.keep_alive,
+            keep_alive=self.keep_alive,
             session_present=present,
+            session_expiry=expiry,
         )
 
-    def _refuse(self, code: ConnectReturnCode, why: str) -> None:
-        self.send(mqtt.encode_packet(mqtt.ConnAck(return_code=code)))
-        self.log.info("mqtt.connect.rejected", return_code=int(code), reason=why)
+    def _refuse(self, reason: ReasonCode, why: str) -> None:
+        if self.version == 5:
+            code = int(reason)
+        elif reason is ReasonCode.CLIENT_IDENTIFIER_NOT_VALID:
+            code = ConnectReturnCode.IDENTIFIER_REJECTED
+        else:
+            code = ConnectReturnCode.NOT_AUTHORIZED
+        self.send(self.codec.send(mqtt.ConnAck(return_code=code)))
+        self.log.info("mqtt.connect.rejected", return_code=code, reason=why)
         self.stop("connect refused")
 
-    def _message(self, topic: str, payload: bytes, qos: int, retain: bool) -> Message:
-        if topic.startswith(QUEUE_PREFIX) and len(topic) > len(QUEUE_PREFIX):
-            return Message(
-                destination=topic[len(QUEUE_PREFIX) :],
-                kind=Kind.QUEUE,
-                payload=payload,
-                qos=qos,
-                origin=self.origin,
-            )
-        return Message(
-            destination=topic, payload=payload, qos=qos, retain=retain, origin=self.origin
-        )
-
     def _on_publish(self, packet: mqtt.Publish) -> None:
+        session = self.session
+        assert session is not None
+        topic = packet.topic
+        props = packet.properties
+        alias = props.topic_alias
+        if alias is not None:
+            if alias > self.config.topic_alias_maximum:
+                raise MQTTProtocolError(
+                    f"topic alias {alias} above the maximum", ReasonCode.TOPIC_ALIAS_INVALID
+                )
+            if topic:
+                self._aliases_in[alias] = topic
+            elif (known := self._aliases_in.get(alias)) is not None:
+                topic = known
+            else:
+                raise MQTTProtocolError(f"unknown topic alias {alias}", ReasonCode.PROTOCOL_ERROR)
         qos = packet.qos
-        if qos == 2 and packet.packet_id in self._awaiting_rel:
-            # A resent QoS 2 PUBLISH before PUBREL: deliver once (4.3.3).
-            self.send(mqtt.encode_packet(mqtt.PubRec(packet_id=packet.packet_id)))
-            return
-        result = self.broker.publish(
-            self._message(packet.topic, packet.payload, qos, packet.retain)
+        pid = packet.packet_id
+        if qos == 2:
+            assert pid is not None
+            if pid in session.incomplete:
+                # The client resent before our PUBREC reached it: publish once (4.3.3).
+                self.send(self.codec.send(mqtt.PubRec(packet_id=pid)))
+                return
+            if len(session.incomplete) >= self.config.receive_maximum:
+                raise MQTTProtocolError(
+                    "more QoS 2 publishes than receive maximum", ReasonCode.RECEIVE_MAXIMUM_EXCEEDED
+                )
+        reason = self._publish(topic, packet, props)
+        if qos == 1:
+            assert pid is not None
+            self.send(self.codec.send(mqtt.PubAck(packet_id=pid, reason_code=reason)))
+        elif qos == 2:
+            assert pid is not None
+            if reason < 0x80:
+                session.incomplete.add(pid)
+            self.send(self.codec.send(mqtt.PubRec(packet_id=pid, reason_code=reason)))
+
+    def _publish(self, topic: str, packet: mqtt.Publish, props: mqtt.Properties) -> int:
+        """Hand the message to the core; returns the MQTT 5 reason code for the ack."""
+        if topic.startswith("$SYS"):
+            self.log.warning("mqtt.publish.refused", topic=topic, reason="$SYS is read-only")
+            return ReasonCode.NOT_AUTHORIZED if self.version == 5 else 0
+        message = to_message(
+            topic, packet.payload, packet.qos, packet.retain, props, self.origin, self.clock()
         )
+        result = self.broker.publish(message)
         if not result.accepted:
             # 3.1.1 has no negative acknowledgement: the refusal is logged, never silent.
             self.log.warning(
-                "mqtt.publish.refused", topic=packet.topic, reason=result.reason, qos=qos
+                "mqtt.publish.refused", topic=topic, reason=result.reason, qos=packet.qos
             )
-        if qos == 1:
-            assert packet.packet_id is not None
-            self.send(mqtt.encode_packet(mqtt.PubAck(packet_id=packet.packet_id)))
-        elif qos == 2:
-            assert packet.packet_id is not None
-            self._awaiting_rel.add(packet.packet_id)
-            self.send(mqtt.encode_packet(mqtt.PubRec(packet_id=packet.packet_id)))
+            return ReasonCode.QUOTA_EXCEEDED if self.version == 5 else 0
+        if result.routed == 0 and self.version == 5:
+            return ReasonCode.NO_MATCHING_SUBSCRIBERS
+        return 0
+
+    def _on_pubrel(self, pid: int) -> None:
+        session = self.session
+        assert session is not None
+        if pid in session.incomplete:
+            session.incomplete.discard(pid)
+            code = 0
+        else:
+            code = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND if self.version == 5 else 0
+        self.send(self.codec.send(mqtt.PubComp(packet_id=pid, reason_code=code)))
 
     def _on_subscribe(self, packet: mqtt.Subscribe) -> None:
         session = self.session
         assert session is not None
+        v5 = self.version == 5
+        ids = packet.properties.subscription_identifiers
+        sub_id = ids[0] if ids else None
         codes = []
-        for topic_filter, qos in packet.subscriptions:
-            granted = min(qos, MAX_QOS)
+        for topic_filter, options in packet.subscriptions:
+            qos = options & 3
+            no_local = bool(options & 4)
+            if no_local and topic_filter.startswith(SHARE_PREFIX):
+                raise MQTTProtocolError(
+                    "no local on a shared subscription", ReasonCode.PROTOCOL_ERROR
+                )
             try:
-                if topic_filter.startswith(QUEUE_PREFIX) and len(topic_filter) > len(QUEUE_PREFIX):
-                    self.broker.consume(session, topic_filter[len(QUEUE_PREFIX) :], qos=granted)
+                name = queue_name(topic_filter)
+                if name is not None:
+                    self.broker.consume(session, name, qos=qos, window=session.consumer.window)
                 else:
-                    self.broker.subscribe(session, topic_filter, SubscribeOptions(qos=granted))
+                    sub = SubscribeOptions(
+                        qos=qos,
+                        no_local=no_local,
+                        retain_as_published=bool(options & 8),
+                        retain_handling=(options >> 4) & 3 if v5 else 0,
+                        subscription_id=sub_id,
+                    )
+                    self.broker.subscribe(session, topic_filter, sub)
+                codes.append(qos)
             except InvalidFilter as exc:
                 self.log.info("mqtt.subscribe.refused", topic_filter=topic_filter, reason=str(exc))
-                granted = SUBACK_FAILURE
-            codes.append(granted)
+                codes.append(ReasonCode.TOPIC_FILTER_INVALID if v5 else _V3_SUBACK_FAILURE)
         self.send(
-            mqtt.encode_packet(mqtt.SubAck(packet_id=packet.packet_id, return_codes=tuple(codes)))
+            self.codec.send(mqtt.SubAck(packet_id=packet.packet_id, return_codes=tuple(codes)))
         )
 
-    # -- the core's Sink -----------------------------------------------------------
+    def _on_unsubscribe(self, packet: mqtt.Unsubscribe) -> None:
+        session = self.session
+        assert session is not None
+        codes = []
+        for topic_filter in packet.topic_filters:
+            name = queue_name(topic_filter)
+            if name is not None:
+                existed = self.broker.cancel(session, name)
+            else:
+                existed = self.broker.unsubscribe(session, topic_filter)
+            codes.append(0 if existed else ReasonCode.NO_SUBSCRIPTION_EXISTED)
+        reasons = tuple(codes) if self.version == 5 else ()
+        self.send(self.codec.send(mqtt.UnsubAck(packet_id=packet.packet_id, reason_codes=reasons)))
+
+    def _on_disconnect(self, packet: mqtt.Disconnect) -> None:
+        # A normal disconnect discards the will; 0x04 asks for it to be sent anyway.
+        self._graceful = packet.reason_code != ReasonCode.DISCONNECT_WITH_WILL_MESSAGE
+        interval = packet.properties.session_expiry_interval
+        if interval is not None:
+            if self._connect_expiry == 0 and interval != 0:
+                raise MQTTProtocolError(
+                    "session expiry set on DISCONNECT after 0 at CONNECT", ReasonCode.PROTOCOL_ERROR
+                )
+            self._disconnect_expiry = NEVER if interval == NEVER_EXPIRES else float(interval)
+        self.log.info("mqtt.disconnect", reason_code=packet.reason_code)
+
+    # -- acknowledgements of our deliveries -------------------------------------
+
+    def _settle(self, pid: int, code: int) -> None:
+        delivery = self._inflight.pop(pid, None)
+        if delivery is None:
+            return  # an answer for a delivery already settled: nothing to do (4.3)
+        if code >= 0x80:
+            self.broker.nack(delivery, requeue=False)
+        else:
+            self.broker.ack(delivery)
+
+    def _on_pubrec(self, pid: int, code: int) -> None:
+        delivery = self._inflight.get(pid)
+        if delivery is None:
+            if self.version == 5:
+                self.send(
+                    self.codec.send(
+                        mqtt.PubRel(
+                            packet_id=pid, reason_code=ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
+                        )
+                    )
+                )
+            return
+        if code >= 0x80:
+            self._settle(pid, code)
+            return
+        delivery.stage = 1
+        self.send(self.codec.send(mqtt.PubRel(packet_id=pid)))
+
+    # -- the core's Sink ---------------------------------------------------------
 
     def deliver(self, delivery: Delivery, qos: int) -> None:
+        if self._held is not None:
+            self._held.append((delivery, qos))
+            return
         message = delivery.message
-        if message.kind is Kind.QUEUE:
-            topic = QUEUE_PREFIX + message.destination
-            self.send(mqtt.encode_publish(mqtt.Publish(topic=topic, payload=message.payload)))
-        else:
-            self.send(_encode_qos0(message, delivery.retain))
+        if qos == 0:
+            if self.version < 5 or not (delivery.subscription_ids or self._client_alias_max):
+                data = _encode_plain_qos0(message, delivery.retain, self.version, self.clock())
+                if self._fits(data, delivery, qos):
+                    self.send(data)
+                return
+            self._send_publish(delivery, 0, None, dup=False)
+            return
+        pid = delivery.wire_id
+        resend = pid is not None and self._inflight.get(pid, delivery) is delivery
+        if not resend:
+            pid = self._allocate_pid()
+        assert pid is not None
+        delivery.wire_id = pid
+        self._inflight[pid] = delivery
+        if resend and delivery.stage == 1:
+            self.send(self.codec.send(mqtt.PubRel(packet_id=pid)))
+            return
+        self._send_publish(delivery, qos, pid, dup=resend)
+
+    def _send_publish(self, delivery: Delivery, qos: int, pid: int | None, *, dup: bool) -> None:
+        message = delivery.message
+        topic = topic_of(message)
+        props = NO_PROPERTIES
+        if self.version == 5:
+            props = properties_of(message, self.clock(), delivery.subscription_ids)
+            alias = self._aliases_out.get(topic)
+            if alias is not None:
+                props = replace(props, topic_alias=alias)
+                topic = ""
+            elif len(self._aliases_out) < self._client_alias_max:
+                alias = self._aliases_out[topic] = len(self._aliases_out) + 1
+                props = replace(props, topic_alias=alias)
+        publish = mqtt.Publish(
+            topic=topic,
+            payload=message.payload,
+            qos=qos,
+            retain=delivery.retain,
+            dup=dup,
+            packet_id=pid,
+            properties=props,
+        )
+        data = mqtt.encode_publish(publish, self.version)
+        if self._fits(data, delivery, qos):
+            self.send(data)
+
+    def _fits(self, data: bytes, delivery: Delivery, qos: int) -> bool:
+        """A message larger than the client's maximum packet size is dropped for it (3.1.2.25)."""
+        limit = self._client_max_packet
+        if limit is None or len(data) <= limit:
+            return True
+        self.dropped_too_large += 1
+        self.log.info("mqtt.delivery.too_large", size=len(data), maximum=limit)
+        if qos:
+            pid = delivery.wire_id
+            if pid is not None:
+                self._inflight.pop(pid, None)
+            self.broker.nack(delivery, requeue=False)
+        return False
+
+    def _allocate_pid(self) -> int:
+        inflight = self._inflight
+        pid = self._next_pid
+        for _ in range(65535):
+            if pid not in inflight:
+                break
+            pid = pid % 65535 + 1
+        else:  # pragma: no cover - the credit window keeps us far below 65535
+            raise RuntimeError("no free packet identifier")
+        self._next_pid = pid % 65535 + 1
+        return pid
 
     def writable(self) -> bool:
         return self._writable()
@@ -225,13 +457,18 @@ class MQTTSession:
 
     # -- end of the connection -----------------------------------------------------
 
+    def goodbye(self, reason: int) -> None:
+        """Tell an MQTT 5 client why the server closes the connection (no-op before 5)."""
+        if self.version == 5 and self.session is not None and not self._graceful:
+            self.send(self.codec.send(mqtt.Disconnect(reason_code=reason)))
+
     def connection_ended(self) -> None:
         """The connection is gone: the core publishes the will unless DISCONNECT discarded it."""
         if self.session is None:
             return
         session, self.session = self.session, None
         if session.sink is self:
-            self.broker.detach(session, graceful=self._graceful)
+            self.broker.detach(session, graceful=self._graceful, expiry=self._disconnect_expiry)
 
     def resume(self) -> None:
         """The outbound buffer drained: let the core send what it held back."""

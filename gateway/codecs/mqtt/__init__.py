@@ -1,8 +1,10 @@
-"""MQTT codec (3.1 and 3.1.1 today; MQTT 5 follows): packets, framing and state."""
+"""MQTT codec (3.1, 3.1.1 and 5.0): packets, properties, framing and state."""
 
 from .connection import CLOSED, NEED_DATA, MQTTConnection, Role, State
 from .errors import ConnectReturnCode, MQTTProtocolError, ReasonCode
 from .packets import (
+    NO_PROPERTIES,
+    Auth,
     ConnAck,
     Connect,
     Disconnect,
@@ -10,6 +12,7 @@ from .packets import (
     PacketType,
     PingReq,
     PingResp,
+    Properties,
     PubAck,
     PubComp,
     Publish,
@@ -21,11 +24,14 @@ from .packets import (
     Unsubscribe,
     Will,
 )
+from .properties import PropertyId
 from .serialize import encode_packet, encode_publish
 
 __all__ = [
     "CLOSED",
     "NEED_DATA",
+    "NO_PROPERTIES",
+    "Auth",
     "ConnAck",
     "Connect",
     "ConnectReturnCode",
@@ -36,6 +42,8 @@ __all__ = [
     "PacketType",
     "PingReq",
     "PingResp",
+    "Properties",
+    "PropertyId",
     "PubAck",
     "PubComp",
     "PubRec",

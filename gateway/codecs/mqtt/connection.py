@@ -3,6 +3,9 @@
 Used like h11: ``receive_data(bytes)`` (``b""`` means end of stream), then
 ``next_event()`` until it returns ``NEED_DATA``; ``send(packet)`` returns the
 bytes to write.
+
+Every packet after CONNECT is read and written in ``protocol_level`` (3, 4 or 5):
+a server learns it from the CONNECT it receives, a client from the CONNECT it sends.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from enum import Enum, auto
 from typing import Final
 
 from .errors import MQTTProtocolError, ReasonCode
-from .packets import ConnAck, Connect, Disconnect, Packet, PacketType
+from .packets import Auth, ConnAck, Connect, Disconnect, Packet, PacketType, Publish
 from .serialize import decode_packet, encode_packet
 from .wire import MAX_REMAINING_LENGTH, decode_varint
 
@@ -57,6 +60,9 @@ _FROM_SERVER = frozenset(
         PacketType.PINGRESP,
     }
 )
+# MQTT 5 adds AUTH both ways and lets the server send DISCONNECT too.
+_FROM_CLIENT_V5 = _FROM_CLIENT | {PacketType.AUTH}
+_FROM_SERVER_V5 = _FROM_SERVER | {PacketType.AUTH, PacketType.DISCONNECT}
 
 
 class Role(Enum):
@@ -89,6 +95,9 @@ class MQTTConnection:
         self._pos = 0
         self._eof = False
         self._allowed_in = _FROM_CLIENT if role is Role.SERVER else _FROM_SERVER
+        # From the MQTT 5 CONNECT, for the rules on later DISCONNECT and AUTH packets.
+        self._session_expiry = 0
+        self._auth_method: str | None = None
 
     def receive_data(self, data: bytes) -> None:
         if data:
@@ -133,7 +142,17 @@ class MQTTConnection:
             self._pos = 0
         else:
             self._pos = body_end
-        packet = decode_packet(type_byte, body)
+        try:
+            packet = decode_packet(type_byte, body, self.protocol_level)
+        except MQTTProtocolError as exc:
+            if (
+                exc.protocol_level is not None
+                and self.role is Role.SERVER
+                and self.state is State.AWAIT_CONNECT
+            ):
+                # A refused CONNECT still told its level: send() answers in that version.
+                self.protocol_level = exc.protocol_level
+            raise
         self._check_order(PacketType(type_byte >> 4), packet)
         return packet
 
@@ -150,11 +169,15 @@ class MQTTConnection:
         if self.state is State.AWAIT_CONNECT:
             first = PacketType.CONNECT if self.role is Role.SERVER else PacketType.CONNACK
             if ptype is not first:
+                if isinstance(packet, Auth):
+                    # MQTT 5 enhanced authentication: the server challenges before CONNACK (4.12).
+                    self._check_auth(packet)
+                    return
                 raise MQTTProtocolError(
                     f"expected {first.name}, got {ptype.name}", ReasonCode.PROTOCOL_ERROR
                 )
             if isinstance(packet, Connect):
-                self.protocol_level = packet.protocol_level
+                self._adopt(packet)
             self.state = State.CONNECTED
         elif self.state is State.CONNECTED:
             if ptype is PacketType.CONNECT:
@@ -163,9 +186,71 @@ class MQTTConnection:
                 self.state = State.CLOSED
         else:
             raise MQTTProtocolError(f"{ptype.name} after DISCONNECT", ReasonCode.PROTOCOL_ERROR)
+        if self.protocol_level == 5:
+            self._check_v5(packet)
+
+    def _adopt(self, connect: Connect) -> None:
+        """Speak the CONNECT's protocol level from now on."""
+        self.protocol_level = level = connect.protocol_level
+        server = self.role is Role.SERVER
+        if level == 5:
+            self._allowed_in = _FROM_CLIENT_V5 if server else _FROM_SERVER_V5
+        else:
+            self._allowed_in = _FROM_CLIENT if server else _FROM_SERVER
+        self._session_expiry = connect.properties.session_expiry_interval or 0
+        self._auth_method = connect.properties.authentication_method
+
+    def _check_v5(self, packet: Packet) -> None:
+        """MQTT 5 rules that depend on the direction of flow or on the CONNECT."""
+        match packet:
+            case Publish() if packet.properties.subscription_identifiers:
+                if self.role is Role.SERVER:
+                    raise MQTTProtocolError(
+                        "subscription identifier in a PUBLISH from a client",
+                        ReasonCode.PROTOCOL_ERROR,
+                    )
+            case Disconnect(properties=props) if props.session_expiry_interval is not None:
+                if self.role is Role.CLIENT:
+                    raise MQTTProtocolError(
+                        "session expiry interval in a DISCONNECT from the server",
+                        ReasonCode.PROTOCOL_ERROR,
+                    )
+                if props.session_expiry_interval and not self._session_expiry:
+                    raise MQTTProtocolError(
+                        "DISCONNECT sets a session expiry after a CONNECT with none",
+                        ReasonCode.PROTOCOL_ERROR,
+                    )
+            case Auth():
+                self._check_auth(packet)
+            case _:
+                pass
+
+    def _check_auth(self, packet: Auth) -> None:
+        """AUTH belongs to the method the CONNECT named, and only exists if it named one."""
+        if self._auth_method is None:
+            raise MQTTProtocolError(
+                "AUTH without an authentication method in CONNECT", ReasonCode.PROTOCOL_ERROR
+            )
+        method = packet.properties.authentication_method
+        if method is not None and method != self._auth_method:
+            raise MQTTProtocolError(
+                "AUTH with another authentication method than CONNECT",
+                ReasonCode.PROTOCOL_ERROR,
+            )
 
     def send(self, packet: Packet) -> bytes:
-        data = encode_packet(packet)
+        """Encode ``packet`` in this connection's protocol level.
+
+        A client's CONNECT sets the level. A server's DISCONNECT exists only in
+        MQTT 5: before that, ``send(Disconnect(...))`` returns ``b""`` (nothing to
+        write) and only marks the connection closed.
+        """
+        if isinstance(packet, Disconnect) and self.role is Role.SERVER and self.protocol_level != 5:
+            self.state = State.CLOSED
+            return b""
+        data = encode_packet(packet, self.protocol_level)  # CONNECT brings its own level
+        if isinstance(packet, Connect) and self.role is Role.CLIENT:
+            self._adopt(packet)
         refused = isinstance(packet, ConnAck) and packet.return_code != 0
         if isinstance(packet, Disconnect) or refused:
             self.state = State.CLOSED

@@ -25,11 +25,53 @@ class PacketType(IntEnum):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Properties:
+    """MQTT 5 properties (spec 2.2.2.2). None / empty means absent.
+
+    One class serves every packet type; the codec refuses a property that the
+    packet type does not allow, and a repeated property other than user
+    properties and (in PUBLISH) subscription identifiers.
+    """
+
+    payload_format_indicator: int | None = None
+    message_expiry_interval: int | None = None
+    content_type: str | None = None
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+    subscription_identifiers: tuple[int, ...] = ()
+    session_expiry_interval: int | None = None
+    assigned_client_identifier: str | None = None
+    server_keep_alive: int | None = None
+    authentication_method: str | None = None
+    authentication_data: bytes | None = None
+    request_problem_information: int | None = None
+    will_delay_interval: int | None = None
+    request_response_information: int | None = None
+    response_information: str | None = None
+    server_reference: str | None = None
+    reason_string: str | None = None
+    receive_maximum: int | None = None
+    topic_alias_maximum: int | None = None
+    topic_alias: int | None = None
+    maximum_qos: int | None = None
+    retain_available: int | None = None
+    user_properties: tuple[tuple[str, str], ...] = ()
+    maximum_packet_size: int | None = None
+    wildcard_subscription_available: int | None = None
+    subscription_identifier_available: int | None = None
+    shared_subscription_available: int | None = None
+
+
+NO_PROPERTIES = Properties()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Will:
     topic: str
     payload: bytes
     qos: int = 0
     retain: bool = False
+    properties: Properties = NO_PROPERTIES
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,65 +84,91 @@ class Connect:
     username: str | None = None
     password: bytes | None = None
     will: Will | None = None
+    properties: Properties = NO_PROPERTIES
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ConnAck:
+    """``return_code`` is the 3.1.1 return code, or the MQTT 5 reason code."""
+
     session_present: bool = False
     return_code: int = 0
+    properties: Properties = NO_PROPERTIES
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Publish:
+    """In MQTT 5 ``topic`` may be empty when ``properties.topic_alias`` is set: the
+    codec hands it over as received, and the receiver resolves the alias."""
+
     topic: str
     payload: bytes
     qos: int = 0
     retain: bool = False
     dup: bool = False
     packet_id: int | None = None
+    properties: Properties = NO_PROPERTIES
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PubAck:
     packet_id: int
+    reason_code: int = 0
+    properties: Properties = NO_PROPERTIES
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PubRec:
     packet_id: int
+    reason_code: int = 0
+    properties: Properties = NO_PROPERTIES
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PubRel:
     packet_id: int
+    reason_code: int = 0
+    properties: Properties = NO_PROPERTIES
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PubComp:
     packet_id: int
+    reason_code: int = 0
+    properties: Properties = NO_PROPERTIES
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Subscribe:
+    """Each subscription is (filter, options byte): QoS in bits 0-1; in MQTT 5 also
+    no local (bit 2), retain as published (bit 3) and retain handling (bits 4-5)."""
+
     packet_id: int
     subscriptions: tuple[tuple[str, int], ...]
+    properties: Properties = NO_PROPERTIES
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SubAck:
     packet_id: int
     return_codes: tuple[int, ...]
+    properties: Properties = NO_PROPERTIES
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Unsubscribe:
     packet_id: int
     topic_filters: tuple[str, ...]
+    properties: Properties = NO_PROPERTIES
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UnsubAck:
+    """``reason_codes`` exist in MQTT 5 only (one per filter)."""
+
     packet_id: int
+    reason_codes: tuple[int, ...] = ()
+    properties: Properties = NO_PROPERTIES
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,7 +183,18 @@ class PingResp:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Disconnect:
-    pass
+    """Sent by either side in MQTT 5; by the client only, and bare, in 3.1/3.1.1."""
+
+    reason_code: int = 0
+    properties: Properties = NO_PROPERTIES
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Auth:
+    """MQTT 5 only."""
+
+    reason_code: int = 0
+    properties: Properties = NO_PROPERTIES
 
 
 Packet = (
@@ -133,4 +212,5 @@ Packet = (
     | PingReq
     | PingResp
     | Disconnect
+    | Auth
 )

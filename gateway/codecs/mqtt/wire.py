@@ -85,6 +85,19 @@ class Reader:
         self.pos += 2
         return value
 
+    def u32(self) -> int:
+        self._need(4)
+        value = int.from_bytes(self.buf[self.pos : self.pos + 4], "big")
+        self.pos += 4
+        return value
+
+    def varint(self) -> int:
+        decoded = decode_varint(self.buf, self.pos, self.end)
+        if decoded is None:
+            raise MQTTProtocolError("packet shorter than its fields")
+        value, self.pos = decoded
+        return value
+
     def binary(self) -> bytes:
         n = self.u16()
         self._need(n)

@@ -85,7 +85,8 @@ class MQTTSession:
         self._graceful = False
         self._connect_expiry = 0.0
         self._disconnect_expiry: float | None = None
-        # Deliveries the core makes while CONNECT is handled wait for the CONNACK.
+        # Deliveries the core makes while CONNECT or SUBSCRIBE is handled wait
+        # for the CONNACK or SUBACK.
         self._held: list[tuple[Delivery, int]] | None = None
         self._inflight: dict[int, Delivery] = {}
         self._next_pid = 1
@@ -188,9 +189,7 @@ class MQTTSession:
                 server_keep_alive=server_keep_alive,
             )
         self.send(self.codec.send(mqtt.ConnAck(session_present=present, properties=connack_props)))
-        held, self._held = self._held, None
-        for delivery, qos in held:
-            self.deliver(delivery, qos)
+        self._release_held()
         self.log.info(
             "mqtt.connect.accepted",
             protocol_level=v,
@@ -286,6 +285,8 @@ class MQTTSession:
         ids = packet.properties.subscription_identifiers
         sub_id = ids[0] if ids else None
         codes = []
+        # Retained messages the new subscriptions bring follow the SUBACK.
+        self._held = []
         for topic_filter, options in packet.subscriptions:
             qos = options & 3
             no_local = bool(options & 4)
@@ -313,6 +314,12 @@ class MQTTSession:
         self.send(
             self.codec.send(mqtt.SubAck(packet_id=packet.packet_id, return_codes=tuple(codes)))
         )
+        self._release_held()
+
+    def _release_held(self) -> None:
+        held, self._held = self._held, None
+        for delivery, qos in held or ():
+            self.deliver(delivery, qos)
 
     def _on_unsubscribe(self, packet: mqtt.Unsubscribe) -> None:
         session = self.session

@@ -168,3 +168,21 @@ async def test_shutdown_drains_and_closes_connections(
             pass
         else:
             raise AssertionError("the listener still accepts after stop()")
+
+
+async def test_sys_topics_are_published_retained(gateway: Gateway) -> None:
+    with trio.fail_after(NET_TIMEOUT):
+        client = await RawClient.open(gateway.port("mqtt"))
+        await client.connect("sys-reader")
+        await client.send(mqtt.Subscribe(packet_id=1, subscriptions=(("$SYS/broker/#", 0),)))
+        assert isinstance(await client.receive(), mqtt.SubAck)
+        seen: dict[str, bytes] = {}
+        wanted = {"$SYS/broker/clients/connected", "$SYS/broker/uptime", "$SYS/broker/version"}
+        while not wanted <= seen.keys():
+            packet = await client.receive()
+            assert isinstance(packet, mqtt.Publish)
+            assert packet.retain
+            seen[packet.topic] = packet.payload
+        assert seen["$SYS/broker/version"].startswith(b"gateway ")
+        assert int(seen["$SYS/broker/clients/connected"]) >= 0
+        await client.aclose()

@@ -52,6 +52,7 @@ def to_message(
             payload=payload,
             qos=qos,
             retain=retain and kind is Kind.TOPIC,
+            timestamp=now,
             origin=origin,
         )
     text = properties.payload_format_indicator == 1
@@ -82,6 +83,7 @@ def to_message(
         text=text,
         correlation_id=properties.correlation_data,
         reply_to=properties.response_topic,
+        timestamp=now,
         origin=origin,
     )
 

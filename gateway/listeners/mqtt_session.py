@@ -41,12 +41,14 @@ _V3_SUBACK_FAILURE = 0x80
 _last_encoded: tuple[Message, bool, int, bytes] | None = None
 
 
-def _encode_plain_qos0(message: Message, retain: bool, version: int, now: float) -> bytes:
+def _encode_plain_qos0(
+    message: Message, retain: bool, version: int, clock: Callable[[], float]
+) -> bytes:
     global _last_encoded
     last = _last_encoded
     if last is not None and last[0] is message and last[1] is retain and last[2] == version:
         return last[3]
-    props = properties_of(message, now) if version == 5 else NO_PROPERTIES
+    props = properties_of(message, clock()) if version == 5 else NO_PROPERTIES
     publish = mqtt.Publish(
         topic=topic_of(message), payload=message.payload, retain=retain, properties=props
     )
@@ -385,7 +387,7 @@ class MQTTSession:
         message = delivery.message
         if qos == 0:
             if self.version < 5 or not (delivery.subscription_ids or self._client_alias_max):
-                data = _encode_plain_qos0(message, delivery.retain, self.version, self.clock())
+                data = _encode_plain_qos0(message, delivery.retain, self.version, self.clock)
                 if self._fits(data, delivery, qos):
                     self.send(data)
                 return

@@ -13,8 +13,13 @@ import argparse
 import json
 import time
 
+from gateway.codecs.mqtt import MQTTConnection
+from gateway.config import ListenerConfig
 from gateway.core import Broker, Message, SubscribeOptions
 from gateway.listeners.mqtt_session import MQTTSession
+
+
+LISTENER = ListenerConfig(protocol="mqtt", bind="127.0.0.1:0")
 
 
 def measure(subscribers: int, seconds: float, qos: int) -> dict[str, float]:
@@ -23,7 +28,8 @@ def measure(subscribers: int, seconds: float, qos: int) -> dict[str, float]:
     for i in range(subscribers):
         buf = bytearray()
         buffers.append(buf)
-        adapter = MQTTSession(broker, buf.extend, lambda _reason: None)
+        codec = MQTTConnection()
+        adapter = MQTTSession(broker, codec, buf.extend, lambda _reason: None, config=LISTENER)
         session, _ = broker.open_session(f"sub-{i}", adapter)
         adapter.session = session
         # Half exact filters, half wildcards: both must route to every subscriber.

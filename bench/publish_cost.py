@@ -18,7 +18,6 @@ from gateway.config import ListenerConfig
 from gateway.core import Broker, Message, SubscribeOptions
 from gateway.listeners.mqtt_session import MQTTSession
 
-
 LISTENER = ListenerConfig(protocol="mqtt", bind="127.0.0.1:0")
 
 

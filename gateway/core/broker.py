@@ -238,6 +238,7 @@ class Broker:
                 self,
                 self.session_queue_policy,
                 lossy=True,
+                ordered=True,
                 durable=durable,
             )
             session = Session(client_id=client_id, expiry=expiry, queue=queue)
@@ -249,19 +250,23 @@ class Broker:
             session.expires_at = None
             session.expiry = expiry
         session.will = will
+        session.window = window
         session.consumer.window = window
         session.consumer.sink = sink
         for consumer in session.consumers.values():
             consumer.sink = sink
             consumer.window = min(consumer.window, window)
-            consumer.queue.attach(consumer)
         self._save(session)
         # Deliveries in flight when the last connection ended go first, in their
         # original order, marked as redeliveries (MQTT resends them with DUP).
-        for entry in session.inflight():
-            entry.count += 1
-            session.queue.stats.redelivered += 1
-            sink.deliver(entry, session.consumer.delivery_qos(entry.qos))
+        for consumer in session.all_consumers():
+            for entry in sorted(consumer.unacked.values(), key=lambda e: e.tag):
+                entry.count += 1
+                consumer.queue.stats.redelivered += 1
+                sink.deliver(entry, consumer.delivery_qos(entry.qos))
+        for consumer in session.consumers.values():
+            if not consumer.closed:
+                consumer.queue.attach(consumer)
         session.queue.dispatch()
         return session, present
 
@@ -276,12 +281,16 @@ class Broker:
             session.expiry = expiry
         now = self.now()
         session.consumer.sink = None
-        for consumer in session.consumers.values():
+        ending = session.expiry <= 0
+        for name, consumer in session.consumers.items():
             consumer.sink = None
-            consumer.queue.detach(consumer)
+            # A shared group's in-flight messages wait for this member to come back
+            # (MQTT 4.8.2); a plain queue's go to the other consumers at once.
+            keep = ending or name.startswith(SHARE_PREFIX)
+            consumer.queue.detach(consumer, keep_inflight=keep)
         if graceful:
             session.will = None
-        if session.expiry <= 0:
+        if ending:
             self._end_session(session)
             return
         session.expires_at = now + session.expiry if session.expiry != NEVER else None
@@ -297,10 +306,17 @@ class Broker:
             del self.sessions[session.client_id]
             self._delivered_gone += session.queue.stats.delivered
         self._publish_will(session)
+        for name, consumer in session.consumers.items():
+            consumer.sink = None
+            if name.startswith(SHARE_PREFIX):
+                # Exactly-once: a QoS 2 message begun with this member goes to no other.
+                for tag, entry in list(consumer.unacked.items()):
+                    if consumer.delivery_qos(entry.qos) == 2:
+                        del consumer.unacked[tag]
+                        self.discard(consumer.queue, entry, "session-ended")
         for topic_filter in list(session.subscriptions):
             self.unsubscribe(session, topic_filter)
         for name, consumer in list(session.consumers.items()):
-            consumer.sink = None
             consumer.queue.detach(consumer)
             del session.consumers[name]
         for name in session.temporary:
@@ -376,12 +392,17 @@ class Broker:
         check_filter(topic_filter)
         queue = self.queues.get(share)
         if queue is None:
-            queue = self.queues[share] = Queue(share, self, self.session_queue_policy, lossy=True)
+            queue = self.queues[share] = Queue(
+                share, self, self.session_queue_policy, lossy=True, ordered=True
+            )
             shared = SubscribeOptions(qos=2)
             self._trie.add(topic_filter, share, _Binding(shared, None, queue))
             self._routes.clear()
         session.subscriptions[share] = options
-        self._attach(session, queue, qos=options.qos)
+        consumer = self._attach(session, queue, qos=options.qos)
+        sub_id = options.subscription_id
+        consumer.subscription_ids = () if sub_id is None else (sub_id,)
+        consumer.retain_as_published = options.retain_as_published
         self._save(session)
         return options.qos
 
@@ -418,9 +439,17 @@ class Broker:
         queue = self.queues.get(queue_name) or self.declare_queue(queue_name)
         return self._attach(session, queue, qos=qos, window=window, ack_all=ack_all)
 
-    def cancel(self, session: Session, queue_name: str) -> bool:
-        """Stop consuming; unacked deliveries go back to the queue."""
-        return self._detach_consumer(session, queue_name)
+    def cancel(self, session: Session, queue_name: str, *, requeue: bool = True) -> bool:
+        """Stop consuming. Unacked deliveries go back to the queue (JMS), or with
+        ``requeue=False`` may still be acknowledged (MQTT 3.10.4-3)."""
+        if not requeue:
+            return self._detach_consumer(session, queue_name)
+        consumer = session.consumers.pop(queue_name, None)
+        if consumer is None or consumer.closed:
+            return False
+        consumer.queue.detach(consumer)
+        consumer.sink = None
+        return True
 
     def _attach(
         self,
@@ -434,6 +463,10 @@ class Broker:
         consumer = session.consumers.get(queue.name)
         if consumer is not None:
             consumer.qos = qos  # subscribing again updates the options
+            if consumer.closed:
+                consumer.closed = False
+                if consumer.sink is not None:
+                    queue.attach(consumer)
             return consumer
         window = min(window, session.consumer.window)
         consumer = Consumer(queue, session, qos=qos, window=window, ack_all=ack_all)
@@ -444,12 +477,22 @@ class Broker:
         return consumer
 
     def _detach_consumer(self, session: Session, queue_name: str) -> bool:
-        consumer = session.consumers.pop(queue_name, None)
-        if consumer is None:
+        """Take no more from the queue, but let deliveries already sent be acknowledged
+        (MQTT 3.10.4-3): the consumer stays with the session, closed, until they are."""
+        consumer = session.consumers.get(queue_name)
+        if consumer is None or consumer.closed:
             return False
-        consumer.queue.detach(consumer)
-        consumer.sink = None
+        consumer.queue.detach(consumer, keep_inflight=True)
+        consumer.closed = True
+        self._drop_if_done(consumer)
         return True
+
+    def _drop_if_done(self, consumer: Consumer) -> None:
+        consumer_map = consumer.session.consumers
+        if consumer.closed and not consumer.unacked:
+            if consumer_map.get(consumer.queue.name) is consumer:
+                del consumer_map[consumer.queue.name]
+            consumer.sink = None
 
     def _send_retained(
         self, session: Session, topic_filter: str, options: SubscribeOptions
@@ -553,9 +596,22 @@ class Broker:
     def ack(self, delivery: Delivery) -> bool:
         """The consumer processed ``delivery``; False if it was not outstanding."""
         consumer = delivery.consumer
-        return consumer is not None and consumer.queue.ack(delivery)
+        if consumer is None or not consumer.queue.ack(delivery):
+            return False
+        self._credit_freed(consumer)
+        return True
 
     def nack(self, delivery: Delivery, *, requeue: bool = True) -> bool:
         """Return ``delivery`` to its queue for redelivery, or reject it (dead-letter)."""
         consumer = delivery.consumer
-        return consumer is not None and consumer.queue.nack(delivery, requeue=requeue)
+        if consumer is None or not consumer.queue.nack(delivery, requeue=requeue):
+            return False
+        self._credit_freed(consumer)
+        return True
+
+    def _credit_freed(self, consumer: Consumer) -> None:
+        self._drop_if_done(consumer)
+        # The session's window is shared: a freed slot may unblock its other queues.
+        session = consumer.session
+        if session.consumers and session.connected:
+            self.resume(session)

@@ -77,7 +77,19 @@ class Consumer:
     bounds unacknowledged deliveries (MQTT receive maximum, STOMP prefetch).
     """
 
-    __slots__ = ("_next_tag", "ack_all", "qos", "queue", "session", "sink", "unacked", "window")
+    __slots__ = (
+        "_next_tag",
+        "ack_all",
+        "closed",
+        "qos",
+        "queue",
+        "retain_as_published",
+        "session",
+        "sink",
+        "subscription_ids",
+        "unacked",
+        "window",
+    )
 
     def __init__(
         self,
@@ -95,6 +107,11 @@ class Consumer:
         self.ack_all = ack_all
         self.sink: Sink | None = None
         self.unacked: dict[int, Delivery] = {}
+        # A shared subscription's member options, applied to what the group's queue sends it.
+        self.subscription_ids: tuple[int, ...] = ()
+        self.retain_as_published = True
+        # Unsubscribed, with deliveries still awaiting acknowledgement.
+        self.closed = False
         self._next_tag = 1
 
     def delivery_qos(self, entry_qos: int) -> int:
@@ -107,7 +124,13 @@ class Consumer:
         sink = self.sink
         if sink is None or not sink.writable():
             return False
-        return len(self.unacked) < self.window or self.delivery_qos(entry_qos) == 0
+        if self.delivery_qos(entry_qos) == 0:
+            return True
+        if len(self.unacked) >= self.window:
+            return False
+        session = self.session
+        # The connection's window (MQTT receive maximum) is shared by all its consumers.
+        return not session.consumers or session.in_flight() < session.window
 
     def send(self, entry: Delivery) -> None:
         """Hand ``entry`` to the sink; the caller has checked ``can_take``."""
@@ -117,6 +140,10 @@ class Consumer:
         entry.consumer = self
         entry.tag = self._next_tag
         self._next_tag += 1
+        if self.subscription_ids:
+            entry.subscription_ids = self.subscription_ids
+        if entry.retain and not self.retain_as_published:
+            entry.retain = False
         if qos:
             self.unacked[entry.tag] = entry
         self.sink.deliver(entry, qos)

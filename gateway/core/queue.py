@@ -67,7 +67,8 @@ class QueueOwner(Protocol):
 
 class Queue:
     """One queue. ``lossy`` queues (topic subscriptions) drop QoS 0 entries they cannot send
-    at once instead of holding them; ``owner`` is the session a private queue belongs to."""
+    at once instead of holding them; ``ordered`` ones deliver in arrival order whatever the
+    priority; ``owner`` is the session a private queue belongs to."""
 
     def __init__(
         self,
@@ -76,6 +77,7 @@ class Queue:
         policy: QueuePolicy = QueuePolicy(),
         *,
         lossy: bool = False,
+        ordered: bool = False,
         durable: bool = True,
         owner: Session | None = None,
     ) -> None:
@@ -83,6 +85,8 @@ class Queue:
         self.broker = broker
         self.policy = policy
         self.lossy = lossy
+        # An ordered queue ignores priorities: MQTT keeps a topic's messages in order (4.6).
+        self.ordered = ordered
         self.durable = durable
         self.owner = owner
         self.consumers: list[Consumer] = []
@@ -157,7 +161,7 @@ class Queue:
         if not self._make_room(entry):
             stats.refused += 1
             return "queue-full"
-        self._lanes[entry.message.priority].append(entry)
+        self._lanes[4 if self.ordered else entry.message.priority].append(entry)
         self.depth += 1
         self.bytes += entry.size
         stats.enqueued += 1
@@ -203,7 +207,7 @@ class Queue:
             if limit is not None and entry.count >= limit:
                 self.broker.discard(self, entry, "max-deliveries")
                 continue
-            self._lanes[entry.message.priority].appendleft(entry)
+            self._lanes[4 if self.ordered else entry.message.priority].appendleft(entry)
             self.depth += 1
             self.bytes += entry.size
 

@@ -57,6 +57,7 @@ class Session:
     consumers: dict[str, Consumer] = field(default_factory=dict)
     temporary: list[str] = field(default_factory=list)
     incomplete: set[int] = field(default_factory=set)
+    window: int = 65535
     will: Will | None = None
     will_due: float | None = None
     expires_at: float | None = None
@@ -83,3 +84,7 @@ class Session:
 
     def all_consumers(self) -> list[Consumer]:
         return [self.consumer, *self.consumers.values()]
+
+    def in_flight(self) -> int:
+        """Deliveries awaiting acknowledgement over all this session's consumers."""
+        return len(self.consumer.unacked) + sum(len(c.unacked) for c in self.consumers.values())

@@ -16,6 +16,7 @@ from dataclasses import replace
 
 from ..codecs import mqtt
 from ..codecs.mqtt import ConnectReturnCode, MQTTConnection, MQTTProtocolError, ReasonCode
+from ..codecs.mqtt.serialize import REASON_CODES
 from ..config import ListenerConfig
 from ..core import (
     NEVER,
@@ -33,6 +34,7 @@ from ..logging import get_logger
 from .mqtt_mapping import NO_PROPERTIES, properties_of, queue_name, to_message, topic_of
 
 SHARE_PREFIX = "$share/"
+DISCONNECT_REASONS = REASON_CODES[mqtt.PacketType.DISCONNECT]
 NEVER_EXPIRES = 0xFFFFFFFF
 _V3_SUBACK_FAILURE = 0x80
 
@@ -330,7 +332,7 @@ class MQTTSession:
         for topic_filter in packet.topic_filters:
             name = queue_name(topic_filter)
             if name is not None:
-                existed = self.broker.cancel(session, name)
+                existed = self.broker.cancel(session, name, requeue=False)
             else:
                 existed = self.broker.unsubscribe(session, topic_filter)
             codes.append(0 if existed else ReasonCode.NO_SUBSCRIPTION_EXISTED)
@@ -409,6 +411,7 @@ class MQTTSession:
         message = delivery.message
         topic = topic_of(message)
         props = NO_PROPERTIES
+        new_alias = 0
         if self.version == 5:
             props = properties_of(message, self.clock(), delivery.subscription_ids)
             alias = self._aliases_out.get(topic)
@@ -416,8 +419,8 @@ class MQTTSession:
                 props = replace(props, topic_alias=alias)
                 topic = ""
             elif len(self._aliases_out) < self._client_alias_max:
-                alias = self._aliases_out[topic] = len(self._aliases_out) + 1
-                props = replace(props, topic_alias=alias)
+                new_alias = len(self._aliases_out) + 1
+                props = replace(props, topic_alias=new_alias)
         publish = mqtt.Publish(
             topic=topic,
             payload=message.payload,
@@ -429,6 +432,9 @@ class MQTTSession:
         )
         data = mqtt.encode_publish(publish, self.version)
         if self._fits(data, delivery, qos):
+            if new_alias:
+                # Only an alias the client has actually seen may stand for the topic.
+                self._aliases_out[topic] = new_alias
             self.send(data)
 
     def _fits(self, data: bytes, delivery: Delivery, qos: int) -> bool:
@@ -469,6 +475,8 @@ class MQTTSession:
     def goodbye(self, reason: int) -> None:
         """Tell an MQTT 5 client why the server closes the connection (no-op before 5)."""
         if self.version == 5 and self.session is not None and not self._graceful:
+            if reason not in DISCONNECT_REASONS:
+                reason = ReasonCode.PROTOCOL_ERROR  # e.g. 0x84 belongs to CONNACK only
             self.send(self.codec.send(mqtt.Disconnect(reason_code=reason)))
 
     def connection_ended(self) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from gateway.codecs import mqtt
 from gateway.codecs.mqtt import MQTTProtocolError, ReasonCode
-from gateway.core import Broker, Message
+from gateway.core import Broker, Kind, Message
 from gateway.listeners.mqtt import _refuse
 from tests.core.fakes import Clock
 from tests.listeners.mqtt_harness import Client
@@ -838,3 +838,141 @@ def test_mqtt_4_12_0_6_no_authentication_without_a_method(broker: Broker, clock:
     assert ack.properties.authentication_method is None
     assert ack.properties.authentication_data is None
     assert c.after_connack == []
+
+
+# ------------------------------------------- shared subscriptions, shared receive window
+
+
+def test_mqtt_4_8_2_4_shared_qos2_delivery_is_completed_to_the_same_member(
+    broker: Broker, clock: Clock
+) -> None:
+    persistent = {"clean_start": False, "properties": P(session_expiry_interval=300)}
+    first = connected(broker, clock, "m1", **persistent)
+    other = connected(broker, clock, "m2")
+    subscribe(first, ("$share/g/t", 2))
+    broker.publish(msg("t", b"exactly-once", qos=2))
+    [sent] = publishes(first)
+    assert sent.packet_id is not None
+    first.send(mqtt.PubRec(packet_id=sent.packet_id))
+    assert first.received() == [mqtt.PubRel(packet_id=sent.packet_id)]
+    first.drop()
+    subscribe(other, ("$share/g/t", 2))  # the other member must not get it
+    assert publishes(other) == []
+    back = Client(broker, clock)
+    back.connect("m1", **persistent)  # type: ignore[arg-type]
+    assert back.after_connack == [mqtt.PubRel(packet_id=sent.packet_id)]
+
+
+def test_mqtt_4_8_2_5_shared_qos2_is_not_sent_elsewhere_when_the_session_ends(
+    broker: Broker, clock: Clock
+) -> None:
+    first = connected(broker, clock, "m1")  # session expiry 0: it ends with the connection
+    other = connected(broker, clock, "m2")
+    subscribe(first, ("$share/g/t", 2))
+    subscribe(other, ("$share/g/t", 2))
+    broker.publish(msg("t", b"two", qos=2))
+    broker.publish(msg("t", b"one", qos=1))
+    got_first = publishes(first)
+    assert [p.payload for p in got_first] == [b"two"]
+    assert [p.payload for p in publishes(other)] == [b"one"]
+    first.drop()
+    # QoS 1 may go to another member; the QoS 2 message begun with m1 goes to nobody.
+    assert publishes(other) == []
+    assert broker.stats.drops["session-ended"] == 1
+
+
+def test_mqtt_3_3_4_9_receive_maximum_counts_every_subscription_of_the_connection(
+    broker: Broker, clock: Clock
+) -> None:
+    c = connected(broker, clock, "c", properties=P(receive_maximum=1))
+    subscribe(c, ("t", 1), ("$share/g/u", 1), ("$queue/q", 1))
+    broker.publish(msg("t", b"1", qos=1))
+    broker.publish(msg("u", b"2", qos=1))
+    broker.publish(Message(destination="q", kind=Kind.QUEUE, payload=b"3", qos=1))
+    [first] = publishes(c)
+    assert first.packet_id is not None
+    c.send(mqtt.PubAck(packet_id=first.packet_id))
+    [second] = publishes(c)
+    assert second.payload != first.payload
+
+
+def test_mqtt_3_3_4_3_shared_subscription_identifier_is_sent(broker: Broker, clock: Clock) -> None:
+    c = connected(broker, clock, "c")
+    subscribe(c, ("$share/g/t", 1), subscription_identifiers=(7,))
+    broker.publish(msg("t", qos=1))
+    [publish] = publishes(c)
+    assert publish.properties.subscription_identifiers == (7,)
+
+
+def test_mqtt_3_3_1_12_shared_retain_as_published_0_clears_retain(
+    broker: Broker, clock: Clock
+) -> None:
+    plain = connected(broker, clock, "plain")
+    rap = connected(broker, clock, "rap")
+    subscribe(plain, ("$share/a/t", 0))
+    subscribe(rap, ("$share/b/t", 0 | 8))
+    broker.publish(msg("t", b"r", retain=True))
+    assert [p.retain for p in publishes(plain)] == [False]
+    assert [p.retain for p in publishes(rap)] == [True]
+
+
+def test_mqtt_4_6_0_5_topic_order_is_kept_whatever_the_priority_property(
+    broker: Broker, clock: Clock
+) -> None:
+    c = connected(broker, clock, "c", properties=P(receive_maximum=1))
+    subscribe(c, ("t", 1))
+    pub = connected(broker, clock, "pub")
+    for i, priority in enumerate(["1", "1", "9"]):
+        props = P(user_properties=(("priority", priority),))
+        pub.send(
+            mqtt.Publish(topic="t", payload=bytes([i]), qos=1, packet_id=i + 1, properties=props)
+        )
+    order = []
+    for _ in range(3):
+        [publish] = publishes(c)
+        order.append(publish.payload)
+        assert publish.packet_id is not None
+        c.send(mqtt.PubAck(packet_id=publish.packet_id))
+    assert order == [b"\x00", b"\x01", b"\x02"]
+
+
+def test_mqtt_3_1_2_25_alias_of_a_dropped_message_is_not_reused(
+    broker: Broker, clock: Clock
+) -> None:
+    c = connected(broker, clock, "c", properties=P(maximum_packet_size=80, topic_alias_maximum=5))
+    subscribe(c, ("t/#", 0))
+    broker.publish(msg("t/a", b"x" * 200))  # too large: dropped for this client
+    broker.publish(msg("t/a", b"small"))
+    [publish] = publishes(c)
+    assert publish.topic == "t/a"  # the full topic, since the client never saw an alias for it
+
+
+def test_mqtt_3_1_0_2_second_connect_gets_disconnect_protocol_error(
+    broker: Broker, clock: Clock
+) -> None:
+    c = connected(broker, clock, "c")
+    body = b"\x00\x04MQTT\x07\x02\x00\x3c\x00\x00\x00\x01x"
+    c.server.receive_data(b"\x10" + bytes([len(body)]) + body)
+    with pytest.raises(MQTTProtocolError) as info:
+        c.server.next_event()
+    _refuse(info.value, c.server, c.session)
+    assert c.received() == [mqtt.Disconnect(reason_code=ReasonCode.PROTOCOL_ERROR)]
+
+
+def test_mqtt_3_10_4_3_shared_delivery_in_flight_completes_after_unsubscribe(
+    broker: Broker, clock: Clock
+) -> None:
+    leaver = connected(broker, clock, "leaver")
+    stayer = connected(broker, clock, "stayer", properties=P(receive_maximum=5))
+    subscribe(leaver, ("$share/g/t", 2))
+    broker.publish(msg("t", b"started", qos=2))
+    [sent] = publishes(leaver)
+    subscribe(stayer, ("$share/g/t", 2))
+    leaver.send(mqtt.Unsubscribe(packet_id=2, topic_filters=("$share/g/t",)))
+    assert isinstance(leaver.received()[0], mqtt.UnsubAck)
+    assert sent.packet_id is not None
+    leaver.send(mqtt.PubRec(packet_id=sent.packet_id))
+    assert leaver.received() == [mqtt.PubRel(packet_id=sent.packet_id)]
+    leaver.send(mqtt.PubComp(packet_id=sent.packet_id))
+    assert publishes(stayer) == []  # no second copy went to the other member
+    assert broker.sessions["leaver"].consumers == {}

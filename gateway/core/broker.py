@@ -12,8 +12,10 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import Enum
+
+import msgspec
 
 from ..store.base import SessionState, Store, StoredEntry
 from ..store.memory import MemoryStore
@@ -41,8 +43,7 @@ class Status(Enum):
     REFUSED = "refused"
 
 
-@dataclass(frozen=True, slots=True)
-class PublishResult:
+class PublishResult(msgspec.Struct, frozen=True):
     """``routed`` counts the queues (subscriptions included) that took the message.
     ``REFUSED`` means at least one queue refused it (``reason`` says why)."""
 
@@ -168,7 +169,7 @@ class Broker:
         target = queue.policy.dead_letter
         if target is not None and reason in DEAD_LETTER_REASONS and target != queue.name:
             message = entry.message
-            dead = replace(
+            dead = msgspec.structs.replace(
                 message,
                 destination=target,
                 kind=Kind.QUEUE,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol
+
+import msgspec
 
 from .message import Message
 
@@ -37,8 +38,7 @@ class Sink(Protocol):
         """End the connection (e.g. another connection took the session over)."""
 
 
-@dataclass(slots=True, eq=False)
-class Delivery:
+class Delivery(msgspec.Struct, eq=False):
     """One message on its way to one consumer; also the queue entry that holds it.
 
     ``qos`` is the QoS the entry was queued with (the publisher's, capped by the
@@ -47,6 +47,9 @@ class Delivery:
     protocol's own id for the latest send (an MQTT packet id) and ``stage`` its
     progress (1 = MQTT QoS 2 PUBREC received), kept so that a resumed session
     resends in-flight messages under the same id, from the same step.
+
+    A mutable msgspec Struct (one per message and receiver: cheap to build),
+    compared by identity.
     """
 
     message: Message

@@ -23,7 +23,7 @@ from ..codecs.mqtt import MQTTProtocolError, ReasonCode
 from ..core import Headers, Kind, Message, Origin, header_pairs
 
 QUEUE_PREFIX = "$queue/"
-NO_PROPERTIES = mqtt.Properties()
+NO_PROPERTIES = mqtt.NO_PROPERTIES
 
 
 def queue_name(topic: str) -> str | None:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
+
+import msgspec
 
 from ..codecs import mqtt
 from ..codecs.mqtt import ConnectReturnCode, MQTTConnection, MQTTProtocolError, ReasonCode
@@ -416,11 +417,11 @@ class MQTTSession:
             props = properties_of(message, self.clock(), delivery.subscription_ids)
             alias = self._aliases_out.get(topic)
             if alias is not None:
-                props = replace(props, topic_alias=alias)
+                props = msgspec.structs.replace(props, topic_alias=alias)
                 topic = ""
             elif len(self._aliases_out) < self._client_alias_max:
                 new_alias = len(self._aliases_out) + 1
-                props = replace(props, topic_alias=new_alias)
+                props = msgspec.structs.replace(props, topic_alias=new_alias)
         publish = mqtt.Publish(
             topic=topic,
             payload=message.payload,

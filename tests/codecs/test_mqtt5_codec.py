@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import typing
 from collections.abc import Callable
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -428,7 +428,7 @@ def reasons(ptype: PacketType) -> st.SearchStrategy[int]:
 def _connect_properties(props: Properties) -> Properties:
     # Authentication data needs an authentication method (3.1.2.11.10).
     if props.authentication_method is None:
-        return dataclasses.replace(props, authentication_data=None)
+        return msgspec.structs.replace(props, authentication_data=None)
     return props
 
 
@@ -590,7 +590,7 @@ def test_strategies_cover_every_packet_type() -> None:
 
 
 def test_property_strategies_cover_every_property() -> None:
-    assert set(PROPERTY_VALUES) == {f.name for f in dataclasses.fields(Properties)}
+    assert set(PROPERTY_VALUES) == {f.name for f in msgspec.structs.fields(Properties)}
     assert {field_name(ident) for ident in PropertyId} == set(PROPERTY_VALUES)
 
 
@@ -669,10 +669,10 @@ def _bytewise_matches_bulk(
 
 def _for_helpers(connect: Connect) -> Connect:
     """``connect`` with the method and session expiry the generated packets rely on."""
-    props = dataclasses.replace(
+    props = msgspec.structs.replace(
         connect.properties, authentication_method=METHOD, session_expiry_interval=60
     )
-    return dataclasses.replace(connect, properties=props)
+    return msgspec.structs.replace(connect, properties=props)
 
 
 @settings(max_examples=50)

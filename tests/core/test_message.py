@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from gateway.core import Message
@@ -11,7 +9,7 @@ def test_messages_are_immutable_and_get_unique_increasing_ids() -> None:
     first = Message(destination="t", payload=b"a")
     second = Message(destination="t", payload=b"b")
     assert second.message_id > first.message_id
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         first.payload = b"changed"  # type: ignore[misc]
     assert first.headers == {}
     assert not first.persistent

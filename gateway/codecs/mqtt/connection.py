@@ -15,7 +15,7 @@ from typing import Final
 
 from .errors import MQTTProtocolError, ReasonCode
 from .packets import Auth, ConnAck, Connect, Disconnect, Packet, PacketType, Publish
-from .serialize import decode_packet, encode_packet
+from .serialize import decode_packet, decode_publish, encode_packet
 from .wire import MAX_REMAINING_LENGTH, decode_varint
 
 
@@ -142,6 +142,12 @@ class MQTTConnection:
             self._pos = 0
         else:
             self._pos = body_end
+        if type_byte >> 4 == PacketType.PUBLISH and self.state is State.CONNECTED:
+            # PUBLISH flows both ways once connected: no ordering rule to check.
+            publish = decode_publish(type_byte & 0x0F, body, self.protocol_level)
+            if self.protocol_level == 5:
+                self._check_v5(publish)
+            return publish
         try:
             packet = decode_packet(type_byte, body, self.protocol_level)
         except MQTTProtocolError as exc:
@@ -153,7 +159,7 @@ class MQTTConnection:
                 # A refused CONNECT still told its level: send() answers in that version.
                 self.protocol_level = exc.protocol_level
             raise
-        self._check_order(PacketType(type_byte >> 4), packet)
+        self._check_order(PacketType(type_byte >> 4), packet)  # CONNECT and acks: rarer
         return packet
 
     def _short(self) -> Event:

@@ -194,15 +194,23 @@ _SHARED_PREFIX = "$share/"
 # ------------------------------------------------------------------------------ decoding
 
 
+# PacketType by the high nibble of the first byte; None for the reserved type 0.
+_TYPES: Final = (None, *PacketType)
+
+# Decoded topic names by their raw bytes: devices publish to few topics many
+# times, and a hit skips UTF-8 decoding and validation. Dropped whole when full.
+_TOPICS: dict[bytes, str] = {}
+_TOPIC_CACHE_LIMIT = 4096
+
+
 def decode_packet(type_byte: int, body: bytes, version: int = 4) -> Packet:
     """Decode one packet from its first byte and its body (the remaining length bytes)."""
-    try:
-        ptype = PacketType(type_byte >> 4)
-    except ValueError:
-        raise MQTTProtocolError(f"reserved packet type {type_byte >> 4}") from None
+    ptype = _TYPES[type_byte >> 4]
+    if ptype is None:
+        raise MQTTProtocolError("reserved packet type 0")
     flags = type_byte & 0x0F
     if ptype is PacketType.PUBLISH:
-        return _decode_publish(flags, body, version)
+        return decode_publish(flags, body, version)
     if ptype is PacketType.AUTH and version != 5:
         raise MQTTProtocolError("AUTH is an MQTT 5 packet", ReasonCode.PROTOCOL_ERROR)
     if flags != _REQUIRED_FLAGS[ptype]:
@@ -323,7 +331,23 @@ def _reason_list(r: Reader, ptype: PacketType) -> tuple[int, ...]:
     return codes
 
 
-def _decode_publish(flags: int, body: bytes, version: int) -> Publish:
+def decode_publish(flags: int, body: bytes, version: int) -> Publish:
+    """Decode a PUBLISH body; ``flags`` are the low four bits of its first byte."""
+    if not flags & 0x0E and version != 5:
+        # The common case, QoS 0 without properties, without the general machinery.
+        n = len(body)
+        end = 2 + ((body[0] << 8) | body[1]) if n >= 2 else n + 1
+        if end > n:
+            raise MQTTProtocolError("packet shorter than its fields")
+        raw = body[2:end]
+        topic = _TOPICS.get(raw)
+        if topic is None:
+            topic = decode_utf8(raw)
+            validate_topic_name(topic)
+            if len(_TOPICS) >= _TOPIC_CACHE_LIMIT:
+                _TOPICS.clear()
+            _TOPICS[raw] = topic
+        return Publish(topic=topic, payload=body[end:], retain=bool(flags & 1))
     qos = (flags >> 1) & 3
     if qos == 3:
         raise MQTTProtocolError("PUBLISH with QoS 3")

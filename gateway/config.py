@@ -51,6 +51,7 @@ class ListenerConfig(_Base, frozen=True):
     max_inflight: int = 100
     topic_alias_maximum: int = 10
     max_keep_alive: int = 65535
+    backpressure_patience: float = 10.0
 
     @property
     def label(self) -> str:
@@ -180,6 +181,8 @@ def _validate(config: Config) -> None:
         for field, low in (("receive_maximum", 1), ("max_inflight", 1), ("topic_alias_maximum", 0)):
             if not low <= getattr(listener, field) <= 65535:
                 raise ConfigError(src, f"{key}.{field}", f"must be between {low} and 65535")
+        if listener.backpressure_patience < 0:
+            raise ConfigError(src, f"{key}.backpressure_patience", "must be 0 or more seconds")
         if not 1 <= listener.max_keep_alive <= 65535:
             raise ConfigError(src, f"{key}.max_keep_alive", "must be between 1 and 65535 seconds")
         if listener.label in names:

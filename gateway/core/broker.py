@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Final
 
 import msgspec
 
@@ -45,15 +46,21 @@ class Status(Enum):
 
 class PublishResult(msgspec.Struct, frozen=True):
     """``routed`` counts the queues (subscriptions included) that took the message.
-    ``REFUSED`` means at least one queue refused it (``reason`` says why)."""
+    ``REFUSED`` means at least one queue refused it (``reason`` says why).
+    ``congested`` lists queues past their high-water mark: the publisher should
+    pause reading until each calls back through ``Queue.when_relieved``."""
 
     status: Status
     routed: int = 0
     reason: str | None = None
+    congested: tuple[Queue, ...] = ()
 
     @property
     def accepted(self) -> bool:
         return self.status is Status.ACCEPTED
+
+
+_ACCEPTED_ONE: Final = PublishResult(Status.ACCEPTED, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +115,7 @@ class Broker:
                 policy = self._policies.get(name, QueuePolicy())
             queue = self.queues[name] = Queue(name, self, policy)
         elif policy is not None:
-            queue.policy = policy
+            queue.set_policy(policy)
         return queue
 
     def delete_queue(self, name: str) -> None:
@@ -522,7 +529,9 @@ class Broker:
             if refused is not None:
                 stats.refused += 1
                 return PublishResult(Status.REFUSED, 0, refused)
-            return PublishResult(Status.ACCEPTED, 1)
+            if queue.depth >= queue.high_water and queue.congested():
+                return PublishResult(Status.ACCEPTED, 1, congested=(queue,))
+            return _ACCEPTED_ONE
         topic = message.destination
         stats.count_topic(topic)
         if message.retain:
@@ -535,6 +544,7 @@ class Broker:
             return PublishResult(Status.ACCEPTED, 0)
         refused = None
         routed = 0
+        congested: list[Queue] | None = None
         publisher = message.origin.client_id
         for route in routes:
             if (
@@ -550,15 +560,21 @@ class Broker:
                 subscription_ids=route.subscription_ids,
                 expires=message.expiry,
             )
-            why = route.queue.put(entry)
+            queue = route.queue
+            why = queue.put(entry)
             if why is None:
                 routed += 1
             else:
                 refused = why
+            if queue.depth >= queue.high_water and queue.congested():
+                congested = [queue] if congested is None else [*congested, queue]
+        pressure = () if congested is None else tuple(congested)
         if refused is not None:
             stats.refused += 1
-            return PublishResult(Status.REFUSED, routed, refused)
-        return PublishResult(Status.ACCEPTED, routed)
+            return PublishResult(Status.REFUSED, routed, refused, pressure)
+        if routed == 1 and not pressure:
+            return _ACCEPTED_ONE
+        return PublishResult(Status.ACCEPTED, routed, congested=pressure)
 
     def _retain(self, message: Message) -> None:
         if self.retained.set(message):

@@ -8,7 +8,9 @@ them round-robin to consumers that are writable and have credit.
 
 from __future__ import annotations
 
+import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol
@@ -95,6 +97,50 @@ class Queue:
         self.bytes = 0
         self._lanes: list[deque[Delivery]] = [deque() for _ in range(PRIORITIES)]
         self._rr = 0
+        # Publisher backpressure: past the high-water mark (half the length limit)
+        # a queue with a consumer online asks publishers to pause until it is back
+        # under the low-water mark; one that stays full past their patience is
+        # "stalled" and lets the overflow policy act instead.
+        self.high_water = math.inf
+        self.low_water = 0
+        self.stalled = False
+        self._waiters: list[Callable[[], None]] = []
+        self._set_water_marks()
+
+    def set_policy(self, policy: QueuePolicy) -> None:
+        self.policy = policy
+        self._set_water_marks()
+
+    def _set_water_marks(self) -> None:
+        limit = self.policy.max_length
+        if limit is not None:
+            self.high_water = max(1, limit // 2)
+            self.low_water = limit // 4
+
+    def congested(self) -> bool:
+        """Past the high-water mark with a consumer that is draining it."""
+        return (
+            self.depth >= self.high_water
+            and not self.stalled
+            and any(c.sink is not None for c in self.consumers)
+        )
+
+    def when_relieved(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the queue is back under its low-water mark."""
+        if self.depth <= self.low_water or not self.congested():
+            callback()
+        else:
+            self._waiters.append(callback)
+
+    def mark_stalled(self) -> None:
+        """Publishers waited long enough: stop holding them back until the queue drains."""
+        self.stalled = True
+        self._relieve()
+
+    def _relieve(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for callback in waiters:
+            callback()
 
     def __repr__(self) -> str:
         return f"<Queue {self.name!r} depth={self.depth} consumers={len(self.consumers)}>"
@@ -109,6 +155,8 @@ class Queue:
         """Remove ``consumer``; its unacked entries go back to the queue unless kept for it."""
         if consumer in self.consumers:
             self.consumers.remove(consumer)
+        if self._waiters and not self.congested():
+            self._relieve()  # its last draining consumer left: nobody to wait for
         if not keep_inflight and consumer.unacked:
             entries = list(consumer.unacked.values())
             consumer.unacked.clear()
@@ -195,6 +243,10 @@ class Queue:
     def _remove(self, entry: Delivery) -> None:
         self.depth -= 1
         self.bytes -= entry.size
+        if self.depth <= self.low_water:
+            self.stalled = False
+            if self._waiters:
+                self._relieve()
 
     def requeue(self, entries: list[Delivery]) -> None:
         """Put delivered-but-unacked entries back at the front, in their original order."""

@@ -76,6 +76,15 @@ def _peer_name(stream: trio.SocketStream) -> str:
     return str(addr)
 
 
+def _split_cancelled(exc: BaseException) -> tuple[BaseException | None, BaseException | None]:
+    """(the trio.Cancelled part of ``exc``, the rest), either possibly None."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)
+    if isinstance(exc, trio.Cancelled):
+        return exc, None
+    return None, exc
+
+
 def _peer_gone(exc: BaseException) -> bool:
     """True if ``exc`` (or every leaf of an exception group) means the peer went away."""
     if isinstance(exc, BaseExceptionGroup):
@@ -163,11 +172,20 @@ class TCPServer:
         conn.log.debug("conn.opened", listener=self.config.label)
         try:
             await self.handler(stream, conn)
-        except Exception as exc:
-            if _peer_gone(exc):
-                conn.log.info("conn.lost", error=str(exc) or type(exc).__name__)
+        except BaseException as exc:
+            # Cancellation (shutdown) may arrive together with the peer's reset in one
+            # group: the cancellation goes on up, everything else ends here.
+            _, failure = _split_cancelled(exc)
+            if failure is None:
+                raise
+            if _peer_gone(failure):
+                conn.log.info("conn.lost", error=str(failure) or type(failure).__name__)
             else:
-                conn.log.exception("conn.crashed")
+                conn.log.error("conn.crashed", exc_info=failure)
+            if failure is not exc:
+                cancelled, _ = _split_cancelled(exc)
+                if cancelled is not None:
+                    raise cancelled from None
         finally:
             self.connections.discard(conn)
             with trio.move_on_after(1) as cleanup:

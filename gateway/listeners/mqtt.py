@@ -10,6 +10,7 @@ MQTT 5 client is told why with a DISCONNECT reason code.
 from __future__ import annotations
 
 import math
+from enum import Enum, auto
 
 import trio
 
@@ -68,19 +69,10 @@ async def _read(
         while True:
             data = await stream.receive_some(READ_SIZE)
             codec.receive_data(data)
-            try:
-                while True:
-                    event = codec.next_event()
-                    if event is NEED_DATA:
-                        break
-                    if event is CLOSED:
-                        session.log.info("mqtt.connection.eof", connected=session.connected)
-                        return
-                    session.handle(event)
-                    if conn.stop_reason is not None or codec.state is mqtt.State.CLOSED:
-                        return
-            except MQTTProtocolError as exc:
-                _refuse(exc, codec, session)
+            while (outcome := _handle_buffered(codec, session, conn)) is _Outcome.CONGESTED:
+                timer.deadline = math.inf  # the client is not silent: we stopped listening
+                await _wait_for_relief(session, config.backpressure_patience)
+            if outcome is _Outcome.STOP:
                 return
             if session.connected:
                 timer.deadline = (
@@ -94,6 +86,63 @@ async def _read(
         else:
             session.log.info("mqtt.keep_alive.expired", keep_alive=session.keep_alive)
             session.goodbye(ReasonCode.KEEP_ALIVE_TIMEOUT)
+
+
+class _Outcome(Enum):
+    NEED_DATA = auto()
+    CONGESTED = auto()
+    STOP = auto()
+
+
+def _handle_buffered(codec: MQTTConnection, session: MQTTSession, conn: Connection) -> _Outcome:
+    """Handle every complete packet buffered, stopping early if a queue filled up."""
+    try:
+        while True:
+            event = codec.next_event()
+            if event is NEED_DATA:
+                return _Outcome.NEED_DATA
+            if event is CLOSED:
+                session.log.info("mqtt.connection.eof", connected=session.connected)
+                return _Outcome.STOP
+            session.handle(event)
+            if conn.stop_reason is not None or codec.state is mqtt.State.CLOSED:
+                return _Outcome.STOP
+            if session.congested:
+                return _Outcome.CONGESTED
+    except MQTTProtocolError as exc:
+        _refuse(exc, codec, session)
+        return _Outcome.STOP
+
+
+async def _wait_for_relief(session: MQTTSession, patience: float) -> None:
+    """Stop reading this publisher until the queues it filled drain (TCP backpressure).
+
+    A queue that does not drain within ``patience`` seconds is marked stalled and no
+    longer holds anyone back: its overflow policy takes over.
+    """
+    queues = [queue for queue in session.congested if queue.congested()]
+    session.congested.clear()
+    if not queues:
+        return
+    relieved = trio.Event()
+    pending = len(queues)
+
+    def one_relieved() -> None:
+        nonlocal pending
+        pending -= 1
+        if pending <= 0:
+            relieved.set()
+
+    for queue in queues:
+        queue.when_relieved(one_relieved)
+    with trio.move_on_after(patience) as waiting:
+        await relieved.wait()
+    if waiting.cancelled_caught:
+        stalled = [queue.name for queue in queues if queue.congested()]
+        for queue in queues:
+            if queue.congested():
+                queue.mark_stalled()
+        session.log.warning("mqtt.backpressure.gave_up", queues=stalled, after=patience)
 
 
 def _refuse(exc: MQTTProtocolError, codec: MQTTConnection, session: MQTTSession) -> None:

@@ -27,6 +27,7 @@ from ..core import (
     InvalidFilter,
     Message,
     Origin,
+    Queue,
     Session,
     SubscribeOptions,
     Will,
@@ -100,6 +101,9 @@ class MQTTSession:
         self._aliases_in: dict[int, str] = {}
         self._aliases_out: dict[str, int] = {}
         self.dropped_too_large = 0
+        # Queues past their high-water mark that this client's publishes went to:
+        # the listener stops reading until they drain (publisher backpressure).
+        self.congested: set[Queue] = set()
 
     @property
     def connected(self) -> bool:
@@ -263,6 +267,8 @@ class MQTTSession:
             topic, packet.payload, packet.qos, packet.retain, props, self.origin, self.clock()
         )
         result = self.broker.publish(message)
+        if result.congested:
+            self.congested.update(result.congested)
         if not result.accepted:
             # 3.1.1 has no negative acknowledgement: the refusal is logged, never silent.
             self.log.warning(

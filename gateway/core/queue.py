@@ -272,8 +272,9 @@ class Queue:
         now = self.broker.now()
         lanes = self._lanes
         stats = self.stats
+        ordered = self.ordered
         while self.depth:
-            lane = next(lane for lane in reversed(lanes) if lane)
+            lane = lanes[4] if ordered else next(lane for lane in reversed(lanes) if lane)
             entry = lane[0]
             if entry.expires is not None and entry.expires <= now:
                 lane.popleft()

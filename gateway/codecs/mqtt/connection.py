@@ -15,7 +15,7 @@ from typing import Final
 
 from .errors import MQTTProtocolError, ReasonCode
 from .packets import Auth, ConnAck, Connect, Disconnect, Packet, PacketType, Publish
-from .serialize import decode_packet, decode_publish, encode_packet
+from .serialize import PACKET_TYPES, decode_packet, decode_publish, encode_packet
 from .wire import MAX_REMAINING_LENGTH, decode_varint
 
 
@@ -159,7 +159,7 @@ class MQTTConnection:
                 # A refused CONNECT still told its level: send() answers in that version.
                 self.protocol_level = exc.protocol_level
             raise
-        self._check_order(PacketType(type_byte >> 4), packet)  # CONNECT and acks: rarer
+        self._check_order(PACKET_TYPES[type_byte >> 4], packet)
         return packet
 
     def _short(self) -> Event:

@@ -195,7 +195,7 @@ _SHARED_PREFIX = "$share/"
 
 
 # PacketType by the high nibble of the first byte; None for the reserved type 0.
-_TYPES: Final = (None, *PacketType)
+PACKET_TYPES: Final = (None, *PacketType)
 
 # Decoded topic names by their raw bytes: devices publish to few topics many
 # times, and a hit skips UTF-8 decoding and validation. Dropped whole when full.
@@ -205,7 +205,7 @@ _TOPIC_CACHE_LIMIT = 4096
 
 def decode_packet(type_byte: int, body: bytes, version: int = 4) -> Packet:
     """Decode one packet from its first byte and its body (the remaining length bytes)."""
-    ptype = _TYPES[type_byte >> 4]
+    ptype = PACKET_TYPES[type_byte >> 4]
     if ptype is None:
         raise MQTTProtocolError("reserved packet type 0")
     flags = type_byte & 0x0F

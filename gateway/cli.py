@@ -7,6 +7,7 @@ or a listener that cannot bind, 1 for anything unexpected.
 from __future__ import annotations
 
 import argparse
+import resource
 import signal
 import sys
 from collections.abc import Sequence
@@ -59,6 +60,23 @@ def _load(args: argparse.Namespace) -> config_mod.Config:
     return config_mod.default()
 
 
+def _raise_open_file_limit() -> int:
+    """Every connection is a file descriptor: take the most the system allows us.
+
+    The soft limit goes up to the hard one; as root, the hard one may go up too.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for target in (1 << 20, hard):
+        if target == resource.RLIM_INFINITY or target <= soft:
+            continue
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, max(target, hard)))
+            return target
+        except (ValueError, OSError):
+            continue
+    return soft
+
+
 async def _run(gateway: Gateway) -> None:
     # Signals are caught from before the first bind, so an early SIGINT still drains.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -90,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{config.source}: OK ({len(config.listeners)} listener(s))")
         return 0
     gw_logging.configure(config.gateway.log_level, config.gateway.log_format)
+    open_files = _raise_open_file_limit()
+    gw_logging.get_logger().info("gateway.limits", open_files=open_files)
     try:
         trio.run(_run, Gateway(config))
     except StartupError as exc:

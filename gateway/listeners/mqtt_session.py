@@ -52,13 +52,32 @@ def _encode_plain_qos0(
     last = _last_encoded
     if last is not None and last[0] is message and last[1] is retain and last[2] == version:
         return last[3]
-    props = properties_of(message, clock()) if version == 5 else NO_PROPERTIES
-    publish = mqtt.Publish(
-        topic=topic_of(message), payload=message.payload, retain=retain, properties=props
-    )
-    data = mqtt.encode_publish(publish, version)
+    if version == 5:
+        publish = mqtt.Publish(
+            topic=topic_of(message),
+            payload=message.payload,
+            retain=retain,
+            properties=properties_of(message, clock()),
+        )
+        data = mqtt.encode_publish(publish, 5)
+    else:
+        data = mqtt.publish_bytes(_topic_bytes(message), message.payload, retain=retain)
     _last_encoded = (message, retain, version, data)
     return data
+
+
+_last_topic: tuple[Message, bytes] | None = None
+
+
+def _topic_bytes(message: Message) -> bytes:
+    """The encoded topic of ``message``, once per fan-out rather than once per receiver."""
+    global _last_topic
+    last = _last_topic
+    if last is not None and last[0] is message:
+        return last[1]
+    raw = topic_of(message).encode()
+    _last_topic = (message, raw)
+    return raw
 
 
 class MQTTSession:
@@ -251,12 +270,18 @@ class MQTTSession:
         reason = self._publish(topic, packet, props)
         if qos == 1:
             assert pid is not None
-            self.send(self.codec.send(mqtt.PubAck(packet_id=pid, reason_code=reason)))
+            if reason:
+                self.send(self.codec.send(mqtt.PubAck(packet_id=pid, reason_code=reason)))
+            else:  # the common answer, in its short form for every version
+                self.send(b"\x40\x02" + pid.to_bytes(2, "big"))
         elif qos == 2:
             assert pid is not None
             if reason < 0x80:
                 session.incomplete.add(pid)
-            self.send(self.codec.send(mqtt.PubRec(packet_id=pid, reason_code=reason)))
+            if reason:
+                self.send(self.codec.send(mqtt.PubRec(packet_id=pid, reason_code=reason)))
+            else:
+                self.send(b"\x50\x02" + pid.to_bytes(2, "big"))
 
     def _publish(self, topic: str, packet: mqtt.Publish, props: mqtt.Properties) -> int:
         """Hand the message to the core; returns the MQTT 5 reason code for the ack."""
@@ -416,20 +441,29 @@ class MQTTSession:
 
     def _send_publish(self, delivery: Delivery, qos: int, pid: int | None, *, dup: bool) -> None:
         message = delivery.message
+        if self.version < 5:
+            data = mqtt.publish_bytes(
+                _topic_bytes(message),
+                message.payload,
+                qos=qos,
+                retain=delivery.retain,
+                dup=dup,
+                packet_id=pid,
+            )
+            if self._fits(data, delivery, qos):
+                self.send(data)
+            return
         topic = topic_of(message)
-        props = NO_PROPERTIES
+        props = properties_of(message, self.clock(), delivery.subscription_ids)
         new_alias = 0
-        if self.version == 5:
-            props = properties_of(message, self.clock(), delivery.subscription_ids)
-            alias = self._aliases_out.get(topic)
-            if alias is not None:
-                props = msgspec.structs.replace(props, topic_alias=alias)
-                topic = ""
-            elif len(self._aliases_out) < self._client_alias_max:
-                new_alias = len(self._aliases_out) + 1
-                props = msgspec.structs.replace(props, topic_alias=new_alias)
+        alias = self._aliases_out.get(topic)
+        if alias is not None:
+            props = msgspec.structs.replace(props, topic_alias=alias)
+        elif len(self._aliases_out) < self._client_alias_max:
+            new_alias = len(self._aliases_out) + 1
+            props = msgspec.structs.replace(props, topic_alias=new_alias)
         publish = mqtt.Publish(
-            topic=topic,
+            topic="" if alias is not None else topic,
             payload=message.payload,
             qos=qos,
             retain=delivery.retain,
@@ -437,7 +471,7 @@ class MQTTSession:
             packet_id=pid,
             properties=props,
         )
-        data = mqtt.encode_publish(publish, self.version)
+        data = mqtt.encode_publish(publish, 5)
         if self._fits(data, delivery, qos):
             if new_alias:
                 # Only an alias the client has actually seen may stand for the topic.

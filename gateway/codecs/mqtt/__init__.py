@@ -25,7 +25,7 @@ from .packets import (
     Will,
 )
 from .properties import PropertyId
-from .serialize import encode_packet, encode_publish
+from .serialize import encode_packet, encode_publish, publish_bytes
 
 __all__ = [
     "CLOSED",
@@ -59,4 +59,5 @@ __all__ = [
     "Will",
     "encode_packet",
     "encode_publish",
+    "publish_bytes",
 ]

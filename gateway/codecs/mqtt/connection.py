@@ -14,7 +14,19 @@ from enum import Enum, auto
 from typing import Final
 
 from .errors import MQTTProtocolError, ReasonCode
-from .packets import Auth, ConnAck, Connect, Disconnect, Packet, PacketType, Publish
+from .packets import (
+    Auth,
+    ConnAck,
+    Connect,
+    Disconnect,
+    Packet,
+    PacketType,
+    PubAck,
+    PubComp,
+    Publish,
+    PubRec,
+    PubRel,
+)
 from .serialize import PACKET_TYPES, decode_packet, decode_publish, encode_packet
 from .wire import MAX_REMAINING_LENGTH, decode_varint
 
@@ -75,6 +87,8 @@ class State(Enum):
     CONNECTED = auto()
     CLOSED = auto()
 
+
+_ACK_CLASSES = (PubAck, PubRec, PubRel, PubComp)
 
 # The largest packet the spec allows: type byte, 4-byte length, maximum remaining length.
 MAX_PACKET_SIZE = 1 + 4 + MAX_REMAINING_LENGTH
@@ -142,7 +156,16 @@ class MQTTConnection:
             self._pos = 0
         else:
             self._pos = body_end
-        if type_byte >> 4 == PacketType.PUBLISH and self.state is State.CONNECTED:
+        kind = type_byte >> 4
+        if 4 <= kind <= 7 and length == 2 and self.state is State.CONNECTED:
+            # PUBACK/PUBREC/PUBREL/PUBCOMP in their short form: the QoS 1/2 hot path.
+            if type_byte & 0x0F != (2 if kind == 6 else 0):
+                raise MQTTProtocolError(f"bad fixed-header flags for {PACKET_TYPES[kind]}")
+            pid = (body[0] << 8) | body[1]
+            if not pid:
+                raise MQTTProtocolError("packet identifier 0", ReasonCode.PROTOCOL_ERROR)
+            return _ACK_CLASSES[kind - 4](packet_id=pid)
+        if kind == PacketType.PUBLISH and self.state is State.CONNECTED:
             # PUBLISH flows both ways once connected: no ordering rule to check.
             publish = decode_publish(type_byte & 0x0F, body, self.protocol_level)
             if self.protocol_level == 5:

@@ -333,8 +333,9 @@ def _reason_list(r: Reader, ptype: PacketType) -> tuple[int, ...]:
 
 def decode_publish(flags: int, body: bytes, version: int) -> Publish:
     """Decode a PUBLISH body; ``flags`` are the low four bits of its first byte."""
-    if not flags & 0x0E and version != 5:
-        # The common case, QoS 0 without properties, without the general machinery.
+    qos = (flags >> 1) & 3
+    if version != 5 and qos != 3 and (qos or not flags & 8):
+        # The common case, no properties: without the general machinery.
         n = len(body)
         end = 2 + ((body[0] << 8) | body[1]) if n >= 2 else n + 1
         if end > n:
@@ -347,7 +348,21 @@ def decode_publish(flags: int, body: bytes, version: int) -> Publish:
             if len(_TOPICS) >= _TOPIC_CACHE_LIMIT:
                 _TOPICS.clear()
             _TOPICS[raw] = topic
-        return Publish(topic=topic, payload=body[end:], retain=bool(flags & 1))
+        if not qos:
+            return Publish(topic=topic, payload=body[end:], retain=bool(flags & 1))
+        if end + 2 > n:
+            raise MQTTProtocolError("packet shorter than its fields")
+        pid = (body[end] << 8) | body[end + 1]
+        if not pid:
+            raise MQTTProtocolError("packet identifier 0", ReasonCode.PROTOCOL_ERROR)
+        return Publish(
+            topic=topic,
+            payload=body[end + 2 :],
+            qos=qos,
+            retain=bool(flags & 1),
+            dup=bool(flags & 8),
+            packet_id=pid,
+        )
     qos = (flags >> 1) & 3
     if qos == 3:
         raise MQTTProtocolError("PUBLISH with QoS 3")
@@ -528,16 +543,40 @@ def _frame(type_byte: int, body: bytes) -> bytes:
     return bytes((type_byte,)) + encode_varint(len(body)) + body
 
 
-def encode_publish(packet: Publish, version: int = 4) -> bytes:
-    flags = (packet.qos << 1) | (8 if packet.dup else 0) | (1 if packet.retain else 0)
-    body = encode_string(packet.topic)
-    if packet.qos:
-        if packet.packet_id is None:
+def publish_bytes(
+    topic: bytes,
+    payload: bytes,
+    *,
+    qos: int = 0,
+    retain: bool = False,
+    dup: bool = False,
+    packet_id: int | None = None,
+    properties: bytes = b"",
+) -> bytes:
+    """A whole PUBLISH from already-encoded parts, in one join: the delivery hot path."""
+    if len(topic) > 0xFFFF:
+        raise ValueError("topic longer than 65535 bytes")
+    if qos:
+        if packet_id is None:
             raise ValueError("a QoS 1 or 2 PUBLISH needs a packet id")
-        body += packet.packet_id.to_bytes(2, "big")
-    if version == 5:
-        body += encode_properties(packet.properties, _PUBLISH_SCOPE)
-    return _frame(0x30 | flags, body + packet.payload)
+        ids = len(topic).to_bytes(2, "big") + topic + packet_id.to_bytes(2, "big")
+    else:
+        ids = len(topic).to_bytes(2, "big") + topic
+    first = 0x30 | (qos << 1) | (8 if dup else 0) | (1 if retain else 0)
+    length = len(ids) + len(properties) + len(payload)
+    return b"".join((bytes((first,)), encode_varint(length), ids, properties, payload))
+
+
+def encode_publish(packet: Publish, version: int = 4) -> bytes:
+    return publish_bytes(
+        packet.topic.encode(),
+        packet.payload,
+        qos=packet.qos,
+        retain=packet.retain,
+        dup=packet.dup,
+        packet_id=packet.packet_id,
+        properties=encode_properties(packet.properties, _PUBLISH_SCOPE) if version == 5 else b"",
+    )
 
 
 def encode_packet(packet: Packet, version: int = 4) -> bytes:

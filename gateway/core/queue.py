@@ -95,7 +95,8 @@ class Queue:
         self.stats = QueueStats()
         self.depth = 0
         self.bytes = 0
-        self._lanes: list[deque[Delivery]] = [deque() for _ in range(PRIORITIES)]
+        # One FIFO lane per priority, made on first use: most queues only ever use one.
+        self._lanes: list[deque[Delivery] | None] = [None] * PRIORITIES
         self._rr = 0
         # Publisher backpressure: past the high-water mark (half the length limit)
         # a queue with a consumer online asks publishers to pause until it is back
@@ -209,7 +210,7 @@ class Queue:
         if not self._make_room(entry):
             stats.refused += 1
             return "queue-full"
-        self._lanes[4 if self.ordered else entry.message.priority].append(entry)
+        self._lane(4 if self.ordered else entry.message.priority).append(entry)
         self.depth += 1
         self.bytes += entry.size
         stats.enqueued += 1
@@ -240,6 +241,12 @@ class Queue:
             self.broker.discard(self, dropped, "max-length")
         return not full()
 
+    def _lane(self, priority: int) -> deque[Delivery]:
+        lane = self._lanes[priority]
+        if lane is None:
+            lane = self._lanes[priority] = deque()
+        return lane
+
     def _remove(self, entry: Delivery) -> None:
         self.depth -= 1
         self.bytes -= entry.size
@@ -259,7 +266,7 @@ class Queue:
             if limit is not None and entry.count >= limit:
                 self.broker.discard(self, entry, "max-deliveries")
                 continue
-            self._lanes[4 if self.ordered else entry.message.priority].appendleft(entry)
+            self._lane(4 if self.ordered else entry.message.priority).appendleft(entry)
             self.depth += 1
             self.bytes += entry.size
 
@@ -274,7 +281,9 @@ class Queue:
         stats = self.stats
         ordered = self.ordered
         while self.depth:
-            lane = lanes[4] if ordered else next(lane for lane in reversed(lanes) if lane)
+            found = lanes[4] if ordered else next(lane for lane in reversed(lanes) if lane)
+            assert found is not None  # depth > 0: some lane holds an entry
+            lane = found
             entry = lane[0]
             if entry.expires is not None and entry.expires <= now:
                 lane.popleft()
@@ -333,13 +342,12 @@ class Queue:
 
     def entries(self) -> list[Delivery]:
         """Ready entries in delivery order (highest priority first)."""
-        return [entry for lane in reversed(self._lanes) for entry in lane]
+        return [entry for lane in reversed(self._lanes) if lane for entry in lane]
 
     def purge(self) -> list[Delivery]:
         """Remove and return every ready entry."""
         removed = self.entries()
-        for lane in self._lanes:
-            lane.clear()
+        self._lanes = [None] * PRIORITIES
         self.depth = 0
         self.bytes = 0
         return removed

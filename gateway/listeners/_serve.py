@@ -39,6 +39,15 @@ class BoundAddress:
 class Connection:
     """What a protocol handler gets besides its stream: identity, logger, stop control."""
 
+    __slots__ = (
+        "_reader_scope",
+        "conn_id",
+        "listener",
+        "log",
+        "peer",
+        "stop_reason",
+    )
+
     def __init__(self, conn_id: int, peer: str, protocol: str, listener: str) -> None:
         self.conn_id = conn_id
         self.peer = peer

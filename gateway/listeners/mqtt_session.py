@@ -83,6 +83,34 @@ def _topic_bytes(message: Message) -> bytes:
 class MQTTSession:
     """One MQTT connection's protocol state; implements the core's ``Sink``."""
 
+    __slots__ = (
+        "_aliases_in",
+        "_aliases_out",
+        "_client_alias_max",
+        "_client_max_packet",
+        "_connect_expiry",
+        "_disconnect_expiry",
+        "_graceful",
+        "_held",
+        "_inflight",
+        "_next_pid",
+        "_writable",
+        "broker",
+        "client_id",
+        "clock",
+        "codec",
+        "config",
+        "congested",
+        "dropped_too_large",
+        "keep_alive",
+        "log",
+        "origin",
+        "send",
+        "session",
+        "stop",
+        "version",
+    )
+
     def __init__(
         self,
         broker: Broker,

@@ -15,6 +15,15 @@ DEFAULT_HIGH_WATER = 1 << 20
 
 
 class Outbox:
+    __slots__ = (
+        "_buf",
+        "_finishing",
+        "_wake",
+        "_was_full",
+        "high_water",
+        "on_drain",
+    )
+
     def __init__(self, high_water: int = DEFAULT_HIGH_WATER) -> None:
         self.high_water = high_water
         # Called once the buffer has drained after it went past the high-water

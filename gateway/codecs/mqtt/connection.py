@@ -100,6 +100,19 @@ _COMPACT_AT = 65536
 class MQTTConnection:
     """One side of an MQTT connection: framing, direction and ordering rules."""
 
+    __slots__ = (
+        "_allowed_in",
+        "_auth_method",
+        "_buf",
+        "_eof",
+        "_pos",
+        "_session_expiry",
+        "max_packet_size",
+        "protocol_level",
+        "role",
+        "state",
+    )
+
     def __init__(self, role: Role = Role.SERVER, *, max_packet_size: int = MAX_PACKET_SIZE) -> None:
         self.role = role
         self.max_packet_size = max_packet_size

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 
-from .config import Config, QueueConfig
+from .config import Config, ListenerConfig, QueueConfig
 from .core import Broker, Overflow, QueuePolicy
 from .listeners import BoundAddress, StartupError, TCPServer
+from .listeners._serve import Handler
 from .listeners.mqtt import mqtt_handler
+from .listeners.stomp import stomp_handler
 from .logging import get_logger
 from .sys_topics import publish_sys
+
+HANDLERS: dict[str, Callable[[Broker, ListenerConfig], Handler]] = {
+    "mqtt": mqtt_handler,
+    "stomp": stomp_handler,
+}
 
 # How often the core's timers run: will delays, session expiry, TTL sweeps.
 TICK_INTERVAL = 1.0
@@ -74,7 +83,7 @@ class Gateway:
             ) from None
         drain = self.config.gateway.drain_timeout
         servers = [
-            TCPServer(item, mqtt_handler(self.broker, item), drain)
+            TCPServer(item, HANDLERS[item.protocol](self.broker, item), drain)
             for item in self.config.listeners
         ]
         try:

@@ -21,7 +21,7 @@ LogFormat = Literal["auto", "json", "console"]
 
 # Protocols whose listeners exist today; the others are accepted by the schema
 # so that the error can say they are not built yet rather than "unknown".
-BUILT_PROTOCOLS: frozenset[str] = frozenset({"mqtt"})
+BUILT_PROTOCOLS: frozenset[str] = frozenset({"mqtt", "stomp"})
 DEFAULT_PORTS = {"mqtt": 1883, "stomp": 61613, "http": 8080}
 
 
@@ -52,6 +52,7 @@ class ListenerConfig(_Base, frozen=True):
     topic_alias_maximum: int = 10
     max_keep_alive: int = 65535
     backpressure_patience: float = 10.0
+    heartbeat: float = 10.0
 
     @property
     def label(self) -> str:
@@ -181,6 +182,8 @@ def _validate(config: Config) -> None:
         for field, low in (("receive_maximum", 1), ("max_inflight", 1), ("topic_alias_maximum", 0)):
             if not low <= getattr(listener, field) <= 65535:
                 raise ConfigError(src, f"{key}.{field}", f"must be between {low} and 65535")
+        if listener.heartbeat < 0:
+            raise ConfigError(src, f"{key}.heartbeat", "must be 0 (off) or more seconds")
         if listener.backpressure_patience < 0:
             raise ConfigError(src, f"{key}.backpressure_patience", "must be 0 or more seconds")
         if not 1 <= listener.max_keep_alive <= 65535:

@@ -48,7 +48,7 @@ def test_default_file_matches_the_built_in_defaults() -> None:
             "invalid enum",
         ),
         (
-            "[[listeners]]\nprotocol = 'stomp'\nbind = 'a:1'\n",
+            "[[listeners]]\nprotocol = 'http'\nbind = 'a:1'\n",
             "listeners[0].protocol",
             "not built yet",
         ),

@@ -102,6 +102,7 @@ class Broker:
         self._trie: TopicTrie[object, _Binding] = TopicTrie()
         self._routes: dict[str, list[_Route]] = {}
         self._temp_ids = itertools.count(1)
+        self._durable: dict[str, str] = {}
         # Deliveries counted by queues that no longer exist, for delivered_total().
         self._delivered_gone = 0
 
@@ -432,6 +433,30 @@ class Broker:
             self._trie.remove(topic_filter, (session, topic_filter))
         self._routes.clear()
         self._save(session)
+        return True
+
+    def durable_subscription(self, name: str, topic_filter: str) -> Queue:
+        """A queue fed by ``topic_filter`` that keeps filling while its consumer is away
+        (JMS durable topic subscriptions). Deleted only by ``drop_durable_subscription``.
+        Raises InvalidFilter."""
+        queue = self.queues.get(name)
+        if queue is not None:
+            return queue
+        check_filter(topic_filter)
+        policy = self._policies.get(name, self.session_queue_policy)
+        queue = self.queues[name] = Queue(name, self, policy, ordered=True)
+        self._trie.add(topic_filter, name, _Binding(SubscribeOptions(qos=2), None, queue))
+        self._durable[name] = topic_filter
+        self._routes.clear()
+        return queue
+
+    def drop_durable_subscription(self, name: str) -> bool:
+        topic_filter = self._durable.pop(name, None)
+        if topic_filter is None:
+            return False
+        self._trie.remove(topic_filter, name)
+        self._routes.clear()
+        self.delete_queue(name)
         return True
 
     def consume(

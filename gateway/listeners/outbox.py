@@ -22,6 +22,7 @@ class Outbox:
         "_was_full",
         "high_water",
         "on_drain",
+        "written",
     )
 
     def __init__(self, high_water: int = DEFAULT_HIGH_WATER) -> None:
@@ -30,6 +31,7 @@ class Outbox:
         # mark, so that the core can send what it held back meanwhile.
         self.on_drain: Callable[[], None] | None = None
         self._was_full = False
+        self.written = 0  # bytes handed to write() since the start
         self._buf = bytearray()
         self._wake = trio.Event()
         self._finishing = False
@@ -46,6 +48,7 @@ class Outbox:
         return False
 
     def write(self, data: bytes) -> None:
+        self.written += len(data)
         self._buf += data
         self._wake.set()
 

@@ -1,0 +1,114 @@
+"""The STOMP listener: one reader, one writer and one heart-beat sender per connection.
+
+The reader decodes every complete frame of each chunk and hands it to the
+connection's ``STOMPSession``. Its cancel scope is the connect deadline, then
+the heart-beat deadline: a peer silent for twice the negotiated period is closed.
+Errors are answered with an ERROR frame (``message`` header, explanation in the
+body), logged once, and the connection is closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import trio
+
+from ..codecs.stomp import CLOSED, NEED_DATA, Frame, STOMPConnection, StompError
+from ..config import ListenerConfig
+from ..core import Broker
+from ._serve import Connection, Handler
+from .outbox import Outbox
+from .stomp_session import STOMPSession
+
+READ_SIZE = 65536
+CLOSE_TIMEOUT = 5.0
+# A peer may be this many heart-beat periods late before it is called silent.
+HEARTBEAT_GRACE = 2.0
+
+
+def stomp_handler(broker: Broker, config: ListenerConfig) -> Handler:
+    async def handle(stream: trio.SocketStream, conn: Connection) -> None:
+        codec = STOMPConnection(max_frame_size=config.max_packet_size)
+        outbox = Outbox()
+        session = STOMPSession(
+            broker, codec, outbox.write, conn.stop, config=config, writable=outbox.writable
+        )
+        session.log = conn.log
+        outbox.on_drain = session.resume
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(outbox.run, stream)
+            beating = trio.CancelScope()
+            nursery.start_soon(_send_heartbeats, session, outbox, beating)
+            try:
+                await _read(stream, codec, session, conn, config)
+            finally:
+                beating.cancel()
+                session.connection_ended()
+                outbox.finish()
+                nursery.cancel_scope.deadline = trio.current_time() + CLOSE_TIMEOUT
+
+    return handle
+
+
+async def _send_heartbeats(session: STOMPSession, outbox: Outbox, scope: trio.CancelScope) -> None:
+    """Write an EOL whenever nothing else was written for a whole period."""
+    with scope:
+        last = -1
+        while True:
+            period = session.send_every
+            await trio.sleep(period if period else 1.0)
+            if period and outbox.written == last:
+                outbox.write(b"\n")
+            last = outbox.written
+
+
+async def _read(
+    stream: trio.SocketStream,
+    codec: STOMPConnection,
+    session: STOMPSession,
+    conn: Connection,
+    config: ListenerConfig,
+) -> None:
+    with conn.reading() as timer:
+        timer.deadline = trio.current_time() + config.connect_timeout
+        while True:
+            data = await stream.receive_some(READ_SIZE)
+            codec.receive_data(data)
+            try:
+                while True:
+                    event = codec.next_event()
+                    if event is NEED_DATA:
+                        break
+                    if event is CLOSED:
+                        session.log.info("stomp.connection.eof", connected=session.connected)
+                        return
+                    if isinstance(event, Frame):
+                        session.handle(event)
+                        if conn.stop_reason is not None or session.graceful:
+                            return
+            except StompError as exc:
+                _refuse(exc, codec, session)
+                return
+            if session.connected:
+                every = session.expect_every
+                timer.deadline = (
+                    trio.current_time() + HEARTBEAT_GRACE * every if every else math.inf
+                )
+    if timer.cancelled_caught and conn.stop_reason is None:
+        if not session.connected:
+            session.log.info("stomp.connect.timeout", after=config.connect_timeout)
+        else:
+            session.log.info("stomp.heartbeat.missed", period=session.expect_every)
+            _refuse(
+                StompError("heart-beat timeout", "no data within the heart-beat period"),
+                codec,
+                session,
+            )
+
+
+def _refuse(exc: StompError, codec: STOMPConnection, session: STOMPSession) -> None:
+    """Send the ERROR frame for ``exc`` and log it once; the caller closes."""
+    session.log.warning("stomp.protocol_error", error=exc.message, detail=exc.detail)
+    with contextlib.suppress(ValueError):  # the session had ended: nothing more to send
+        session.send(codec.send(exc.error_frame()))

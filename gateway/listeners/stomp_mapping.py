@@ -1,0 +1,143 @@
+"""STOMP <-> core mapping: destinations and headers, in one place.
+
+| core                 | STOMP                                   |
+|----------------------|-----------------------------------------|
+| queue `jobs`         | `/queue/jobs`                           |
+| topic `a/b/c`        | `/topic/a.b.c`                          |
+| filter `a/+/c`, `a/#`| `/topic/a.*.c`, `/topic/a.#`            |
+| temporary queue      | `/temp-queue/NAME` (per connection)     |
+| headers              | any header not listed below             |
+| qos 1 / 0            | `persistent:true` / absent or false     |
+| priority             | `priority` (0-9)                        |
+| expiry               | `expires` (ms since the epoch; 0 never) |
+| correlation_id       | `correlation-id`                        |
+| reply_to             | `reply-to`                              |
+| content_type, text   | `content-type` (text/* is text)         |
+"""
+
+from __future__ import annotations
+
+from ..codecs.stomp import Frame, StompError
+from ..core import Headers, Kind, Message, Origin, header_pairs
+
+QUEUE = "/queue/"
+TOPIC = "/topic/"
+TEMP_QUEUE = "/temp-queue/"
+PREFIXES = (QUEUE, TOPIC, TEMP_QUEUE)
+
+# Headers with a meaning of their own: never copied into Message.headers.
+STANDARD = frozenset(
+    {
+        "destination",
+        "content-length",
+        "content-type",
+        "receipt",
+        "transaction",
+        "persistent",
+        "priority",
+        "expires",
+        "correlation-id",
+        "reply-to",
+        "message-id",
+        "subscription",
+        "ack",
+        "redelivered",
+        "x-delivery-count",
+        "id",
+    }
+)
+
+
+def parse_destination(destination: str) -> tuple[Kind, str]:
+    """(kind, core name) for a STOMP destination; StompError naming the accepted prefixes."""
+    for prefix in PREFIXES:
+        if destination.startswith(prefix) and len(destination) > len(prefix):
+            name = destination[len(prefix) :]
+            if prefix == TOPIC:
+                return Kind.TOPIC, name.replace(".", "/").replace("*", "+")
+            return Kind.QUEUE, name
+    raise StompError(
+        "unknown destination",
+        f"{destination!r}: destinations start with {', '.join(PREFIXES)}",
+    )
+
+
+def stomp_destination(message: Message) -> str:
+    if message.kind is Kind.QUEUE:
+        return QUEUE + message.destination
+    return TOPIC + message.destination.replace("/", ".")
+
+
+def to_message(
+    frame: Frame, kind: Kind, name: str, origin: Origin, now: float, reply_to: str | None
+) -> Message:
+    """A core message from a SEND frame whose destination is already resolved."""
+    qos = 0
+    priority = 4
+    expiry = None
+    content_type = None
+    correlation = None
+    custom: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for key, value in frame.headers:
+        if key in seen:
+            continue  # a repeated header: the first one counts
+        seen.add(key)
+        if key not in STANDARD:
+            custom.append((key, value))
+        elif key == "persistent":
+            qos = 1 if value.lower() == "true" else 0
+        elif key == "priority":
+            priority = _int(value, "priority", 0, 9)
+        elif key == "expires":
+            ms = _int(value, "expires", 0, None)
+            expiry = ms / 1000 if ms else None
+        elif key == "content-type":
+            content_type = value
+        elif key == "correlation-id":
+            correlation = value.encode()
+    return Message(
+        destination=name,
+        kind=kind,
+        payload=frame.body,
+        headers=Headers(custom) if custom else Headers(),
+        qos=qos,
+        priority=priority,
+        expiry=expiry,
+        content_type=content_type,
+        text=content_type is not None and content_type.startswith("text/"),
+        correlation_id=correlation,
+        reply_to=reply_to,
+        timestamp=now,
+        origin=origin,
+    )
+
+
+def _int(value: str, name: str, low: int, high: int | None) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise StompError(f"bad {name} header", f"{name}:{value} is not an integer") from None
+    if number < low or (high is not None and number > high):
+        raise StompError(f"bad {name} header", f"{name}:{value} is out of range")
+    return number
+
+
+def message_headers(message: Message) -> list[tuple[str, str]]:
+    """The headers a MESSAGE frame carries for ``message`` (after the delivery ones)."""
+    headers = [("destination", stomp_destination(message))]
+    if message.qos:
+        headers.append(("persistent", "true"))
+    if message.priority != 4:
+        headers.append(("priority", str(message.priority)))
+    if message.expiry is not None:
+        headers.append(("expires", str(int(message.expiry * 1000))))
+    if message.correlation_id is not None:
+        headers.append(("correlation-id", message.correlation_id.decode("utf-8", "replace")))
+    if message.reply_to is not None:
+        headers.append(("reply-to", message.reply_to))
+    if message.content_type is not None:
+        headers.append(("content-type", message.content_type))
+    headers.extend(header_pairs(message.headers))
+    headers.append(("content-length", str(len(message.payload))))
+    return headers

@@ -29,7 +29,8 @@ HEARTBEAT_GRACE = 2.0
 
 def stomp_handler(broker: Broker, config: ListenerConfig) -> Handler:
     async def handle(stream: trio.SocketStream, conn: Connection) -> None:
-        codec = STOMPConnection(max_frame_size=config.max_packet_size)
+        # No `host` demanded of 1.2 clients: stomp.js and others leave it out.
+        codec = STOMPConnection(max_frame_size=config.max_packet_size, require_host=False)
         outbox = Outbox()
         session = STOMPSession(
             broker, codec, outbox.write, conn.stop, config=config, writable=outbox.writable

@@ -116,6 +116,14 @@ class STOMPSession:
     # -- frames from the client -------------------------------------------------
 
     def handle(self, frame: Frame) -> None:
+        try:
+            self._handle(frame)
+        except StompError as exc:
+            if exc.receipt is None:
+                exc.receipt = frame.get("receipt")  # the ERROR answers it (spec 1.2 "ERROR")
+            raise
+
+    def _handle(self, frame: Frame) -> None:
         command = frame.command
         if command in ("CONNECT", "STOMP"):
             self._on_connect(frame)

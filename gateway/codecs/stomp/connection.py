@@ -30,7 +30,7 @@ encode any frame):
   A command line is refused as soon as it cannot be the start of a command.
 * Direction: a server accepts client commands only, a client server commands
   only. A server's first frame must be CONNECT or STOMP; a client's first must be
-  CONNECTED or ERROR. A STOMP frame must offer 1.1 or later in ``accept-version``
+  CONNECTED or ERROR. A STOMP frame must offer 1.1 or 1.2 in ``accept-version``
   (the STOMP command does not exist in 1.0). NACK does not exist in 1.0.
 * Required headers (missing ones raise): SEND ``destination``; SUBSCRIBE
   ``destination`` (+ ``id`` from 1.1); UNSUBSCRIBE ``id`` (1.0: ``id`` or

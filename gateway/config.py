@@ -242,8 +242,13 @@ def load(path: str | Path) -> Config:
 
 
 def default() -> Config:
-    """The built-in defaults: one MQTT listener on all interfaces, as conf/gateway.toml."""
-    return Config(listeners=(ListenerConfig(protocol="mqtt", bind="0.0.0.0:1883"),))
+    """The built-in defaults, as conf/gateway.toml: MQTT and STOMP on all interfaces."""
+    return Config(
+        listeners=(
+            ListenerConfig(protocol="mqtt", bind="0.0.0.0:1883"),
+            ListenerConfig(protocol="stomp", bind="0.0.0.0:61613"),
+        )
+    )
 
 
 def parse_listen(spec: str) -> ListenerConfig:

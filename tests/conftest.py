@@ -46,6 +46,64 @@ async def gateway(nursery: trio.Nursery, tmp_path: os.PathLike[str]) -> AsyncIte
         await gw.stopped.wait()
 
 
+# The STOMP gateway's named queues: "x" dead-letters to "x.dlq" after three deliveries.
+STOMP_QUEUES = ({"name": "x", "max_deliveries": 3, "dead_letter": "x.dlq"},)
+# The second STOMP listener's heart-beat period (seconds), short enough to time out in a test.
+FAST_HEARTBEAT = 0.2
+
+
+def make_stomp_config(
+    tmp_path: os.PathLike[str], queues: tuple[dict[str, object], ...] = STOMP_QUEUES
+) -> config_mod.Config:
+    """MQTT and STOMP (named "stomp") listeners, plus a STOMP listener named "stomp-fast"
+    whose heart-beat period is FAST_HEARTBEAT; all on ephemeral loopback ports."""
+    text = f"""
+[gateway]
+data_dir = "{os.fspath(tmp_path)}/data"
+drain_timeout = 2.0
+
+[[listeners]]
+protocol = "mqtt"
+bind = "127.0.0.1:0"
+
+[[listeners]]
+protocol = "stomp"
+name = "stomp"
+bind = "127.0.0.1:0"
+
+[[listeners]]
+protocol = "stomp"
+name = "stomp-fast"
+bind = "127.0.0.1:0"
+heartbeat = {FAST_HEARTBEAT}
+"""
+    for queue in queues:
+        text += "\n[[queues]]\n" + "".join(f"{k} = {v!r}\n" for k, v in queue.items())
+    return config_mod.loads(text, "test.toml")
+
+
+def listener_port(gw: Gateway, name: str) -> int:
+    """The port of the listener called ``name``."""
+    for item in gw.bound:
+        if item.name == name:
+            return item.port
+    raise LookupError(f"no listener named {name!r}")
+
+
+@pytest.fixture
+async def stomp_gateway(
+    nursery: trio.Nursery, tmp_path: os.PathLike[str]
+) -> AsyncIterator[Gateway]:
+    """A gateway with MQTT and STOMP listeners (make_stomp_config); gw.port("stomp")."""
+    gw = Gateway(make_stomp_config(tmp_path))
+    with trio.fail_after(NET_TIMEOUT):
+        await nursery.start(gw.run)
+    yield gw
+    gw.stop()
+    with trio.fail_after(NET_TIMEOUT):
+        await gw.stopped.wait()
+
+
 def upstream_reachable(host: str, port: int) -> None:
     """Skip (or, with GATEWAY_TEST_REQUIRE_UPSTREAMS=1, fail) when a server is down."""
     try:

@@ -11,7 +11,7 @@ from .headers import Headers, header_pairs
 from .message import Kind, Message, Origin
 from .queue import Overflow, Queue, QueuePolicy
 from .session import NEVER, Session, SubscribeOptions, Will
-from .topics import InvalidFilter
+from .topics import InvalidFilter, check_filter
 
 __all__ = [
     "NEVER",
@@ -33,5 +33,6 @@ __all__ = [
     "Status",
     "SubscribeOptions",
     "Will",
+    "check_filter",
     "header_pairs",
 ]

@@ -40,7 +40,9 @@ def stomp_handler(broker: Broker, config: ListenerConfig) -> Handler:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(outbox.run, stream)
             beating = trio.CancelScope()
-            nursery.start_soon(_send_heartbeats, session, outbox, beating)
+            connected = trio.Event()
+            session.on_connected = connected.set
+            nursery.start_soon(_send_heartbeats, session, outbox, connected, beating)
             try:
                 await _read(stream, codec, session, conn, config)
             finally:
@@ -52,16 +54,28 @@ def stomp_handler(broker: Broker, config: ListenerConfig) -> Handler:
     return handle
 
 
-async def _send_heartbeats(session: STOMPSession, outbox: Outbox, scope: trio.CancelScope) -> None:
-    """Write an EOL whenever nothing else was written for a whole period."""
+async def _send_heartbeats(
+    session: STOMPSession, outbox: Outbox, connected: trio.Event, scope: trio.CancelScope
+) -> None:
+    """Once CONNECTED is sent, write an EOL whenever a whole period passed with nothing
+    else written. Checking at half-periods keeps any silence under one period."""
     with scope:
-        last = -1
+        await connected.wait()
+        period = session.send_every
+        if not period:
+            return
+        written = outbox.written
+        quiet_since = trio.current_time()
         while True:
-            period = session.send_every
-            await trio.sleep(period if period else 1.0)
-            if period and outbox.written == last:
+            await trio.sleep(period / 2)
+            now = trio.current_time()
+            if outbox.written != written:
+                written = outbox.written
+                quiet_since = now
+            elif now - quiet_since >= period / 2:
                 outbox.write(b"\n")
-            last = outbox.written
+                written = outbox.written
+                quiet_since = now
 
 
 async def _read(

@@ -26,6 +26,7 @@ from ..core import (
     Origin,
     Session,
     SubscribeOptions,
+    check_filter,
 )
 from ..logging import get_logger
 from .stomp_mapping import TEMP_QUEUE, TOPIC, message_headers, parse_destination, to_message
@@ -60,12 +61,14 @@ class STOMPSession:
         "_temp",
         "_writable",
         "broker",
+        "client_id",
         "clock",
         "codec",
         "config",
         "expect_every",
         "graceful",
         "log",
+        "on_connected",
         "origin",
         "send",
         "send_every",
@@ -105,6 +108,9 @@ class STOMPSession:
         self._temp: dict[str, str] = {}
         self.transactions: dict[str, list[Frame]] = {}
         self.graceful = False
+        self.client_id: str | None = None
+        # The listener's hook to start heart-beating once CONNECTED is sent.
+        self.on_connected: Callable[[], None] | None = None
         # Heart-beat periods in seconds once negotiated (0 = none).
         self.send_every = 0.0
         self.expect_every = 0.0
@@ -173,6 +179,7 @@ class STOMPSession:
             self.stop("version")
             return
         self.version = version
+        self.client_id = frame.get("client-id")
         client_send, client_want = parse_heartbeat(frame.get("heart-beat"))
         ours = int(self.config.heartbeat * 1000)
         server_send = max(ours, client_want) if client_want and ours else 0
@@ -196,6 +203,8 @@ class STOMPSession:
         self.log.info(
             "stomp.connect.accepted", version=version, heart_beat=f"{server_send},{server_want}"
         )
+        if self.on_connected is not None:
+            self.on_connected()
 
     def _resolve(self, destination: str) -> tuple[Kind, str]:
         kind, name = parse_destination(destination)
@@ -217,8 +226,16 @@ class STOMPSession:
             raise StompError("unknown destination", f"{destination!r} does not exist")
         reply_to = frame.get("reply-to")
         if reply_to is not None and reply_to.startswith(TEMP_QUEUE):
-            # A reply address others can use: the temporary queue's own name.
-            reply_to = "/queue/" + self._temp_queue(reply_to[len(TEMP_QUEUE) :])
+            # A reply address others can use: the temporary queue's own name. The
+            # sender gets its replies without subscribing, as with RabbitMQ.
+            real = self._temp_queue(reply_to[len(TEMP_QUEUE) :])
+            if real not in self._by_queue and reply_to not in self.subscriptions:
+                sub = Subscription(
+                    id=reply_to, destination=reply_to, ack="auto", number=self._next_number()
+                )
+                sub.queue = real
+                self._attach(sub)
+            reply_to = "/queue/" + real
         message = to_message(frame, kind, name, self.origin, self.clock(), reply_to)
         result = self.broker.publish(message)
         if not result.accepted:
@@ -242,11 +259,8 @@ class STOMPSession:
         destination = frame.get("destination", "")
         kind, name = self._resolve(destination)
         window = self._prefetch(frame)
-        number = len(self._by_number) + 1
-        while number in self._by_number:
-            number += 1
+        number = self._next_number()
         sub = Subscription(id=sub_id, destination=destination, ack=ack, number=number)
-        qos = 0 if ack == "auto" else 1
         durable = self._durable_name(frame, kind)
         try:
             if kind is Kind.QUEUE or durable is not None:
@@ -254,20 +268,34 @@ class STOMPSession:
                     self.broker.durable_subscription(durable, name)
                     name = durable
                 if name in self._by_queue:
-                    raise StompError(
-                        "duplicate subscription", f"already subscribed to {destination}"
-                    )
-                self.broker.consume(session, name, qos=qos, window=window, ack_all=qos == 1)
+                    raise StompError("duplicate subscription", f"already on {destination}")
                 sub.queue = name
-                self._by_queue[name] = sub
             else:
-                options = SubscribeOptions(qos=qos, subscription_id=number)
-                self.broker.subscribe(session, name, options)
+                check_filter(name)
                 sub.topic_filter = name
         except InvalidFilter as exc:
             raise StompError("bad destination", f"{destination}: {exc}") from None
-        self.subscriptions[sub_id] = sub
-        self._by_number[number] = sub
+        self._attach(sub, window)
+
+    def _attach(self, sub: Subscription, window: int = 65535) -> None:
+        """Register ``sub`` first: the core may deliver what waits as soon as it is attached."""
+        session = self.session
+        assert session is not None
+        self.subscriptions[sub.id] = sub
+        self._by_number[sub.number] = sub
+        qos = 0 if sub.ack == "auto" else 1
+        if sub.queue is not None:
+            self._by_queue[sub.queue] = sub
+            self.broker.consume(session, sub.queue, qos=qos, window=window, ack_all=qos == 1)
+        elif sub.topic_filter is not None:
+            options = SubscribeOptions(qos=qos, subscription_id=sub.number)
+            self.broker.subscribe(session, sub.topic_filter, options)
+
+    def _next_number(self) -> int:
+        number = len(self._by_number) + 1
+        while number in self._by_number:
+            number += 1
+        return number
 
     def _durable_name(self, frame: Frame, kind: Kind) -> str | None:
         """A durable topic subscription's core queue, from RabbitMQ's or ActiveMQ's headers."""
@@ -279,7 +307,9 @@ class STOMPSession:
             name = frame.get("id")
         if name is None:
             return None
-        owner = frame.get("client-id") or self.origin.client_id
+        # Named by the client's id when it gives one (ActiveMQ: on SUBSCRIBE or CONNECT),
+        # else by the subscription name alone (RabbitMQ), so a reconnecting client finds it.
+        owner = frame.get("client-id") or self.client_id or "-"
         return f"{DURABLE_PREFIX}{owner}/{name}"
 
     def _prefetch(self, frame: Frame) -> int:

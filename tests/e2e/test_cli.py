@@ -61,6 +61,9 @@ async def test_run_serves_mqtt_and_stops_cleanly_on_sigterm(tmp_path: Path) -> N
             "conf/gateway.toml",
             "--listen",
             "mqtt=127.0.0.1:0",
+            # The default STOMP port (61613) may be taken, e.g. by RabbitMQ's STOMP plugin.
+            "--listen",
+            "stomp=127.0.0.1:0",
             "--data-dir",
             str(tmp_path),
         )
@@ -89,7 +92,15 @@ async def test_run_serves_mqtt_and_stops_cleanly_on_sigterm(tmp_path: Path) -> N
 @pytest.mark.slow
 async def test_sigint_also_stops_with_exit_0(tmp_path: Path) -> None:
     with trio.fail_after(NET_TIMEOUT):
-        gw = await start("run", "--listen", "mqtt=127.0.0.1:0", "--data-dir", str(tmp_path))
+        gw = await start(
+            "run",
+            "--listen",
+            "mqtt=127.0.0.1:0",
+            "--listen",
+            "stomp=127.0.0.1:0",
+            "--data-dir",
+            str(tmp_path),
+        )
         try:
             await gw.wait_for("gateway.started")
             gw.process.send_signal(signal.SIGINT)
@@ -127,6 +138,8 @@ async def test_port_in_use_exits_2(tmp_path: Path) -> None:
                     "run",
                     "--listen",
                     f"mqtt=127.0.0.1:{port}",
+                    "--listen",
+                    "stomp=127.0.0.1:0",
                     "--data-dir",
                     str(tmp_path),
                 ],

@@ -36,6 +36,7 @@ ACK_MODES = ("auto", "client", "client-individual")
 PREFETCH_HEADERS = ("prefetch-count", "activemq.prefetchSize")
 MAX_TRANSACTIONS = 16
 MAX_TRANSACTION_FRAMES = 10_000
+MAX_TRANSACTION_BYTES = 16 * 1024 * 1024
 DURABLE_PREFIX = "$durable/"
 _session_ids = itertools.count(1)
 
@@ -381,6 +382,8 @@ class STOMPSession:
             raise StompError("unknown transaction", f"transaction {name!r} was not begun")
         if len(queued) >= MAX_TRANSACTION_FRAMES:
             raise StompError("transaction too large", f"at most {MAX_TRANSACTION_FRAMES} frames")
+        if sum(len(f.body) for f in queued) + len(frame.body) > MAX_TRANSACTION_BYTES:
+            raise StompError("transaction too large", f"at most {MAX_TRANSACTION_BYTES} bytes")
         queued.append(frame)
         self._receipt(frame)
 

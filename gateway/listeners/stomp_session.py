@@ -60,6 +60,7 @@ class STOMPSession:
         "_by_number",
         "_by_queue",
         "_temp",
+        "_transaction_bytes",
         "_writable",
         "broker",
         "client_id",
@@ -108,6 +109,7 @@ class STOMPSession:
         self._ack_ids = itertools.count(1)
         self._temp: dict[str, str] = {}
         self.transactions: dict[str, list[Frame]] = {}
+        self._transaction_bytes: dict[str, int] = {}
         self.graceful = False
         self.client_id: str | None = None
         # The listener's hook to start heart-beating once CONNECTED is sent.
@@ -382,14 +384,17 @@ class STOMPSession:
             raise StompError("unknown transaction", f"transaction {name!r} was not begun")
         if len(queued) >= MAX_TRANSACTION_FRAMES:
             raise StompError("transaction too large", f"at most {MAX_TRANSACTION_FRAMES} frames")
-        if sum(len(f.body) for f in queued) + len(frame.body) > MAX_TRANSACTION_BYTES:
+        size = self._transaction_bytes.get(name, 0) + len(frame.body)
+        if size > MAX_TRANSACTION_BYTES:
             raise StompError("transaction too large", f"at most {MAX_TRANSACTION_BYTES} bytes")
+        self._transaction_bytes[name] = size
         queued.append(frame)
         self._receipt(frame)
 
     def _end_transaction(self, frame: Frame) -> list[Frame]:
         name = frame.get("transaction", "")
         queued = self.transactions.pop(name, None)
+        self._transaction_bytes.pop(name, None)
         if queued is None:
             raise StompError("unknown transaction", f"transaction {name!r} was not begun")
         return queued
@@ -426,6 +431,7 @@ class STOMPSession:
     def connection_ended(self) -> None:
         """The connection is gone: open transactions are discarded, unacked messages return."""
         self.transactions.clear()
+        self._transaction_bytes.clear()
         if self.session is not None:
             session, self.session = self.session, None
             self.broker.detach(session, graceful=self.graceful)

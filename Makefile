@@ -59,3 +59,24 @@ _install-deb:
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
+
+# Broker comparison (docs/benchmarks.md): installs matplotlib and py-spy into .venv, the
+# mosquitto Debian package when missing, amqtt into its own venv, then compare + report.
+# Quick look: make bench BENCH_ARGS="--reps 1 --seconds 2"
+BENCH_ARGS  ?=
+AMQTT_VENV  := bench/.venv-amqtt
+
+.PHONY: bench bench-deps
+
+bench: bench-deps
+	$(BIN)/python -m bench compare $(BENCH_ARGS)
+	$(BIN)/python -m bench report
+
+bench-deps: $(VENV)/.installed
+	@$(BIN)/python -c 'import matplotlib' 2>/dev/null && test -x $(BIN)/py-spy || \
+	  $(BIN)/python -m pip install --quiet matplotlib py-spy
+	@test -x /usr/sbin/mosquitto || $(MAKE) --no-print-directory _install-deb PKGS=mosquitto
+	@test -x $(AMQTT_VENV)/bin/amqtt || { \
+	  $(PYTHON) -m venv $(AMQTT_VENV) && \
+	  $(AMQTT_VENV)/bin/python -m pip install --quiet --upgrade pip && \
+	  $(AMQTT_VENV)/bin/python -m pip install --quiet amqtt; }

@@ -1,0 +1,1 @@
+"""Benchmarks: the broker comparison harness (``python -m bench``) and micro-benchmarks."""

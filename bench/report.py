@@ -1,0 +1,623 @@
+"""Tables for ``compare`` and the generated docs/benchmarks.md + docs/benchmarks.png."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .scenarios import NOT_BUILT, PRESETS
+
+GW = "gateway"
+OPEN_LOOP = ("flood-qos0", "flood-qos1")
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    v = float(value)
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    if v == 0:
+        return "0"
+    return f"{v:.{digits}g}"
+
+
+def ratio(a: Any, b: Any) -> str:
+    if not a or not b:
+        return "-"
+    r = float(a) / float(b)
+    return f"{r:.3g}x"
+
+
+def headline(preset: str, med: dict[str, Any]) -> tuple[Any, Any]:
+    """(msg/s, msgs per broker CPU second) that the comparison uses for this preset: the
+    measured window, except open-loop runs, judged over the whole run (drain included)."""
+    if preset in OPEN_LOOP:
+        return med.get("overall_msgs_per_s"), med.get("overall_msgs_per_cpu_s")
+    return med.get("msgs_per_s"), med.get("msgs_per_cpu_s")
+
+
+def _medians(doc: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(m["preset"], m["system"]): m for m in doc.get("medians", [])}
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _flag(med: dict[str, Any] | None) -> str:
+    if med is None:
+        return "not run"
+    return f" ⚠{med['failed']}/{med['reps']}" if med.get("failed") else ""
+
+
+def ratio_table(doc: dict[str, Any]) -> str:
+    meds = _medians(doc)
+    systems = doc["systems"]
+    others = [s for s in systems if s != GW]
+    presets = [p for p in doc["presets"] if PRESETS[p][0] != "idle"]
+    header = ["scenario"]
+    header += [f"{s} msg/s" for s in systems] + [f"{s} msg/CPU s" for s in systems]
+    if GW in systems:
+        header += [f"gw/{s} per CPU s" for s in others] + [f"gw/{s} msg/s" for s in others]
+    rows = []
+    for p in presets:
+        figs = {s: headline(p, meds.get((p, s), {})) for s in systems}
+        row = [p + (" (whole run)" if p in OPEN_LOOP else "")]
+        row += [fmt(figs[s][0]) + _flag(meds.get((p, s))) for s in systems]
+        row += [fmt(figs[s][1]) for s in systems]
+        if GW in systems:
+            row += [ratio(figs[GW][1], figs[s][1]) for s in others]
+            row += [ratio(figs[GW][0], figs[s][0]) for s in others]
+        rows.append(row)
+    return _table(header, rows)
+
+
+def latency_table(doc: dict[str, Any]) -> str:
+    meds = _medians(doc)
+    rows = []
+    for p in doc["presets"]:
+        if PRESETS[p][0] != "latency":
+            continue
+        for s in doc["systems"]:
+            m = meds.get((p, s))
+            if m:
+                rows.append(
+                    [p, s]
+                    + [fmt(m.get(k)) for k in ("lat_p50_ms", "lat_p99_ms", "lat_p999_ms")]
+                    + [
+                        fmt(m.get("msgs_per_s")),
+                        fmt(m.get("broker_cpu_pct")),
+                        fmt(m.get("loss_pct")),
+                    ]
+                )
+    header = [
+        "scenario",
+        "system",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "msg/s",
+        "broker CPU %",
+        "loss %",
+    ]
+    return _table(header, rows)
+
+
+def idle_table(doc: dict[str, Any]) -> str:
+    meds = _medians(doc)
+    rows = []
+    for p in doc["presets"]:
+        if PRESETS[p][0] != "idle":
+            continue
+        target = PRESETS[p][1].get("connections", "")
+        for s in doc["systems"]:
+            m = meds.get((p, s))
+            if m:
+                rows.append(
+                    [p, s, f"{fmt(m.get('held'))} / {fmt(target)}"]
+                    + [
+                        fmt(m.get(k))
+                        for k in (
+                            "connects_per_s",
+                            "cpu_us_per_connect",
+                            "rss_before_mb",
+                            "rss_mb",
+                            "rss_per_conn_kib",
+                        )
+                    ]
+                    + [_flag(m).strip() or "ok"]
+                )
+    header = [
+        "scenario",
+        "system",
+        "held / asked",
+        "connects/s",
+        "broker CPU µs/connect",
+        "RSS before MB",
+        "RSS after MB",
+        "RSS KiB/conn",
+        "failed",
+    ]
+    return _table(header, rows)
+
+
+def wildcard_table(doc: dict[str, Any]) -> str:
+    meds = _medians(doc)
+    rows = []
+    wild = [p for p in doc["presets"] if PRESETS[p][0] == "wildcard"]
+    if not wild:
+        return ""
+    for s in doc["systems"]:
+        row = [s]
+        for p in wild:
+            m = meds.get((p, s), {})
+            row += [fmt(m.get("msgs_per_s")), fmt(m.get("msgs_per_cpu_s")), fmt(m.get("loss_pct"))]
+        if len(wild) == 2:
+            a, b = (meds.get((p, s), {}).get("msgs_per_cpu_s") for p in wild)
+            row.append(ratio(b, a))
+        rows.append(row)
+    header = ["system"]
+    for p in wild:
+        n = PRESETS[p][1].get("subscriptions")
+        header += [f"{n:,} subs msg/s", f"{n:,} subs msg/CPU s", f"{n:,} subs loss %"]
+    if len(wild) == 2:
+        header.append(f"per CPU s, {wild[1]} / {wild[0]}")
+    return _table(header, rows)
+
+
+def flood_table(doc: dict[str, Any]) -> str:
+    meds = _medians(doc)
+    if not any(PRESETS[p][0] == "flood" for p in doc["presets"]):
+        return ""
+    rows = []
+    for s in doc["systems"]:
+        f0, f1, q1 = (meds.get((p, s), {}) for p in ("flood-qos0", "flood-qos1", "qos1"))
+        rows.append(
+            [
+                s,
+                fmt(f0.get("publishes_per_s")),
+                fmt(f0.get("msgs_per_s")),
+                fmt(f0.get("overall_msgs_per_s")),
+                fmt(f0.get("loss_pct")),
+                fmt(f1.get("msgs_per_s")),
+                fmt(f1.get("overall_msgs_per_s")),
+                fmt(f1.get("loss_pct")),
+                fmt(q1.get("msgs_per_s")),
+                ratio(f1.get("overall_msgs_per_s"), q1.get("msgs_per_s")),
+            ]
+        )
+    header = [
+        "system",
+        "QoS 0 published/s",
+        "QoS 0 delivered/s (window)",
+        "QoS 0 delivered/s (whole run)",
+        "QoS 0 loss %",
+        "QoS 1 delivered/s (window)",
+        "QoS 1 delivered/s (whole run)",
+        "QoS 1 loss %",
+        "closed-loop qos1 msg/s",
+        "open / closed QoS 1",
+    ]
+    return _table(header, rows)
+
+
+def detail_table(doc: dict[str, Any]) -> str:
+    meds = _medians(doc)
+    keys = (
+        "msgs_per_s",
+        "msgs_per_cpu_s",
+        "broker_cpu_pct",
+        "loss_pct",
+        "rss_mb",
+        "lat_p50_ms",
+        "lat_p99_ms",
+        "loadgen_cpu_s",
+    )
+    rows = []
+    for p in doc["presets"]:
+        if PRESETS[p][0] == "idle":
+            continue
+        for s in doc["systems"]:
+            m = meds.get((p, s))
+            if m:
+                rows.append([p, s] + [fmt(m.get(k)) for k in keys] + [f"{m['failed']}/{m['reps']}"])
+    header = [
+        "scenario",
+        "system",
+        "msg/s",
+        "msg/CPU s",
+        "broker CPU %",
+        "loss %",
+        "RSS MB",
+        "p50 ms",
+        "p99 ms",
+        "load-gen CPU s",
+        "failed",
+    ]
+    return _table(header, rows)
+
+
+def gateway_revisions(doc: dict[str, Any]) -> list[str]:
+    revs = [r["gateway_revision"] for r in doc.get("runs", []) if r.get("gateway_revision")]
+    return list(dict.fromkeys(revs))
+
+
+def problems(doc: dict[str, Any]) -> list[str]:
+    out = []
+    revs = gateway_revisions(doc)
+    if len(revs) > 1:
+        out.append(
+            "the gateway changed during the comparison (runs used "
+            + ", ".join(f"`{r}`" for r in revs)
+            + "): rerun it for figures from one version"
+        )
+    for m in doc.get("medians", []):
+        for err in m.get("errors", []):
+            out.append(f"{m['preset']} on {m['system']} ({m['failed']}/{m['reps']} runs): {err}")
+        if m.get("loss_pct") and m["loss_pct"] > 0:
+            out.append(f"{m['preset']} on {m['system']}: median loss {fmt(m['loss_pct'])} %")
+    out += slow_drains(doc)
+    return out
+
+
+def slow_drains(doc: dict[str, Any]) -> list[str]:
+    """Runs whose broker was still delivering long after publishing stopped."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in doc.get("runs", []):
+        if r.get("drain_s") is not None:
+            groups.setdefault((r["preset"], r["system"]), []).append(r)
+    out = []
+    for (preset, system), runs in groups.items():
+        drain = statistics.median(r["drain_s"] for r in runs)
+        if drain < 5:
+            continue
+        window = statistics.median(r.get("msgs_per_s") or 0 for r in runs)
+        whole = statistics.median(r.get("overall_msgs_per_s") or 0 for r in runs)
+        line = (
+            f"{preset} on {system}: still delivering {fmt(drain)} s (median) after publishing "
+            f"stopped; {fmt(window)} msg/s delivered while publishing, {fmt(whole)} msg/s over "
+            "the whole run"
+        )
+        if whole and window < 0.1 * whole:
+            line += " (it read the publishers' messages first and delivered them afterwards)"
+        out.append(line)
+    return out
+
+
+def text_tables(doc: dict[str, Any]) -> str:
+    parts = ["", "Messages delivered per second and per broker CPU second (medians):", ""]
+    parts.append(ratio_table(doc))
+    if any(PRESETS[p][0] == "idle" for p in doc["presets"]):
+        parts += ["", idle_table(doc)]
+    if any(PRESETS[p][0] == "latency" for p in doc["presets"]):
+        parts += ["", latency_table(doc)]
+    issues = problems(doc)
+    if issues:
+        parts += ["", "Problems:"] + [f"- {i}" for i in issues]
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------- chart
+
+
+def chart(doc: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    meds = _medians(doc)
+    systems = doc["systems"]
+    flows = [p for p in doc["presets"] if PRESETS[p][0] != "idle"]
+    idles = [p for p in doc["presets"] if PRESETS[p][0] == "idle"]
+    colors = {"gateway": "#1f77b4", "mosquitto": "#2ca02c", "amqtt": "#d62728"}
+    panels = 2 if idles else 1
+    fig, axes = plt.subplots(
+        1, panels, figsize=(13 if idles else 10, 5), width_ratios=[4, 1.3][:panels]
+    )
+    axes = list(axes) if panels == 2 else [axes]
+    width = 0.8 / max(1, len(systems))
+    ax = axes[0]
+    values = []
+    for i, s in enumerate(systems):
+        ys = [headline(p, meds.get((p, s), {}))[1] or 0 for p in flows]
+        values += [y for y in ys if y]
+        xs = [x + (i - (len(systems) - 1) / 2) * width for x in range(len(flows))]
+        ax.bar(xs, ys, width, label=s, color=colors.get(s))
+    if values and max(values) / max(min(values), 1e-9) > 20:
+        ax.set_yscale("log")
+    ax.set_xticks(range(len(flows)), flows, rotation=30, ha="right")
+    ax.set_ylabel("messages delivered per broker CPU second")
+    ax.set_title("Efficiency: higher is better (median)")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    if idles:
+        ax2 = axes[1]
+        for i, s in enumerate(systems):
+            ys = [meds.get((p, s), {}).get("rss_per_conn_kib") or 0 for p in idles]
+            xs = [x + (i - (len(systems) - 1) / 2) * width for x in range(len(idles))]
+            ax2.bar(xs, ys, width, label=s, color=colors.get(s))
+        ax2.set_xticks(range(len(idles)), idles)
+        ax2.set_ylabel("broker RSS per idle connection, KiB")
+        ax2.set_title("Memory: lower is better")
+        ax2.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------- document
+
+
+def _kv_table(data: dict[str, Any]) -> str:
+    return _table(["", ""], [[k, f"`{v}`" if k != "cpu" else str(v)] for k, v in data.items()])
+
+
+def write(doc: dict[str, Any], md_path: Path, source: Path) -> tuple[Path, Path]:
+    png = md_path.with_suffix(".png")
+    chart(doc, png)
+    repo = md_path.resolve().parent.parent
+    try:
+        src = source.resolve().relative_to(repo)
+    except ValueError:
+        src = source
+    issues = problems(doc)
+    machine = doc.get("machine", {})
+    not_built = _table(
+        ["scenario", "status"], [[k, f"not built yet: {v}"] for k, v in NOT_BUILT.items()]
+    )
+    seconds = doc.get("overrides", {}).get("seconds")
+    shortened = (
+        f" The measured window was shortened to {fmt(seconds)} s (default 5 s) to keep the"
+        " whole comparison near 15 minutes on this machine."
+        if seconds is not None and seconds < 5
+        else ""
+    )
+    text = TEMPLATE.format(
+        shortened=shortened,
+        generated=time.strftime("%Y-%m-%d %H:%M"),
+        source=src,
+        started=doc.get("started", "?"),
+        elapsed=fmt(doc.get("elapsed_s")),
+        command=doc.get("command", "python -m bench compare"),
+        reps=doc.get("reps"),
+        overrides=", ".join(f"{k}={v}" for k, v in doc.get("overrides", {}).items()) or "none",
+        versions=_kv_table(doc.get("versions", {})),
+        machine=_kv_table(machine),
+        ratio_table=ratio_table(doc),
+        latency_table=latency_table(doc),
+        idle_table=idle_table(doc),
+        wildcard_table=wildcard_table(doc),
+        flood_table=flood_table(doc),
+        detail_table=detail_table(doc),
+        not_built=not_built,
+        problems="\n".join(f"- {i}" for i in issues) or "- nothing: every run completed.",
+        png=png.name,
+        scenario_table=_table(["preset", "load"], [[f"`{k}`", v] for k, v in SCENARIO_ROWS]),
+    )
+    md_path.write_text(text)
+    return md_path, png
+
+
+SCENARIO_ROWS = [
+    ("fanin", "QoS 0, 4 publishers -> 1 subscriber on one topic, 64-byte payloads, closed loop"),
+    ("fanout", "QoS 0, 1 publisher -> 10 subscribers, closed loop"),
+    (
+        "qos1",
+        "QoS 1, 1 publisher with at most 1,000 unacknowledged publishes -> 1 subscriber "
+        "that PUBACKs",
+    ),
+    (
+        "qos2",
+        "QoS 2, 1 publisher with at most 100 publishes short of PUBCOMP (the gateway's "
+        "default `receive_maximum`) -> 1 subscriber that PUBRECs and PUBCOMPs",
+    ),
+    (
+        "latency",
+        "QoS 0, 1 publisher at a fixed 1,000 msg/s, every message time-stamped; "
+        "p50/p99/p99.9 of publish-to-receive",
+    ),
+    (
+        "wildcard-100`, `wildcard-10k",
+        "4 subscriber connections hold 100 or 10,000 filters over "
+        "`site/SS/device/DD/METRIC` (`+` and `#` mixed); the stream (100 topics) matches one "
+        "filter per connection, so 4 deliveries a publish; the other filters share prefixes "
+        "but match nothing",
+    ),
+    (
+        "flood-qos0",
+        "open loop: 4 publishers send QoS 0 as fast as the broker reads for the measured "
+        "time, 1 subscriber: loss, and delivered throughput",
+    ),
+    (
+        "flood-qos1",
+        "open loop: 1 QoS 1 publisher with up to 60,000 unacknowledged publishes, "
+        "1 subscriber: delivered throughput against closed-loop `qos1`",
+    ),
+    (
+        "idle-5k`, `idle-20k",
+        "N connections (CONNECT, CONNACK, then nothing; keep-alive 0) from 2 processes: "
+        "connect rate, broker CPU per connect, RSS per connection; a broker that refuses "
+        "or fails is recorded with how many it held",
+    ),
+]
+
+TEMPLATE = """\
+# Benchmarks: the gateway against Mosquitto and amqtt
+
+<!-- Generated by `python -m bench report` from {source}: edit bench/report.py, not this file. -->
+
+Generated {generated} from the comparison started {started} ({elapsed} s in all):
+
+```sh
+{command}
+python -m bench report
+```
+
+Each figure is the median of {reps} runs; parameter overrides: {overrides}.{shortened}
+Every system is started fresh for every run. The headline is **messages delivered per
+second of broker CPU time** (`utime + stime` from `/proc/PID/stat` over the measured
+window): on a small, noisy machine where the load generator shares the cores with the
+broker, it moves far less than messages per second, which is also shown. Ratios are
+gateway / other, so above 1x the gateway does better.
+
+![messages per broker CPU second per scenario and system](benchmarks.png)
+
+## Results
+
+{ratio_table}
+
+⚠N/M: N of the M runs reported a problem (see [what did not work](#what-did-not-work)).
+Open-loop rows (flood) are judged over the whole run, drain included; the others over the
+measured window.
+
+### Latency (QoS 0, fixed 1,000 msg/s, publish to receive)
+
+{latency_table}
+
+### Idle connections
+
+{idle_table}
+
+RSS per connection is (broker RSS after - before) / connections held, read 2 s after the
+last CONNACK.
+
+### Wildcard subscriptions: throughput against non-matching subscriptions
+
+{wildcard_table}
+
+### Flood (open loop) against the closed-loop figure
+
+{flood_table}
+
+### All figures
+
+{detail_table}
+
+"p50/p99 ms" in throughput runs is loaded latency, sampled on the first frame of each
+read: with a closed loop it is about the window divided by the rate (queueing by design),
+so compare it only between systems, not with the latency scenario.
+
+### Not built yet
+
+{not_built}
+
+## What did not work
+
+{problems}
+
+## Systems and machine
+
+{versions}
+
+{machine}
+
+Broker settings, the same in spirit for all three:
+
+- **gateway**: `compare` copies `gateway/` once when it starts and runs every gateway run
+  from that copy (on `PYTHONPATH`), so the figures are of one version even while the work
+  tree is being edited; `run` uses the work tree. The revision is in each run's JSON line
+  (`gateway_revision`). Started as `python -m gateway run -c gateway.toml
+  --listen mqtt=127.0.0.1:PORT --data-dir DIR --log-level warning`; the TOML sets
+  `log_level = "warning"`, `log_format = "json"`, `sys_interval = 0` (no `$SYS`),
+  `max_queued_messages = 100000`, `drain_timeout = 1.0` and, on the listener,
+  `max_inflight = 100`.
+- **mosquitto**: `/usr/sbin/mosquitto -c mosquitto.conf` with `listener PORT 127.0.0.1`,
+  `allow_anonymous true`, `persistence false`, `max_queued_messages 100000`,
+  `max_inflight_messages 100`, `max_connections -1`, `sys_interval 0`, logging errors
+  and warnings only. `set_tcp_nodelay` keeps its default (false): Mosquitto writes frame
+  by frame, and with TCP_NODELAY on its QoS 0 throughput here fell by about 40 %
+  (fanin 455k -> 267k msg/s), so Nagle's algorithm is its better setting for these
+  figures (the gateway's trio and amqtt's asyncio sockets set TCP_NODELAY themselves).
+- **amqtt**: `bench/.venv-amqtt/bin/amqtt -c amqtt.yaml`, a `listeners: default:` TCP
+  listener on `127.0.0.1:PORT` and only the `AnonymousAuthPlugin` (`allow_anonymous:
+  true`): no `$SYS` plugin, no packet or event loggers. amqtt has no queue or in-flight
+  limits to raise. Its command logs at INFO (one line per connection); the log goes to a
+  file.
+- Every broker inherits the harness's open-file limit: the harness raises its own soft
+  limit to the hard limit (or to 131,072 where the hard limit allows). In a sandbox whose
+  hard limit is 20,000 no broker can hold 20,000 connections plus its own files, so
+  `idle-20k` ends a few connections short there, by design of the machine, not the broker.
+
+## How to run
+
+```sh
+make bench                                   # installs what it needs, compare + report
+make bench BENCH_ARGS="--reps 1 --seconds 2" # quick look (about 5 minutes)
+.venv/bin/python -m bench compare fanin qos1 --systems gateway mosquitto --reps 3
+.venv/bin/python -m bench report             # docs/benchmarks.md + .png from the last compare
+.venv/bin/python -m bench run fanin --system gateway --reps 1 --seconds 5
+.venv/bin/python -m bench run idle --connections 10000 --system mosquitto
+.venv/bin/python -m bench run qos1 --system external --port 1884 --pid 4242
+```
+
+`make bench` installs matplotlib and py-spy into `.venv`, the `mosquitto` Debian
+package when `/usr/sbin/mosquitto` is missing (with apt-get as root, else it prints the
+command) and amqtt into its own venv `bench/.venv-amqtt` (`python3 -m venv` +
+`pip install amqtt`), then runs `python -m bench compare $(BENCH_ARGS)` and
+`python -m bench report`. `compare` takes scenario or preset names (default: all) and
+`--systems`, `--reps`, `--seconds`, `--warmup`, `--drain`. Every run prints one JSON line;
+each scenario and system then a line of medians (`"kind": "median"`). Results go to
+`bench/results/compare-STAMP.json` and `bench/results/latest.json` (gitignored), which
+`report` reads. `run` takes the scenario's own parameters too (`--publishers`,
+`--subscribers`, `--qos`, `--payload`, `--window`, `--open-loop`, `--rate`,
+`--subscriptions`, `--sub-connections`, `--connections`, `--procs`); `--system external
+--host H --port P [--pid PID]` points the generator at a broker started elsewhere.
+
+## Scenarios
+
+{scenario_table}
+
+**Closed loop** (all but flood and idle): a publisher may be at most `window` (5,000 for
+QoS 0) publishes ahead of what every subscriber has received, so the figure is a rate the
+broker sustains, not a queue filling up. **Open loop** (flood): no such bound. Runs start
+all generator processes at one instant, wait a 1 s warm-up, then measure for `--seconds`
+(5 s by default). Publishers then stop; subscribers get until everything has arrived, or
+nothing has arrived for 2 s, or `--drain` (60 s) is over. **Loss** is
+(publishes x subscriber copies - received) / expected over the whole run, so a broker
+that is still delivering when the drain ends shows that backlog as loss. **Loadgen CPU**
+(the generator processes' CPU seconds over the window) is reported to show the generator
+is not the bottleneck.
+
+## Load generator
+
+`bench/loadgen.py` and `bench/mqttwire.py`, independent of the gateway's code (nothing
+under `gateway/` is imported): every publisher, subscriber and idle-connection holder is
+its own OS process (multiprocessing, spawn) on a raw TCP socket speaking MQTT 3.1.1.
+Publishes are encoded once (QoS 1/2: a ring of 65,535 frames with their packet ids) and
+written 64 KiB at a time; each batch's payloads are time-stamped in one C-level
+`bytes.replace` of an 8-byte placeholder with `time.monotonic_ns()` (the rest of the
+payload is padding). Subscribers count PUBLISH frames by walking the fixed header and
+remaining length only (about 7 million frames a second in one process), and answer
+QoS 1/2 (PUBACK, PUBREC, PUBCOMP; the publisher's PUBREL) in one write per read. A
+reader that got less than 16 KiB sleeps 2 ms (QoS 0) or 0.2 ms (QoS 1/2) before reading
+again, so a broker that writes frame by frame does not cost a wake-up per frame. Workers
+coordinate through shared memory counters and end by themselves (a start time, a stop
+flag, a hard deadline); publishers keep their connection until the subscribers are done,
+so nothing is measured of what a broker does on DISCONNECT.
+
+## Profiling the gateway
+
+```sh
+.venv/bin/python -m bench run fanin --system gateway --reps 1 --profile py-spy
+.venv/bin/python -m bench run qos1 --system gateway --reps 1 --profile pyinstrument
+```
+
+`--profile py-spy` starts the gateway as `py-spy record --rate 200 -o
+bench/results/profile-PRESET-STAMP-rep1.svg -- python -m gateway run ...` (a flame graph;
+the run's JSON line names the file) and `--profile pyinstrument` as `python -m
+pyinstrument -r html -o ....html -m gateway run ...`. Either is installed into `.venv`
+on first use (`make bench` installs py-spy). The CPU figures are then the gateway's own
+(py-spy's sampler is not counted) but the profiler slows it, so do not compare them
+with unprofiled runs. For the micro-benchmarks of the routing and publish paths, see
+`bench/routing.py` and `bench/publish_cost.py` (bench/README.md).
+"""

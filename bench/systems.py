@@ -1,0 +1,430 @@
+"""The systems under test: started fresh for each run on a free loopback port, measured
+through /proc, and stopped after.
+
+- ``gateway``: ``python -m gateway run`` from this repository (log level warning,
+  ``sys_interval = 0``, queue and in-flight limits as Mosquitto's below).
+- ``mosquitto``: the Debian binary with its own configuration file.
+- ``amqtt``: the PyPI broker, from its own virtual environment ``bench/.venv-amqtt``,
+  started with its ``amqtt`` command and a YAML configuration.
+- ``external``: a broker someone else started (``--host``/``--port``, and ``--pid`` to
+  have its CPU and memory read).
+
+Nothing here ever touches port 1883 (the machine's own Mosquitto): ports come from the
+kernel's ephemeral range.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+AMQTT_VENV = REPO / "bench" / ".venv-amqtt"
+MOSQUITTO = "/usr/sbin/mosquitto"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SYSTEMS = ("gateway", "mosquitto", "amqtt")
+
+# Limits every broker gets, so that none drops messages the others would keep.
+MAX_QUEUED = 100_000
+MAX_INFLIGHT = 100
+BROKER_NOFILE = 131_072
+
+
+class BrokerError(RuntimeError):
+    pass
+
+
+@dataclass
+class Running:
+    name: str
+    host: str
+    port: int
+    pid: int | None  # the process whose CPU and memory are measured (with its children)
+    proc: subprocess.Popen[bytes] | None = None
+    workdir: Path | None = None
+    log: Path | None = None
+    profile: Path | None = None
+    settings: dict[str, object] = field(default_factory=dict)
+
+    def cpu_seconds(self) -> float | None:
+        return None if self.pid is None else tree_cpu_seconds(self.pid)
+
+    def rss_bytes(self) -> int | None:
+        return None if self.pid is None else tree_rss_bytes(self.pid)
+
+    def alive(self) -> bool:
+        return self.proc is None or self.proc.poll() is None
+
+    def log_tail(self, lines: int = 15) -> str:
+        if self.log is None or not self.log.exists():
+            return ""
+        text = self.log.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+
+# ---------------------------------------------------------------------------- /proc
+
+
+def _stat_fields(pid: int) -> list[str]:
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    return raw[raw.rindex(")") + 2 :].split()  # fields from 3 (state) on
+
+
+def children(pid: int) -> list[int]:
+    """Live descendants of ``pid``."""
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                kids.setdefault(int(_stat_fields(int(entry))[1]), []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for kid in kids.get(todo.pop(), []):
+            out.append(kid)
+            todo.append(kid)
+    return out
+
+
+def process_cpu_seconds(pid: int, *, reaped_children: bool = True) -> float:
+    """utime + stime (+ cutime + cstime: children already waited for) of one process."""
+    f = _stat_fields(pid)
+    ticks = int(f[11]) + int(f[12])  # utime, stime (fields 14, 15)
+    if reaped_children:
+        ticks += int(f[13]) + int(f[14])  # cutime, cstime (fields 16, 17)
+    return ticks / CLK_TCK
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    total = process_cpu_seconds(pid)
+    for kid in children(pid):
+        with contextlib.suppress(OSError):
+            total += process_cpu_seconds(kid)
+    return total
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def nofile_limit(pid: int) -> int | None:
+    """The soft open-file limit of a process (from /proc/PID/limits)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+            if line.startswith("Max open files"):
+                return int(line.split()[3])
+    return None
+
+
+def tree_rss_bytes(pid: int) -> int:
+    total = rss_bytes(pid)
+    for kid in children(pid):
+        with contextlib.suppress(OSError):
+            total += rss_bytes(kid)
+    return total
+
+
+# ---------------------------------------------------------------------------- start/stop
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    while True:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port != 1883:
+            return port
+
+
+def wait_listening(run: Running, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not run.alive():
+            raise BrokerError(f"{run.name} exited at start:\n{run.log_tail()}")
+        with contextlib.suppress(OSError), socket.create_connection((run.host, run.port), 0.5):
+            return
+        time.sleep(0.05)
+    raise BrokerError(f"{run.name} not listening on {run.port} after {timeout:.0f} s")
+
+
+def gateway_python() -> str:
+    venv = REPO / ".venv" / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable
+
+
+def _gateway_cmd(work: Path, port: int) -> tuple[list[str], dict[str, object]]:
+    settings: dict[str, object] = {
+        "log_level": "warning",
+        "sys_interval": 0,
+        "max_queued_messages": MAX_QUEUED,
+        "max_inflight": MAX_INFLIGHT,
+    }
+    conf = work / "gateway.toml"
+    conf.write_text(
+        f"""[gateway]
+data_dir = "{work / "data"}"
+drain_timeout = 1.0
+log_level = "warning"
+log_format = "json"
+sys_interval = 0
+max_queued_messages = {MAX_QUEUED}
+
+[[listeners]]
+protocol = "mqtt"
+bind = "127.0.0.1:{port}"
+max_inflight = {MAX_INFLIGHT}
+"""
+    )
+    cmd = [gateway_python(), "-m", "gateway", "run", "-c", str(conf)]
+    cmd += ["--listen", f"mqtt=127.0.0.1:{port}", "--data-dir", str(work / "data")]
+    cmd += ["--log-level", "warning"]
+    return cmd, settings
+
+
+def _mosquitto_cmd(work: Path, port: int) -> tuple[list[str], dict[str, object]]:
+    settings: dict[str, object] = {
+        "persistence": "false",
+        "max_queued_messages": MAX_QUEUED,
+        "max_inflight_messages": MAX_INFLIGHT,
+        "sys_interval": 0,
+    }
+    conf = work / "mosquitto.conf"
+    conf.write_text(
+        f"""listener {port} 127.0.0.1
+allow_anonymous true
+persistence false
+max_queued_messages {MAX_QUEUED}
+max_inflight_messages {MAX_INFLIGHT}
+max_connections -1
+sys_interval 0
+log_dest stderr
+log_type error
+log_type warning
+"""
+    )
+    if not Path(MOSQUITTO).exists():
+        raise BrokerError(f"{MOSQUITTO} not found: apt-get install mosquitto (or `make bench`)")
+    return [MOSQUITTO, "-c", str(conf)], settings
+
+
+def amqtt_bin() -> Path:
+    return AMQTT_VENV / "bin" / "amqtt"
+
+
+def _amqtt_cmd(work: Path, port: int) -> tuple[list[str], dict[str, object]]:
+    # amqtt 0.11+ format: listeners.default + plugins as a mapping; no $SYS plugin (like
+    # sys_interval 0) and no packet/event logger plugins. Its queues have no limits.
+    settings: dict[str, object] = {"plugins": "AnonymousAuthPlugin only", "sys": "off"}
+    conf = work / "amqtt.yaml"
+    conf.write_text(
+        f"""---
+listeners:
+  default:
+    type: tcp
+    bind: 127.0.0.1:{port}
+plugins:
+  amqtt.plugins.authentication.AnonymousAuthPlugin:
+    allow_anonymous: true
+"""
+    )
+    exe = amqtt_bin()
+    if not exe.exists():
+        raise BrokerError(
+            f"{exe} not found: python3 -m venv {AMQTT_VENV} && "
+            f"{AMQTT_VENV}/bin/pip install amqtt (or `make bench`)"
+        )
+    return [str(exe), "-c", str(conf)], settings
+
+
+def ensure_profiler(kind: str) -> list[str]:
+    """The command prefix that runs the gateway under a profiler, installing it if need be."""
+    bindir = Path(gateway_python()).parent
+    if kind == "py-spy":
+        exe = bindir / "py-spy"
+        if not exe.exists() and not shutil.which("py-spy"):
+            print("installing py-spy into the gateway's venv", file=sys.stderr)
+            subprocess.run(
+                [gateway_python(), "-m", "pip", "install", "--quiet", "py-spy"], check=True
+            )
+        return [str(exe) if exe.exists() else "py-spy", "record", "--rate", "200"]
+    if kind == "pyinstrument":
+        probe = subprocess.run(
+            [gateway_python(), "-c", "import pyinstrument"], stderr=subprocess.DEVNULL, check=False
+        )
+        if probe.returncode:
+            print("installing pyinstrument into the gateway's venv", file=sys.stderr)
+            subprocess.run(
+                [gateway_python(), "-m", "pip", "install", "--quiet", "pyinstrument"], check=True
+            )
+        return [gateway_python(), "-m", "pyinstrument", "-r", "html"]
+    raise BrokerError(f"unknown profiler {kind!r} (py-spy or pyinstrument)")
+
+
+@contextlib.contextmanager
+def started(
+    name: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    pid: int | None = None,
+    profile: str | None = None,
+    profile_out: Path | None = None,
+    gateway_src: Path | None = None,
+) -> Iterator[Running]:
+    """Start ``name`` fresh (or describe an external broker) and stop it afterwards."""
+    if name == "external":
+        if port is None:
+            raise BrokerError("--system external needs --port (and --pid to measure it)")
+        yield Running(name, host, port, pid)
+        return
+    if profile and name != "gateway":
+        raise BrokerError("--profile is for the gateway only")
+    work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    port = free_port()
+    builders = {"gateway": _gateway_cmd, "mosquitto": _mosquitto_cmd, "amqtt": _amqtt_cmd}
+    if name not in builders:
+        raise BrokerError(f"unknown system {name!r}")
+    cmd, settings = builders[name](work, port)
+    out_file = None
+    if profile:
+        assert profile_out is not None
+        prefix = ensure_profiler(profile)
+        out_file = profile_out.with_suffix(".svg" if profile == "py-spy" else ".html")
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        if profile == "py-spy":
+            cmd = [*prefix, "-o", str(out_file), "--", *cmd]
+        else:
+            cmd = [*prefix, "-o", str(out_file), *cmd[1:]]  # python -m pyinstrument ... -m gateway
+    log = work / "broker.log"
+    with log.open("wb") as log_fh:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log_fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=work,
+            env=_env(gateway_src) if name == "gateway" else None,
+        )
+    run = Running(name, host, port, proc.pid, proc, work, log, out_file, settings)
+    try:
+        wait_listening(run)
+        if profile == "py-spy":  # measure the gateway, not the sampler
+            kids = children(proc.pid)
+            run.pid = kids[0] if kids else proc.pid
+        yield run
+    finally:
+        stop(run)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def stop(run: Running, timeout: float = 20.0) -> None:
+    proc = run.proc
+    if proc is None or proc.poll() is not None:
+        return
+    target = run.pid if run.pid and run.pid != proc.pid else proc.pid
+    sig = signal.SIGINT if run.name in ("amqtt", "gateway") else signal.SIGTERM
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(target, sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(target, signal.SIGKILL)
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+# ---------------------------------------------------------------------------- versions
+
+
+def _env(gateway_src: Path | None) -> dict[str, str] | None:
+    """The environment that runs the gateway from a snapshot (None: the work tree)."""
+    if gateway_src is None:
+        return None
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(gateway_src), *filter(None, [os.environ.get("PYTHONPATH")])]
+        ),
+    }
+
+
+def _first_line(cmd: list[str], env: dict[str, str] | None = None) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False, env=env)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unavailable ({exc})"
+    text = (out.stdout or out.stderr).strip()
+    return text.splitlines()[0] if text else "unavailable"
+
+
+def gateway_revision() -> str:
+    """The commit the gateway runs from, and whether gateway/ differs from it."""
+    commit = _first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "--", "gateway"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return commit + (" + uncommitted changes in gateway/" if dirty else "")
+
+
+def snapshot_gateway() -> tuple[Path, str]:
+    """Copy gateway/ as it is now, so that every run of a comparison runs the same code
+    even while the work tree moves on: (directory to put on PYTHONPATH, its revision)."""
+    revision = gateway_revision()
+    root = Path(tempfile.mkdtemp(prefix="bench-gateway-src-"))
+    shutil.copytree(
+        REPO / "gateway", root / "gateway", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    return root, revision
+
+
+def versions(snapshot: tuple[Path, str] | None = None) -> dict[str, str]:
+    src, revision = snapshot if snapshot else (None, gateway_revision())
+    gw = _first_line([gateway_python(), "-m", "gateway", "version"], _env(src))
+    return {
+        "gateway": f"{gw} (commit {revision})",
+        "mosquitto": _first_line([MOSQUITTO, "-h"]) if Path(MOSQUITTO).exists() else "missing",
+        "amqtt": "amqtt " + _first_line([str(amqtt_bin()), "--version"])
+        if amqtt_bin().exists()
+        else "missing",
+        "python (gateway, load generator)": _first_line([gateway_python(), "--version"]),
+        "python (amqtt venv)": _first_line([str(AMQTT_VENV / "bin" / "python"), "--version"])
+        if amqtt_bin().exists()
+        else "missing",
+    }
+
+
+def machine() -> dict[str, str]:
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": model,
+        "memory": mem,
+        "kernel": os.uname().release,
+        "os": _first_line(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
+    }

@@ -1,0 +1,42 @@
+"""The broker benchmark harness runs end to end against the gateway (tiny parameters;
+nothing about speed is asserted). Needs neither Mosquitto nor amqtt."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_fanin_on_the_gateway_prints_a_json_line_per_run(tmp_path: Path) -> None:
+    argv = ["run", "fanin", "--system", "gateway", "--reps", "1", "--seconds", "1"]
+    argv += ["--warmup", "0.5", "--publishers", "2", "--drain", "5"]
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", *argv],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+        cwd=REPO,
+        env={**os.environ, "BENCH_RESULTS": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    runs = [r for r in records if r["kind"] == "run"]
+    assert len(runs) == 1, result.stdout
+    run = runs[0]
+    assert "error" not in run, run
+    assert run["scenario"] == "fanin"
+    assert run["system"] == "gateway"
+    assert run["params"]["publishers"] == 2
+    assert run["msgs_per_cpu_s"] > 0
+    assert run["msgs_per_s"] > 0
+    assert run["sent"] > 0
+    assert run["received"] + run["lost"] == run["expected"] == run["sent"]
+    assert run["loss_pct"] is not None
+    assert 0 <= run["loss_pct"] <= 100
+    assert [r["kind"] for r in records] == ["run", "median"]

@@ -23,6 +23,7 @@ SUBSCRIBE's retained messages follow an earlier one's.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import queue
 import shutil
@@ -36,6 +37,7 @@ from uuid import uuid4
 import paho.mqtt.client as paho
 import trio
 
+from tests.e2e.scenario_runner import check_stability
 from tests.paho import Paho, properties_dict
 
 Transcript = list[tuple[str, Any]]
@@ -708,23 +710,8 @@ def cli_available() -> bool:
 
 
 async def _main(port: int, names: Sequence[str]) -> int:
-    status = 0
-    for name in names or list(SCENARIOS):
-        start = trio.current_time()
-        with trio.fail_after(60):
-            first = await SCENARIOS[name](port)
-            second = await SCENARIOS[name](port)
-        took = trio.current_time() - start
-        stable = first == second
-        status |= not stable
-        print(f"{name}: {'stable' if stable else 'UNSTABLE'} ({took:.1f}s for two runs)")
-        for step, observed in first:
-            print(f"    {step}: {observed!r}")
-        if not stable:
-            for a, b in zip(first, second, strict=False):
-                if a != b:
-                    print(f"  ! {a!r}\n  ! {b!r}")
-    return status
+    runs = {name: functools.partial(fn, port) for name, fn in SCENARIOS.items()}
+    return await check_stability(runs, names, 60)
 
 
 if __name__ == "__main__":

@@ -56,17 +56,18 @@ they are stable.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import queue
 import shutil
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 from uuid import uuid4
 
 import trio
 
+from tests.e2e.scenario_runner import check_stability
 from tests.stomp_client import RawStomp, Received, Stomp, StompFailure
 
 Transcript = list[tuple[str, Any]]
@@ -703,23 +704,11 @@ SCENARIOS: dict[str, Scenario] = {
 
 
 async def _main(port: int, names: Sequence[str]) -> int:
-    status = 0
-    for name in names or list(SCENARIOS):
-        start = time.monotonic()
-        with trio.fail_after(120):
-            first = await SCENARIOS[name]("127.0.0.1", port, "guest", "guest")
-            second = await SCENARIOS[name]("127.0.0.1", port, "guest", "guest")
-        took = time.monotonic() - start
-        stable = first == second
-        status |= not stable
-        print(f"{name}: {'stable' if stable else 'UNSTABLE'} ({took:.1f}s for two runs)")
-        for step, observed in first:
-            print(f"    {step}: {observed!r}")
-        if not stable:
-            for a, b in zip(first, second, strict=False):
-                if a != b:
-                    print(f"  ! {a!r}\n  ! {b!r}")
-    return status
+    runs = {
+        name: functools.partial(fn, "127.0.0.1", port, "guest", "guest")
+        for name, fn in SCENARIOS.items()
+    }
+    return await check_stability(runs, names, 120)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from multiprocessing.sharedctypes import RawArray
 from typing import Any
 
 from . import mqttwire as w
+from . import stompwire as sw
 
 T0, STOP, CHECK, DEADLINE = 0, 1, 2, 3
 RECV_SIZE = 1 << 18
@@ -65,6 +66,8 @@ class PubSpec:
     warmup: float = 1.0
     seconds: float = 5.0
     kind: str = "pub"
+    proto: str = "mqtt"  # "stomp": topics[0] is the destination; SEND frames
+    stomp_headers: tuple[tuple[str, str], ...] = ()  # extra SEND headers
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,10 @@ class SubSpec:
     warmup: float = 1.0
     seconds: float = 5.0
     kind: str = "sub"
+    proto: str = "mqtt"  # "stomp": filters[0] is the destination
+    ack: str = "auto"  # STOMP: auto or client-individual (ACK each MESSAGE)
+    prefetch: int = 0  # STOMP: prefetch-count (0: not sent)
+    stomp_headers: tuple[tuple[str, str], ...] = ()  # extra SUBSCRIBE headers
 
 
 @dataclass(frozen=True)
@@ -498,9 +505,11 @@ def run_idle(index: int, spec: IdleSpec, sh: Shared) -> dict[str, Any]:
 def _worker_main(index: int, spec: Spec, sh: Shared) -> None:
     try:
         if isinstance(spec, PubSpec):
-            result = run_publisher(index, spec, sh)
+            pub = run_stomp_publisher if spec.proto == "stomp" else run_publisher
+            result = pub(index, spec, sh)
         elif isinstance(spec, SubSpec):
-            result = run_subscriber(index, spec, sh)
+            sub = run_stomp_subscriber if spec.proto == "stomp" else run_subscriber
+            result = sub(index, spec, sh)
         else:
             result = run_idle(index, spec, sh)
         result["error"] = result.get("error")

@@ -1,6 +1,6 @@
 """``python -m bench``: run, compare and report broker benchmarks.
 
-    python -m bench run SCENARIO --system gateway|mosquitto|amqtt|external [params]
+    python -m bench run SCENARIO --system gateway|mosquitto|amqtt|rabbitmq-stomp|external [...]
     python -m bench compare [SCENARIO|PRESET ...] [--systems ...] [--reps N] [--seconds S]
     python -m bench report [--input bench/results/latest.json]
 
@@ -36,7 +36,7 @@ def _record(
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     rec: dict[str, Any] = {
-        "bench": "mqtt",
+        "bench": "stomp" if scenario in sc.STOMP_SCENARIOS else "mqtt",
         "kind": "run",
         "preset": preset,
         "scenario": scenario,
@@ -78,7 +78,7 @@ def _record(
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = [
         "seconds", "warmup", "drain", "publishers", "subscribers", "qos", "payload", "window",
-        "rate", "subscriptions", "sub_connections", "connections", "procs",
+        "rate", "subscriptions", "sub_connections", "connections", "procs", "prefetch",
     ]  # fmt: skip
     out = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if getattr(args, "open_loop", None) is not None:
@@ -104,6 +104,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"unknown scenario {name!r}; known: {known}", file=sys.stderr)
         return 2
     preset = name
+    if not sc.supports(scenario, args.system):
+        print(f"{scenario} is not run on {args.system} (n/a)", file=sys.stderr)
+        return 2
     params = sc.params_for(scenario, fixed, _overrides(args))
     RESULTS.mkdir(parents=True, exist_ok=True)
     runs = [
@@ -149,26 +152,31 @@ def _compare(
         "systems": args.systems,
         "presets": presets,
         "overrides": overrides,
-        "versions": systems.versions(args.gateway_snapshot),
+        "versions": systems.versions(args.gateway_snapshot, tuple(args.systems)),
         "machine": systems.machine(),
         "runs": [],
         "medians": [],
     }
-    total = len(presets) * len(args.systems) * args.reps
+
+    def runs_on(preset: str) -> list[str]:
+        return [s for s in args.systems if sc.supports(sc.PRESETS[preset][0], s)]
+
+    total = sum(len(runs_on(p)) for p in presets) * args.reps
     n = 0
     t_start = time.monotonic()
     for preset in presets:
         scenario, fixed = sc.PRESETS[preset]
         params = sc.params_for(scenario, fixed, overrides)
-        by_system: dict[str, list[dict[str, Any]]] = {s: [] for s in args.systems}
+        on = runs_on(preset)  # the others are n/a (no STOMP on Mosquitto, amqtt; ...)
+        by_system: dict[str, list[dict[str, Any]]] = {s: [] for s in on}
         for rep in range(1, args.reps + 1):
-            for system in args.systems:  # interleaved, so drift hits every system alike
+            for system in on:  # interleaved, so drift hits every system alike
                 n += 1
                 print(f"[{n}/{total}] {preset} on {system}, rep {rep}", file=sys.stderr)
                 rec = _record(preset, scenario, system, params, rep, args)
                 by_system[system].append(rec)
                 doc["runs"].append(rec)
-        for system in args.systems:
+        for system in on:
             median = sc.median_record(by_system[system])
             print(json.dumps(median), flush=True)
             doc["medians"].append(median)
@@ -176,9 +184,17 @@ def _compare(
         out_path.write_text(json.dumps(doc, indent=1))
     doc["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
     out_path.write_text(json.dumps(doc, indent=1))
-    (RESULTS / "latest.json").write_text(json.dumps(doc, indent=1))
+    # The report reads the latest MQTT and the latest STOMP comparison: a STOMP-only
+    # comparison does not replace the MQTT figures.
+    latest = []
+    if any(p in sc.MQTT_PRESETS for p in presets):
+        latest.append(RESULTS / "latest.json")
+    if any(p in sc.STOMP_PRESETS for p in presets):
+        latest.append(RESULTS / "latest-stomp.json")
+    for path in latest:
+        path.write_text(json.dumps(doc, indent=1))
     print(report.text_tables(doc))
-    print(f"results: {out_path} (and {RESULTS / 'latest.json'})")
+    print(f"results: {out_path} (and {', '.join(map(str, latest))})")
     return 0
 
 
@@ -190,7 +206,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"{source} not found: run `python -m bench compare` first", file=sys.stderr)
         return 1
     doc = json.loads(source.read_text())
-    md, png = report.write(doc, Path(args.out), source)
+    stomp_source = Path(args.stomp_input)
+    stomp_doc = json.loads(stomp_source.read_text()) if stomp_source.exists() else None
+    md, png = report.write(doc, Path(args.out), source, stomp_doc, stomp_source)
     print(f"wrote {md} and {png}")
     return 0
 
@@ -201,7 +219,11 @@ def parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="one scenario (or preset) on one system")
     run.add_argument("scenario", help=f"one of {', '.join([*sc.SCENARIOS, *sc.PRESETS])}")
-    run.add_argument("--system", required=True, choices=[*systems.SYSTEMS, "external"])
+    run.add_argument(
+        "--system",
+        required=True,
+        choices=[*systems.SYSTEMS, *systems.EXTERNAL_SYSTEMS, "external"],
+    )
     _add_common(run)
     run.add_argument("--publishers", type=int)
     run.add_argument("--subscribers", type=int)
@@ -214,6 +236,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--sub-connections", type=int, help="wildcard: subscriber connections")
     run.add_argument("--connections", type=int, help="idle: connections to open")
     run.add_argument("--procs", type=int, help="idle: generator processes")
+    run.add_argument("--prefetch", type=int, help="stomp-queue: the consumer's prefetch-count")
     run.add_argument("--host", default="127.0.0.1", help="external: broker host")
     run.add_argument("--port", type=int, help="external: broker port")
     run.add_argument("--pid", type=int, help="external: broker PID, to read its CPU and RSS")
@@ -232,6 +255,11 @@ def parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="write docs/benchmarks.md and .png from a compare")
     rep.add_argument("--input", default=str(RESULTS / "latest.json"))
+    rep.add_argument(
+        "--stomp-input",
+        default=str(RESULTS / "latest-stomp.json"),
+        help="the STOMP comparison (its rows are added when the file exists)",
+    )
     rep.add_argument("--out", default=str(systems.REPO / "docs" / "benchmarks.md"))
     rep.set_defaults(func=cmd_report)
     return ap

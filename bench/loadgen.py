@@ -48,6 +48,7 @@ STALL_NS = 500_000_000  # a closed-loop publisher writes off a gap that has not 
 COALESCE_BELOW = 16384
 SUB_COALESCE = {0: 0.002, 1: 0.0002, 2: 0.0002}
 PUB_COALESCE = 0.0002
+STOMP_VHOST = "/"  # the CONNECT host header (RabbitMQ's virtual host)
 
 
 @dataclass(frozen=True)
@@ -497,6 +498,179 @@ def run_idle(index: int, spec: IdleSpec, sh: Shared) -> dict[str, Any]:
         "error": error,
         "nofile": limit,
     }
+
+
+# ---------------------------------------------------------------------------- STOMP
+
+
+def _stomp_expect(
+    sock: socket.socket, buf: bytes, command: bytes, timeout: float
+) -> tuple[bytes, bytes]:
+    """Read until one whole frame is in; it must be ``command``: (the frame, what follows)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        start = len(buf) - len(buf.lstrip(b"\r\n"))
+        nul = buf.find(b"\x00", start)
+        if nul >= 0:
+            head = buf[start:nul]
+            if not head.startswith(command + b"\n"):
+                text = head[:300].decode(errors="replace")
+                raise WorkerError(f"expected {command.decode()}, got: {text!r}")
+            return head, buf[nul + 1 :]
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise WorkerError(f"timed out waiting for {command.decode()}")
+        sock.settimeout(left)
+        try:
+            data = sock.recv(65536)
+        except TimeoutError as exc:
+            raise WorkerError(f"timed out waiting for {command.decode()}") from exc
+        if not data:
+            raise WorkerError("broker closed the connection")
+        buf += data
+
+
+def stomp_connect(host: str, port: int, vhost: str, timeout: float = 30.0) -> socket.socket:
+    sock = socket.create_connection((host, port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(sw.connect(vhost))
+    _stomp_expect(sock, b"", b"CONNECTED", timeout)
+    return sock
+
+
+def _stomp_error(data: bytes) -> WorkerError:
+    at = data.find(b"ERROR\n")
+    return WorkerError("broker sent ERROR: " + data[at : at + 300].decode(errors="replace"))
+
+
+def run_stomp_publisher(index: int, spec: PubSpec, sh: Shared) -> dict[str, Any]:
+    """Closed loop like the MQTT QoS 0 publisher, with SEND frames to ``topics[0]``."""
+    one = sw.send(spec.topics[0], sw.payload(spec.payload_size), dict(spec.stomp_headers))
+    size = len(one)
+    per_batch = max(1, spec.batch_bytes // size)
+    if not spec.open_loop:
+        per_batch = min(per_batch, max(1, spec.window // 2))
+    batch = one * per_batch
+    sock = stomp_connect(spec.host, spec.port, STOMP_VHOST)
+    sh.state[index] = 1
+    t0 = _wait_go(sh)
+    end = t0 + int((spec.warmup + spec.seconds) * 1e9)
+    hard = int(sh.ctl[DEADLINE])
+    sock.setblocking(False)
+    out: deque[list[Any]] = deque()
+    queued = allowance = 0
+    last_recv, stalled_since = -1, 0
+    min_send = max(1, min(per_batch, spec.window // 8))
+    while True:
+        now = now_ns()
+        if now >= end or not _alive(sh, hard):
+            break
+        blocked = False
+        if not out:
+            allowed = per_batch
+            if not spec.open_loop:
+                sent_all = sum(sh.counters[i] for i in sh.pub_slots)
+                recv_all = sum(sh.counters[i] for i in sh.sub_slots)
+                lead = sent_all * spec.copies - recv_all - allowance
+                room = (spec.window * spec.copies - lead) // max(1, spec.copies)
+                if room < min_send:
+                    blocked = True
+                    if recv_all != last_recv:
+                        last_recv, stalled_since = recv_all, now
+                    elif now - stalled_since > STALL_NS:
+                        allowance += lead
+                        stalled_since = now
+                allowed = min(allowed, room)
+            if not blocked and allowed >= 1:
+                out.append([memoryview(sw.stamp(batch[: allowed * size], now_ns())), allowed, 0])
+                queued += allowed
+                sh.counters[index] = queued
+        readable, writable, _ = select.select(
+            [sock], [sock] if out else [], [], 0.002 if blocked else 0.05
+        )
+        if writable:
+            _write(sock, out)
+        if readable:
+            data = sock.recv(RECV_SIZE)
+            if not data:
+                raise WorkerError("broker closed the publisher's connection")
+            if b"ERROR\n" in data:
+                raise _stomp_error(data)
+    flush_until = now_ns() + 2_000_000_000
+    while out and now_ns() < flush_until:
+        select.select([], [sock], [], 0.05)
+        _write(sock, out)
+    queued -= sum(pubs - written // size for _view, pubs, written in out)
+    sh.counters[index] = queued
+    sh.state[index] = 2
+    error = None
+    while not sh.ctl[STOP] and _alive(sh, hard):
+        if not select.select([sock], [], [], 0.05)[0]:
+            continue
+        data = sock.recv(RECV_SIZE)
+        if not data:
+            break
+        if b"ERROR\n" in data:
+            error = str(_stomp_error(data))
+            break
+    _stomp_close(sock)
+    return {"sent": queued, "acked": None, "written_off": allowance, "error": error}
+
+
+def run_stomp_subscriber(index: int, spec: SubSpec, sh: Shared) -> dict[str, Any]:
+    sock = stomp_connect(spec.host, spec.port, STOMP_VHOST)
+    sock.sendall(
+        sw.subscribe(
+            "0", spec.filters[0], spec.ack, spec.prefetch, "sub-0", dict(spec.stomp_headers)
+        )
+    )
+    _head, tail = _stomp_expect(sock, b"", b"RECEIPT", 120)
+    sock.settimeout(None)
+    sh.state[index] = 1
+    t0 = _wait_go(sh)
+    win_start = t0 + int(spec.warmup * 1e9)
+    win_end = win_start + int(spec.seconds * 1e9)
+    hard = int(sh.ctl[DEADLINE])
+    acking = spec.ack != "auto"
+    acks: list[bytes] = []
+    samples: list[int] = []
+    coalesce = 0.0 if spec.sample == "all" else SUB_COALESCE[1 if acking else 0]
+    received = 0
+    closed = False
+    while not sh.ctl[STOP] and _alive(sh, hard):
+        if not select.select([sock], [], [], 0.1)[0]:
+            continue
+        data = sock.recv(RECV_SIZE)
+        if not data:
+            closed = True
+            break
+        t = now_ns()
+        buf = tail + data if tail else data
+        sample = spec.sample != "none" and win_start <= t <= win_end
+        stamps: list[int] | None = [] if sample and len(samples) < MAX_SAMPLES else None
+        pos, n, other = sw.scan(buf, 0, acks if acking else None, stamps)
+        if other is not None and other.startswith(b"ERROR"):
+            raise _stomp_error(buf)
+        tail = buf[pos:]
+        received += n
+        sh.counters[index] = received
+        if stamps:
+            samples.append(t - stamps[0])
+        if acks:
+            sock.sendall(b"".join(sw.ack(a) for a in acks))
+            acks.clear()
+        if coalesce and len(data) < COALESCE_BELOW:
+            time.sleep(coalesce)
+    _stomp_close(sock)
+    return {"received": received, "samples": samples, "closed_by_broker": closed}
+
+
+def _stomp_close(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.setblocking(True)
+        sock.settimeout(1.0)
+        sock.sendall(sw.DISCONNECT)
+    sock.close()
 
 
 # ---------------------------------------------------------------------------- processes

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .scenarios import NOT_BUILT, PRESETS
+from .scenarios import PRESETS, STOMP_PRESETS, supports
 
 GW = "gateway"
 OPEN_LOOP = ("flood-qos0", "flood-qos1")
@@ -52,9 +52,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def _flag(med: dict[str, Any] | None) -> str:
+def _flag(med: dict[str, Any] | None, preset: str = "", system: str = "") -> str:
     if med is None:
-        return "not run"
+        return "n/a" if preset and not supports(PRESETS[preset][0], system) else "not run"
     return f" ⚠{med['failed']}/{med['reps']}" if med.get("failed") else ""
 
 
@@ -71,7 +71,12 @@ def ratio_table(doc: dict[str, Any]) -> str:
     for p in presets:
         figs = {s: headline(p, meds.get((p, s), {})) for s in systems}
         row = [p + (" (whole run)" if p in OPEN_LOOP else "")]
-        row += [fmt(figs[s][0]) + _flag(meds.get((p, s))) for s in systems]
+        row += [
+            fmt(figs[s][0]) + _flag(meds.get((p, s)))
+            if (p, s) in meds or supports(PRESETS[p][0], s)
+            else "n/a"
+            for s in systems
+        ]
         row += [fmt(figs[s][1]) for s in systems]
         if GW in systems:
             row += [ratio(figs[GW][1], figs[s][1]) for s in others]
@@ -305,10 +310,62 @@ def text_tables(doc: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def stomp_table(doc: dict[str, Any]) -> str:
+    """STOMP rows: the gateway against RabbitMQ's STOMP plugin (per broker CPU second)."""
+    meds = _medians(doc)
+    rmq = "rabbitmq-stomp"
+    rows = []
+    for p in [p for p in doc["presets"] if p in STOMP_PRESETS]:
+        gw, rb = meds.get((p, GW)), meds.get((p, rmq))
+
+        def cell(m: dict[str, Any] | None, key: str, system: str, p: str = p) -> str:
+            if m is None:
+                return _flag(None, p, system)
+            return fmt(m.get(key)) + (_flag(m) if key == "msgs_per_s" else "")
+
+        rows.append(
+            [
+                p,
+                cell(gw, "msgs_per_s", GW),
+                cell(rb, "msgs_per_s", rmq),
+                cell(gw, "msgs_per_cpu_s", GW),
+                cell(rb, "msgs_per_cpu_s", rmq),
+                ratio((gw or {}).get("msgs_per_cpu_s"), (rb or {}).get("msgs_per_cpu_s"))
+                if rb
+                else "n/a",
+                ratio((gw or {}).get("msgs_per_s"), (rb or {}).get("msgs_per_s")) if rb else "n/a",
+                cell(gw, "loss_pct", GW),
+                cell(rb, "loss_pct", rmq),
+                cell(gw, "lat_p50_ms", GW),
+                cell(rb, "lat_p50_ms", rmq),
+                "n/a",
+                "n/a",
+                "not measured",
+            ]
+        )
+    header = [
+        "scenario",
+        "gateway msg/s",
+        "RabbitMQ-STOMP msg/s",
+        "gateway msg/CPU s",
+        "RabbitMQ-STOMP msg/CPU s",
+        "gw/RabbitMQ per CPU s",
+        "gw/RabbitMQ msg/s",
+        "gateway loss %",
+        "RabbitMQ loss %",
+        "gateway p50 ms",
+        "RabbitMQ p50 ms",
+        "mosquitto",
+        "amqtt",
+        "coilmq",
+    ]
+    return _table(header, rows)
+
+
 # ---------------------------------------------------------------------------- chart
 
 
-def chart(doc: dict[str, Any], path: Path) -> Path:
+def chart(doc: dict[str, Any], path: Path, stomp_doc: dict[str, Any] | None = None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -319,11 +376,11 @@ def chart(doc: dict[str, Any], path: Path) -> Path:
     flows = [p for p in doc["presets"] if PRESETS[p][0] != "idle"]
     idles = [p for p in doc["presets"] if PRESETS[p][0] == "idle"]
     colors = {"gateway": "#1f77b4", "mosquitto": "#2ca02c", "amqtt": "#d62728"}
-    panels = 2 if idles else 1
-    fig, axes = plt.subplots(
-        1, panels, figsize=(13 if idles else 10, 5), width_ratios=[4, 1.3][:panels]
-    )
-    axes = list(axes) if panels == 2 else [axes]
+    stomp = [p for p in (stomp_doc or {}).get("presets", []) if p in STOMP_PRESETS]
+    ratios = [4, 1.3, 1.6][: 1 + bool(idles)] + ([1.6] if stomp else [])
+    panels = len(ratios)
+    fig, axes = plt.subplots(1, panels, figsize=(10 + 3 * (panels - 1), 5), width_ratios=ratios)
+    axes = list(axes) if panels > 1 else [axes]
     width = 0.8 / max(1, len(systems))
     ax = axes[0]
     values = []
@@ -349,6 +406,20 @@ def chart(doc: dict[str, Any], path: Path) -> Path:
         ax2.set_ylabel("broker RSS per idle connection, KiB")
         ax2.set_title("Memory: lower is better")
         ax2.grid(axis="y", alpha=0.3)
+    if stomp and stomp_doc is not None:
+        ax3 = axes[-1]
+        smeds = _medians(stomp_doc)
+        ssys = [s for s in stomp_doc["systems"] if any((p, s) in smeds for p in stomp)]
+        sw = 0.8 / max(1, len(ssys))
+        for i, s in enumerate(ssys):
+            ys = [smeds.get((p, s), {}).get("msgs_per_cpu_s") or 0 for p in stomp]
+            xs = [x + (i - (len(ssys) - 1) / 2) * sw for x in range(len(stomp))]
+            ax3.bar(xs, ys, sw, label=s, color={**colors, "rabbitmq-stomp": "#ff7f0e"}.get(s))
+        ax3.set_xticks(range(len(stomp)), stomp, rotation=30, ha="right")
+        ax3.set_ylabel("messages delivered per broker CPU second")
+        ax3.set_title("STOMP: higher is better")
+        ax3.legend()
+        ax3.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -362,19 +433,50 @@ def _kv_table(data: dict[str, Any]) -> str:
     return _table(["", ""], [[k, f"`{v}`" if k != "cpu" else str(v)] for k, v in data.items()])
 
 
-def write(doc: dict[str, Any], md_path: Path, source: Path) -> tuple[Path, Path]:
-    png = md_path.with_suffix(".png")
-    chart(doc, png)
-    repo = md_path.resolve().parent.parent
+def _rel(path: Path, repo: Path) -> Path:
     try:
-        src = source.resolve().relative_to(repo)
+        return path.resolve().relative_to(repo)
     except ValueError:
-        src = source
-    issues = problems(doc)
-    machine = doc.get("machine", {})
-    not_built = _table(
-        ["scenario", "status"], [[k, f"not built yet: {v}"] for k, v in NOT_BUILT.items()]
+        return path
+
+
+def stomp_section(stomp_doc: dict[str, Any] | None, source: Path | None, repo: Path) -> str:
+    if not stomp_doc:
+        return (
+            "Not measured yet: run `python -m bench compare stomp-fanin stomp-queue "
+            "mqtt-to-stomp --systems gateway rabbitmq-stomp` (RabbitMQ's STOMP plugin "
+            "must be listening on 127.0.0.1:61613)."
+        )
+    versions = stomp_doc.get("versions", {})
+    rmq = versions.get("rabbitmq-stomp", "not in this comparison")
+    where = _rel(source, repo) if source else "?"
+    return STOMP_TEMPLATE.format(
+        source=where,
+        started=stomp_doc.get("started", "?"),
+        command=stomp_doc.get("command", "python -m bench compare"),
+        reps=stomp_doc.get("reps"),
+        overrides=", ".join(f"{k}={v}" for k, v in stomp_doc.get("overrides", {}).items())
+        or "none",
+        table=stomp_table(stomp_doc),
+        gateway=versions.get("gateway", "?"),
+        rabbitmq=rmq,
     )
+
+
+def write(
+    doc: dict[str, Any],
+    md_path: Path,
+    source: Path,
+    stomp_doc: dict[str, Any] | None = None,
+    stomp_source: Path | None = None,
+) -> tuple[Path, Path]:
+    png = md_path.with_suffix(".png")
+    chart(doc, png, stomp_doc)
+    repo = md_path.resolve().parent.parent
+    src = _rel(source, repo)
+    issues = problems(doc) + (problems(stomp_doc) if stomp_doc and stomp_doc is not doc else [])
+    issues = list(dict.fromkeys(issues))
+    machine = doc.get("machine", {})
     seconds = doc.get("overrides", {}).get("seconds")
     shortened = (
         f" The measured window was shortened to {fmt(seconds)} s (default 5 s) to keep the"
@@ -399,7 +501,7 @@ def write(doc: dict[str, Any], md_path: Path, source: Path) -> tuple[Path, Path]
         wildcard_table=wildcard_table(doc),
         flood_table=flood_table(doc),
         detail_table=detail_table(doc),
-        not_built=not_built,
+        stomp=stomp_section(stomp_doc, stomp_source, repo),
         problems="\n".join(f"- {i}" for i in issues) or "- nothing: every run completed.",
         png=png.name,
         scenario_table=_table(["preset", "load"], [[f"`{k}`", v] for k, v in SCENARIO_ROWS]),
@@ -407,6 +509,47 @@ def write(doc: dict[str, Any], md_path: Path, source: Path) -> tuple[Path, Path]
     md_path.write_text(text)
     return md_path, png
 
+
+STOMP_TEMPLATE = """\
+From {source}, the comparison started {started} (medians of {reps} runs; overrides:
+{overrides}):
+
+```sh
+{command}
+```
+
+{table}
+
+- `stomp-fanin`: 4 STOMP producers SEND 64-byte non-persistent bodies (with
+  `content-length`) to `/topic/bench`, 1 subscriber with `ack:auto`, closed loop (at
+  most 5,000 messages ahead of the subscriber).
+- `stomp-queue`: 1 producer SENDs to a queue of this run only (`/queue/bench-ID`, with
+  `durable:false`, `auto-delete:true`, `exclusive:false` so RabbitMQ leaves nothing
+  behind; the gateway carries them as plain headers), 1 consumer with
+  `ack:client-individual` and `prefetch-count:100` that ACKs every MESSAGE by its `ack`
+  id (one write of ACK frames per read); at most 1,000 messages ahead.
+- `mqtt-to-stomp` (gateway only): 4 MQTT QoS 0 publishers to `a/b`, 1 STOMP subscriber
+  of `/topic/a.b`: the gateway's protocol bridging; RabbitMQ's MQTT plugin is not
+  measured here.
+- **gateway**: the harness's own start (above) with a second listener,
+  `protocol = "stomp"`, `bind = "127.0.0.1:PORT"`, `heartbeat = 0`. `{gateway}`.
+- **RabbitMQ-STOMP**: `{rabbitmq}` on 127.0.0.1:61613 (guest/guest, vhost `/`), started
+  and configured outside the harness, which neither starts nor stops it, so it is warm
+  and long-running where the gateway is fresh for every run. Its CPU is the sum of
+  `utime + stime` over the node's `beam.smp` processes (`pgrep -f beam.smp`, with their
+  children) from `/proc`: everything the node does meanwhile (idle, it used about 0.3 %
+  of a core here), including its schedulers' busy-waiting under load, which counts as
+  CPU time. RabbitMQ spreads the work over both cores (about 170 % CPU in stomp-fanin)
+  where the gateway is one process at about 100 % of one core, so msg/s favours neither
+  simply, and the load generator shares the same 2 cores.
+- Mosquitto and amqtt do not speak STOMP (n/a). coilmq (a Python STOMP broker) was not
+  measured.
+- Load generator: `bench/stompwire.py` (CONNECT with `accept-version:1.2`, `host`,
+  `login`/`passcode`, `heart-beat:0,0`; SEND frames encoded once and time-stamped per
+  batch like the MQTT ones; the subscriber counts MESSAGE frames by finding the end of
+  the headers, reading `content-length` and checking the NUL after the body, without
+  parsing the rest) in the same worker processes as MQTT (`bench/loadgen.py`).
+"""
 
 SCENARIO_ROWS = [
     ("fanin", "QoS 0, 4 publishers -> 1 subscriber on one topic, 64-byte payloads, closed loop"),
@@ -507,9 +650,9 @@ last CONNACK.
 read: with a closed loop it is about the window divided by the rate (queueing by design),
 so compare it only between systems, not with the latency scenario.
 
-### Not built yet
+## STOMP: the gateway against RabbitMQ's STOMP plugin
 
-{not_built}
+{stomp}
 
 ## What did not work
 
@@ -530,7 +673,9 @@ Broker settings, the same in spirit for all three:
   --listen mqtt=127.0.0.1:PORT --data-dir DIR --log-level warning`; the TOML sets
   `log_level = "warning"`, `log_format = "json"`, `sys_interval = 0` (no `$SYS`),
   `max_queued_messages = 100000`, `drain_timeout = 1.0` and, on the listener,
-  `max_inflight = 100`.
+  `max_inflight = 100`. Since the STOMP scenarios were added, the TOML also has a STOMP
+  listener (`heartbeat = 0`) on a second free port, idle in MQTT runs (MQTT comparisons
+  made before that ran without it).
 - **mosquitto**: `/usr/sbin/mosquitto -c mosquitto.conf` with `listener PORT 127.0.0.1`,
   `allow_anonymous true`, `persistence false`, `max_queued_messages 100000`,
   `max_inflight_messages 100`, `max_connections -1`, `sys_interval 0`, logging errors

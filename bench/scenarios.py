@@ -18,6 +18,7 @@ import math
 import random
 import statistics
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
@@ -44,6 +45,7 @@ class Params:
     sub_connections: int = 4  # wildcard: subscriber connections they are spread over
     connections: int = 0  # idle
     procs: int = 2  # idle: processes holding the connections
+    prefetch: int = 0  # stomp-queue: the consumer's prefetch-count (unacked messages)
 
     def relevant(self, scenario: str) -> dict[str, Any]:
         keep = {
@@ -55,6 +57,10 @@ class Params:
             drop = {"connections", "procs", "rate"}
             if scenario != "wildcard":
                 drop |= {"subscriptions", "sub_connections"}
+            if scenario != "stomp-queue":
+                drop.add("prefetch")
+            if scenario in STOMP_ONLY:
+                drop.add("qos")
             return {k: v for k, v in data.items() if k not in drop}
         return {k: data[k] for k in keep}
 
@@ -68,7 +74,13 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "idle": {"connections": 5000, "procs": 2},
     "wildcard": {"subscriptions": 10_000, "sub_connections": 4, "publishers": 1, "window": 5000},
     "flood": {"qos": 0, "open_loop": True},
+    "stomp-fanin": {"publishers": 4, "subscribers": 1, "window": 5000},
+    "stomp-queue": {"publishers": 1, "subscribers": 1, "window": 1000, "prefetch": 100},
+    "mqtt-to-stomp": {"publishers": 4, "subscribers": 1, "qos": 0, "window": 5000},
 }
+# STOMP on both ends; MQTT publishers to a STOMP subscriber (the gateway only).
+STOMP_ONLY = ("stomp-fanin", "stomp-queue")
+STOMP_SCENARIOS = (*STOMP_ONLY, "mqtt-to-stomp")
 
 # The rows of the comparison: preset name -> (scenario, fixed parameters).
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -83,13 +95,24 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "flood-qos1": ("flood", {"qos": 1}),
     "idle-5k": ("idle", {"connections": 5000}),
     "idle-20k": ("idle", {"connections": 20_000}),
+    "stomp-fanin": ("stomp-fanin", {}),
+    "stomp-queue": ("stomp-queue", {}),
+    "mqtt-to-stomp": ("mqtt-to-stomp", {}),
 }
+MQTT_PRESETS = [p for p, (s, _) in PRESETS.items() if s not in STOMP_SCENARIOS]
+STOMP_PRESETS = [p for p, (s, _) in PRESETS.items() if s in STOMP_SCENARIOS]
 
-# Not built yet: this harness speaks only MQTT. Listed so the report says so.
-NOT_BUILT = {
-    "stomp-fanin": "4 STOMP producers SEND to a topic, 1 subscriber (no STOMP load generator yet)",
-    "stomp-queue": "STOMP competing consumers with client acks (no STOMP load generator yet)",
-}
+
+def supports(scenario: str, system: str) -> bool:
+    """Whether ``system`` runs ``scenario``: STOMP ones on the gateway and RabbitMQ's STOMP
+    plugin (mqtt-to-stomp on the gateway only), MQTT ones everywhere but RabbitMQ."""
+    if system == "external":
+        return True
+    if scenario == "mqtt-to-stomp":
+        return system == "gateway"
+    if scenario in STOMP_ONLY:
+        return system in ("gateway", "rabbitmq-stomp")
+    return system != "rabbitmq-stomp"
 
 
 def params_for(scenario: str, fixed: dict[str, Any], overrides: dict[str, Any]) -> Params:
@@ -106,7 +129,7 @@ def params_for(scenario: str, fixed: dict[str, Any], overrides: dict[str, Any]) 
 def expand(names: Sequence[str]) -> list[str]:
     """Preset names from scenario or preset names (a scenario means all its presets)."""
     out: list[str] = []
-    for name in names or list(PRESETS):
+    for name in names or MQTT_PRESETS:
         matches = [name] if name in PRESETS else [k for k, v in PRESETS.items() if v[0] == name]
         if not matches:
             raise SystemExit(f"unknown scenario or preset {name!r}; known: {', '.join(PRESETS)}")
@@ -184,6 +207,52 @@ def topic_space(p: Params) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
     return published, [tuple(fs) for fs in per_conn]
 
 
+def stomp_specs(scenario: str, p: Params, broker: Running) -> tuple[list[lg.Spec], int]:
+    """STOMP runs: stomp-fanin (SEND to /topic/bench), stomp-queue (a queue of this run,
+    client-individual acks) and mqtt-to-stomp (MQTT QoS 0 to a/b, STOMP /topic/a.b)."""
+    host, port = broker.host, broker.stomp_port
+    if port is None:
+        raise lg.WorkerError(f"{broker.name} has no STOMP listener")
+    extra: tuple[tuple[str, str], ...] = ()
+    if scenario == "stomp-queue":
+        dest = f"/queue/bench-{uuid.uuid4().hex[:12]}"
+        extra = (("durable", "false"), ("auto-delete", "true"), ("exclusive", "false"))
+        ack, prefetch = "client-individual", p.prefetch
+    else:
+        dest = "/topic/a.b" if scenario == "mqtt-to-stomp" else "/topic/bench"
+        ack, prefetch = "auto", 0
+    subs: list[lg.Spec] = [
+        lg.SubSpec(
+            host,
+            port,
+            f"bench-sub-{i}",
+            (dest,),
+            0,
+            "first",
+            p.warmup,
+            p.seconds,
+            proto="stomp",
+            ack=ack,
+            prefetch=prefetch,
+            stomp_headers=extra,
+        )
+        for i in range(p.subscribers)
+    ]
+    copies = 1 if scenario == "stomp-queue" else p.subscribers
+    common: dict[str, Any] = dict(
+        payload_size=p.payload, window=p.window, copies=copies, warmup=p.warmup, seconds=p.seconds
+    )
+    pubs: list[lg.Spec] = [
+        lg.PubSpec(
+            host, port, f"bench-pub-{i}", (dest,), proto="stomp", stomp_headers=extra, **common
+        )
+        if scenario != "mqtt-to-stomp"
+        else lg.PubSpec(broker.host, broker.port, f"bench-pub-{i}", ("a/b",), qos=0, **common)
+        for i in range(p.publishers)
+    ]
+    return [*subs, *pubs], copies
+
+
 def flow_specs(scenario: str, p: Params, host: str, port: int) -> tuple[list[lg.Spec], int]:
     """The workers of a throughput/latency run and the copies each publish should make."""
     topic = "bench/topic"
@@ -223,7 +292,10 @@ def flow_specs(scenario: str, p: Params, host: str, port: int) -> tuple[list[lg.
 
 
 def run_flow(scenario: str, p: Params, broker: Running) -> dict[str, Any]:
-    specs, copies = flow_specs(scenario, p, broker.host, broker.port)
+    if scenario in STOMP_SCENARIOS:
+        specs, copies = stomp_specs(scenario, p, broker)
+    else:
+        specs, copies = flow_specs(scenario, p, broker.host, broker.port)
     hard = 180 + p.warmup + p.seconds + p.drain
     out: dict[str, Any] = {}
     with lg.WorkerGroup(specs, hard) as g:

@@ -6,6 +6,9 @@ through /proc, and stopped after.
 - ``mosquitto``: the Debian binary with its own configuration file.
 - ``amqtt``: the PyPI broker, from its own virtual environment ``bench/.venv-amqtt``,
   started with its ``amqtt`` command and a YAML configuration.
+- ``rabbitmq-stomp``: RabbitMQ's STOMP plugin, already running on 127.0.0.1:61613; never
+  started, stopped or configured here. CPU and RSS: the sum over its ``beam.smp``
+  processes.
 - ``external``: a broker someone else started (``--host``/``--port``, and ``--pid`` to
   have its CPU and memory read).
 
@@ -25,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,6 +36,9 @@ AMQTT_VENV = REPO / "bench" / ".venv-amqtt"
 MOSQUITTO = "/usr/sbin/mosquitto"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SYSTEMS = ("gateway", "mosquitto", "amqtt")
+# Already running, never started or stopped here: RabbitMQ's STOMP plugin.
+RABBITMQ_STOMP = ("127.0.0.1", 61613)
+EXTERNAL_SYSTEMS = ("rabbitmq-stomp",)
 
 # Limits every broker gets, so that none drops messages the others would keep.
 MAX_QUEUED = 100_000
@@ -55,12 +61,18 @@ class Running:
     log: Path | None = None
     profile: Path | None = None
     settings: dict[str, object] = field(default_factory=dict)
+    stomp_port: int | None = None  # its STOMP listener, if it has one
+    extra_pids: tuple[int, ...] = ()  # more processes measured with ``pid`` (RabbitMQ)
 
     def cpu_seconds(self) -> float | None:
-        return None if self.pid is None else tree_cpu_seconds(self.pid)
+        if self.pid is None:
+            return None
+        return sum(tree_cpu_seconds(p) for p in (self.pid, *self.extra_pids))
 
     def rss_bytes(self) -> int | None:
-        return None if self.pid is None else tree_rss_bytes(self.pid)
+        if self.pid is None:
+            return None
+        return sum(tree_rss_bytes(p) for p in (self.pid, *self.extra_pids))
 
     def alive(self) -> bool:
         return self.proc is None or self.proc.poll() is None
@@ -164,7 +176,7 @@ def gateway_python() -> str:
     return str(venv) if venv.exists() else sys.executable
 
 
-def _gateway_cmd(work: Path, port: int) -> tuple[list[str], dict[str, object]]:
+def _gateway_cmd(work: Path, port: int, stomp_port: int = 0) -> tuple[list[str], dict[str, object]]:
     settings: dict[str, object] = {
         "log_level": "warning",
         "sys_interval": 0,
@@ -185,6 +197,11 @@ max_queued_messages = {MAX_QUEUED}
 protocol = "mqtt"
 bind = "127.0.0.1:{port}"
 max_inflight = {MAX_INFLIGHT}
+
+[[listeners]]
+protocol = "stomp"
+bind = "127.0.0.1:{stomp_port}"
+heartbeat = 0
 """
     )
     cmd = [gateway_python(), "-m", "gateway", "run", "-c", str(conf)]
@@ -287,7 +304,10 @@ def started(
     if name == "external":
         if port is None:
             raise BrokerError("--system external needs --port (and --pid to measure it)")
-        yield Running(name, host, port, pid)
+        yield Running(name, host, port, pid, stomp_port=port)
+        return
+    if name == "rabbitmq-stomp":
+        yield rabbitmq_stomp()
         return
     if profile and name != "gateway":
         raise BrokerError("--profile is for the gateway only")
@@ -296,7 +316,11 @@ def started(
     builders = {"gateway": _gateway_cmd, "mosquitto": _mosquitto_cmd, "amqtt": _amqtt_cmd}
     if name not in builders:
         raise BrokerError(f"unknown system {name!r}")
-    cmd, settings = builders[name](work, port)
+    stomp_port = free_port() if name == "gateway" else None
+    if name == "gateway":
+        cmd, settings = _gateway_cmd(work, port, stomp_port or 0)
+    else:
+        cmd, settings = builders[name](work, port)
     out_file = None
     if profile:
         assert profile_out is not None
@@ -317,9 +341,11 @@ def started(
             cwd=work,
             env=_env(gateway_src) if name == "gateway" else None,
         )
-    run = Running(name, host, port, proc.pid, proc, work, log, out_file, settings)
+    run = Running(name, host, port, proc.pid, proc, work, log, out_file, settings, stomp_port)
     try:
         wait_listening(run)
+        if stomp_port:
+            wait_listening(replace(run, port=stomp_port))
         if profile == "py-spy":  # measure the gateway, not the sampler
             kids = children(proc.pid)
             run.pid = kids[0] if kids else proc.pid
@@ -327,6 +353,38 @@ def started(
     finally:
         stop(run)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def beam_pids() -> tuple[int, ...]:
+    """The RabbitMQ node's ``beam.smp`` processes (``pgrep -f beam.smp``)."""
+    out = subprocess.run(["pgrep", "-f", "beam.smp"], capture_output=True, text=True, check=False)
+    return tuple(int(p) for p in out.stdout.split() if int(p) != os.getpid())
+
+
+def rabbitmq_stomp() -> Running:
+    """RabbitMQ's STOMP plugin, already running: measured, never started or stopped. Its
+    CPU and RSS are the sums over the node's beam.smp processes (and their children)."""
+    pids = beam_pids()
+    if not pids:
+        raise BrokerError("no beam.smp process: RabbitMQ is not running")
+    host, port = RABBITMQ_STOMP
+    run = Running("rabbitmq-stomp", host, port, pids[0], stomp_port=port, extra_pids=pids[1:])
+    wait_listening(run, timeout=5)
+    return run
+
+
+def stomp_server(host: str, port: int) -> str:
+    """The ``server`` header of a STOMP CONNECTED frame (RabbitMQ's version)."""
+    try:
+        with socket.create_connection((host, port), timeout=5) as s:
+            s.sendall(b"CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\n\n\x00")
+            data = s.recv(4096).decode(errors="replace")
+    except OSError as exc:
+        return f"unavailable ({exc})"
+    for line in data.splitlines():
+        if line.startswith("server:"):
+            return line[7:]
+    return "unavailable"
 
 
 def stop(run: Running, timeout: float = 20.0) -> None:
@@ -393,10 +451,16 @@ def snapshot_gateway() -> tuple[Path, str]:
     return root, revision
 
 
-def versions(snapshot: tuple[Path, str] | None = None) -> dict[str, str]:
+def versions(
+    snapshot: tuple[Path, str] | None = None, systems: tuple[str, ...] = ()
+) -> dict[str, str]:
     src, revision = snapshot if snapshot else (None, gateway_revision())
     gw = _first_line([gateway_python(), "-m", "gateway", "version"], _env(src))
+    extra = {}
+    if "rabbitmq-stomp" in systems:
+        extra["rabbitmq-stomp"] = stomp_server(*RABBITMQ_STOMP) + " (STOMP plugin, already running)"
     return {
+        **extra,
         "gateway": f"{gw} (commit {revision})",
         "mosquitto": _first_line([MOSQUITTO, "-h"]) if Path(MOSQUITTO).exists() else "missing",
         "amqtt": "amqtt " + _first_line([str(amqtt_bin()), "--version"])

@@ -40,3 +40,26 @@ def test_fanin_on_the_gateway_prints_a_json_line_per_run(tmp_path: Path) -> None
     assert run["loss_pct"] is not None
     assert 0 <= run["loss_pct"] <= 100
     assert [r["kind"] for r in records] == ["run", "median"]
+
+
+def test_stomp_fanin_on_the_gateway_prints_a_json_line(tmp_path: Path) -> None:
+    argv = ["run", "stomp-fanin", "--system", "gateway", "--reps", "1", "--seconds", "1"]
+    argv += ["--warmup", "0.5", "--drain", "5"]
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", *argv],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+        cwd=REPO,
+        env={**os.environ, "BENCH_RESULTS": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    runs = [r for r in records if r["kind"] == "run"]
+    assert len(runs) == 1, result.stdout
+    run = runs[0]
+    assert "error" not in run, run
+    assert (run["bench"], run["scenario"], run["system"]) == ("stomp", "stomp-fanin", "gateway")
+    assert run["msgs_per_cpu_s"] > 0
+    assert run["received"] + run["lost"] == run["expected"] == run["sent"] > 0

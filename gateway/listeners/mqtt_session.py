@@ -29,6 +29,7 @@ from ..core import (
     Origin,
     Queue,
     Session,
+    Status,
     SubscribeOptions,
     Will,
 )
@@ -61,7 +62,7 @@ def _encode_plain_qos0(
         )
         data = mqtt.encode_publish(publish, 5)
     else:
-        data = mqtt.publish_bytes(_topic_bytes(message), message.payload, retain=retain)
+        data = mqtt.publish_bytes(topic_of(message).encode(), message.payload, retain=retain)
     _last_encoded = (message, retain, version, data)
     return data
 
@@ -94,7 +95,6 @@ class MQTTSession:
         "_held",
         "_inflight",
         "_next_pid",
-        "_writable",
         "broker",
         "client_id",
         "clock",
@@ -109,6 +109,7 @@ class MQTTSession:
         "session",
         "stop",
         "version",
+        "writable",
     )
 
     def __init__(
@@ -127,7 +128,8 @@ class MQTTSession:
         self.send = send
         self.stop = stop
         self.config = config
-        self._writable = writable
+        # The connection's own check, bound directly: the core asks it per delivery.
+        self.writable = writable
         self.clock = clock
         self.log = get_logger()
         self.session: Session | None = None
@@ -322,7 +324,7 @@ class MQTTSession:
         result = self.broker.publish(message)
         if result.congested:
             self.congested.update(result.congested)
-        if not result.accepted:
+        if result.status is not Status.ACCEPTED:
             # 3.1.1 has no negative acknowledgement: the refusal is logged, never silent.
             self.log.warning(
                 "mqtt.publish.refused", topic=topic, reason=result.reason, qos=packet.qos
@@ -531,9 +533,6 @@ class MQTTSession:
             raise RuntimeError("no free packet identifier")
         self._next_pid = pid % 65535 + 1
         return pid
-
-    def writable(self) -> bool:
-        return self._writable()
 
     def close(self, reason: CloseReason) -> None:
         self.log.info("mqtt.session.closed_by_core", reason=reason.value)

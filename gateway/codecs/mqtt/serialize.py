@@ -554,8 +554,15 @@ def publish_bytes(
     properties: bytes = b"",
 ) -> bytes:
     """A whole PUBLISH from already-encoded parts, in one join: the delivery hot path."""
-    if len(topic) > 0xFFFF:
+    n = len(topic)
+    if n > 0xFFFF:
         raise ValueError("topic longer than 65535 bytes")
+    if not qos and not properties:
+        length = 2 + n + len(payload)
+        if length < 128:
+            # The usual small QoS 0 message: a one-byte remaining length.
+            first = 0x31 if retain else 0x30
+            return bytes((first, length, n >> 8, n & 0xFF)) + topic + payload
     if qos:
         if packet_id is None:
             raise ValueError("a QoS 1 or 2 PUBLISH needs a packet id")

@@ -184,17 +184,15 @@ class TCPServer:
         except BaseException as exc:
             # Cancellation (shutdown) may arrive together with the peer's reset in one
             # group: the cancellation goes on up, everything else ends here.
-            _, failure = _split_cancelled(exc)
+            cancelled, failure = _split_cancelled(exc)
             if failure is None:
                 raise
             if _peer_gone(failure):
                 conn.log.info("conn.lost", error=str(failure) or type(failure).__name__)
             else:
                 conn.log.error("conn.crashed", exc_info=failure)
-            if failure is not exc:
-                cancelled, _ = _split_cancelled(exc)
-                if cancelled is not None:
-                    raise cancelled from None
+            if cancelled is not None:
+                raise cancelled from None
         finally:
             self.connections.discard(conn)
             with trio.move_on_after(1) as cleanup:

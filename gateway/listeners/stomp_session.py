@@ -29,7 +29,7 @@ from ..core import (
     check_filter,
 )
 from ..logging import get_logger
-from .stomp_mapping import TEMP_QUEUE, TOPIC, message_headers, parse_destination, to_message
+from .stomp_mapping import TEMP_QUEUE, message_headers, parse_destination, to_message
 
 ACK_MODES = ("auto", "client", "client-individual")
 # Spellings of a subscription's flow-control window, RabbitMQ's first.
@@ -444,6 +444,3 @@ class STOMPSession:
 def _without_transaction(frame: Frame) -> Frame:
     headers = tuple((k, v) for k, v in frame.headers if k not in ("transaction", "receipt"))
     return Frame(command=frame.command, headers=headers, body=frame.body)
-
-
-__all__ = ["TOPIC", "STOMPSession", "Subscription"]

@@ -71,7 +71,7 @@ class Connection:
             self._reader_scope.cancel()
 
 
-Handler = Callable[[trio.SocketStream, Connection], Awaitable[None]]
+Handler = Callable[[trio.abc.Stream, Connection], Awaitable[None]]
 
 
 def _peer_name(stream: trio.SocketStream) -> str:

@@ -34,7 +34,7 @@ _STOP_REASONS = {
 
 
 def mqtt_handler(broker: Broker, config: ListenerConfig) -> Handler:
-    async def handle(stream: trio.SocketStream, conn: Connection) -> None:
+    async def handle(stream: trio.abc.Stream, conn: Connection) -> None:
         codec = MQTTConnection(max_packet_size=config.max_packet_size)
         outbox = Outbox()
         session = MQTTSession(
@@ -58,7 +58,7 @@ def mqtt_handler(broker: Broker, config: ListenerConfig) -> Handler:
 
 
 async def _read(
-    stream: trio.SocketStream,
+    stream: trio.abc.Stream,
     codec: MQTTConnection,
     session: MQTTSession,
     conn: Connection,

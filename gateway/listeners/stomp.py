@@ -28,7 +28,7 @@ HEARTBEAT_GRACE = 2.0
 
 
 def stomp_handler(broker: Broker, config: ListenerConfig) -> Handler:
-    async def handle(stream: trio.SocketStream, conn: Connection) -> None:
+    async def handle(stream: trio.abc.Stream, conn: Connection) -> None:
         # No `host` demanded of 1.2 clients: stomp.js and others leave it out.
         codec = STOMPConnection(max_frame_size=config.max_packet_size, require_host=False)
         outbox = Outbox()
@@ -79,7 +79,7 @@ async def _send_heartbeats(
 
 
 async def _read(
-    stream: trio.SocketStream,
+    stream: trio.abc.Stream,
     codec: STOMPConnection,
     session: STOMPSession,
     conn: Connection,

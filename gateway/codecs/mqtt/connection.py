@@ -126,7 +126,7 @@ class MQTTConnection:
         self._session_expiry = 0
         self._auth_method: str | None = None
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         if data:
             self._buf += data
         else:

@@ -10,6 +10,7 @@ from .config import Config, ListenerConfig, QueueConfig
 from .core import Broker, Overflow, QueuePolicy
 from .listeners import BoundAddress, StartupError, TCPServer
 from .listeners._serve import Handler
+from .listeners.http_api import HTTPService
 from .listeners.mqtt import mqtt_handler
 from .listeners.stomp import stomp_handler
 from .logging import get_logger
@@ -58,6 +59,36 @@ class Gateway:
         self._stop = trio.Event()
         self._servers: list[TCPServer] = []
         self._ticking = trio.CancelScope()
+        self._serving = False
+        self.http = HTTPService(
+            self.broker,
+            config,
+            self.readiness,
+            {name: self._protocol_handler(name) for name in HANDLERS},
+        )
+
+    def _protocol_handler(self, protocol: str) -> Callable[[ListenerConfig], Handler]:
+        def make(listener: ListenerConfig) -> Handler:
+            return HANDLERS[protocol](self.broker, listener)
+
+        return make
+
+    def _handler(self, listener: ListenerConfig) -> Handler:
+        if listener.protocol == "http":
+            return self.http.handler(listener)
+        return HANDLERS[listener.protocol](self.broker, listener)
+
+    def readiness(self) -> dict[str, object]:
+        """What /readyz reports: every listener bound and serving, the store open."""
+        return {
+            "ready": self._serving and not self._stop.is_set(),
+            "listeners": [
+                {"protocol": item.protocol, "name": item.name, "address": _address(item)}
+                for item in self.bound
+            ],
+            "store": type(self.broker.store).__name__,
+            "stopping": self._stop.is_set(),
+        }
 
     def port(self, protocol: str) -> int:
         """The first bound port of ``protocol`` (tests start listeners on port 0)."""
@@ -82,10 +113,7 @@ class Gateway:
                 f"gateway.data_dir: cannot create {data_dir}: {exc.strerror}"
             ) from None
         drain = self.config.gateway.drain_timeout
-        servers = [
-            TCPServer(item, HANDLERS[item.protocol](self.broker, item), drain)
-            for item in self.config.listeners
-        ]
+        servers = [TCPServer(item, self._handler(item), drain) for item in self.config.listeners]
         try:
             for server in servers:
                 self.bound.extend(await server.bind())
@@ -116,6 +144,7 @@ class Gateway:
                     next_sys = now + interval
                 await trio.sleep(TICK_INTERVAL)
                 self.broker.tick()
+                self.http.tick(trio.current_time())
 
     async def run(
         self, *, task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED
@@ -127,6 +156,7 @@ class Gateway:
                 for server in self._servers:
                     await nursery.start(server.serve)
                 nursery.start_soon(self._tick)
+                self._serving = True
                 self.log.info("gateway.started", listeners=len(self.bound))
                 task_status.started(self)
                 await self._stop.wait()

@@ -21,7 +21,7 @@ LogFormat = Literal["auto", "json", "console"]
 
 # Protocols whose listeners exist today; the others are accepted by the schema
 # so that the error can say they are not built yet rather than "unknown".
-BUILT_PROTOCOLS: frozenset[str] = frozenset({"mqtt", "stomp"})
+BUILT_PROTOCOLS: frozenset[str] = frozenset({"mqtt", "stomp", "http"})
 DEFAULT_PORTS = {"mqtt": 1883, "stomp": 61613, "http": 8080}
 
 
@@ -53,6 +53,16 @@ class ListenerConfig(_Base, frozen=True):
     max_keep_alive: int = 65535
     backpressure_patience: float = 10.0
     heartbeat: float = 10.0
+    # HTTP listeners: WebSocket upgrade paths, browser origins, API limits.
+    mqtt_path: str = "/mqtt"
+    stomp_path: str = "/stomp"
+    ws_path: str = "/ws"
+    allowed_origins: tuple[str, ...] = ()
+    rate_limit: float = 0.0
+    rate_burst: int = 0
+    sse_keepalive: float = 15.0
+    visibility_timeout: float = 30.0
+    max_wait: float = 20.0
 
     @property
     def label(self) -> str:
@@ -70,6 +80,7 @@ class GatewaySection(_Base, frozen=True):
     log_format: LogFormat = "auto"
     max_queued_messages: int = 1000
     sys_interval: float = 10.0
+    auto_create_queues: bool = True
 
 
 class QueueConfig(_Base, frozen=True):
@@ -188,9 +199,29 @@ def _validate(config: Config) -> None:
             raise ConfigError(src, f"{key}.backpressure_patience", "must be 0 or more seconds")
         if not 1 <= listener.max_keep_alive <= 65535:
             raise ConfigError(src, f"{key}.max_keep_alive", "must be between 1 and 65535 seconds")
+        _validate_http(src, key, listener)
         if listener.label in names:
             raise ConfigError(src, f"{key}.name", f"duplicate listener name {listener.label!r}")
         names.add(listener.label)
+
+
+def _validate_http(src: str, key: str, listener: ListenerConfig) -> None:
+    paths = (listener.mqtt_path, listener.stomp_path, listener.ws_path)
+    for field, path in zip(("mqtt_path", "stomp_path", "ws_path"), paths, strict=True):
+        if path and not path.startswith("/"):
+            raise ConfigError(src, f"{key}.{field}", "must start with '/' (or be empty: off)")
+        if path.startswith("/api/") or path.startswith("/hooks/"):
+            raise ConfigError(src, f"{key}.{field}", "must not be under /api/ or /hooks/")
+    used = [path for path in paths if path]
+    if len(set(used)) != len(used):
+        raise ConfigError(src, f"{key}.ws_path", "the WebSocket paths must differ")
+    for field in ("rate_limit", "sse_keepalive", "visibility_timeout", "max_wait"):
+        if getattr(listener, field) < 0:
+            raise ConfigError(src, f"{key}.{field}", "must be 0 or more seconds")
+    if listener.rate_burst < 0:
+        raise ConfigError(src, f"{key}.rate_burst", "must be 0 or more")
+    if listener.visibility_timeout == 0:
+        raise ConfigError(src, f"{key}.visibility_timeout", "must be more than 0 seconds")
 
 
 def _validate_queues(config: Config) -> None:
@@ -242,11 +273,12 @@ def load(path: str | Path) -> Config:
 
 
 def default() -> Config:
-    """The built-in defaults, as conf/gateway.toml: MQTT and STOMP on all interfaces."""
+    """The built-in defaults, as conf/gateway.toml: MQTT, STOMP and HTTP on all interfaces."""
     return Config(
         listeners=(
             ListenerConfig(protocol="mqtt", bind="0.0.0.0:1883"),
             ListenerConfig(protocol="stomp", bind="0.0.0.0:61613"),
+            ListenerConfig(protocol="http", bind="0.0.0.0:8080"),
         )
     )
 

@@ -48,9 +48,24 @@ def test_default_file_matches_the_built_in_defaults() -> None:
             "invalid enum",
         ),
         (
-            "[[listeners]]\nprotocol = 'http'\nbind = 'a:1'\n",
-            "listeners[0].protocol",
-            "not built yet",
+            "[[listeners]]\nprotocol = 'http'\nbind = 'a:1'\nmqtt_path = 'mqtt'\n",
+            "listeners[0].mqtt_path",
+            "must start with '/'",
+        ),
+        (
+            "[[listeners]]\nprotocol = 'http'\nbind = 'a:1'\nws_path = '/mqtt'\n",
+            "listeners[0].ws_path",
+            "must differ",
+        ),
+        (
+            "[[listeners]]\nprotocol = 'http'\nbind = 'a:1'\nstomp_path = '/api/stomp'\n",
+            "listeners[0].stomp_path",
+            "not be under /api/",
+        ),
+        (
+            "[[listeners]]\nprotocol = 'http'\nbind = 'a:1'\nvisibility_timeout = 0\n",
+            "listeners[0].visibility_timeout",
+            "more than 0",
         ),
         ("[gateway]\ndrain_timeout = 'soon'\n", "gateway.drain_timeout", "expected `float`"),
         ("[gateway]\nlog_level = 'loud'\n", "gateway.log_level", "invalid enum"),

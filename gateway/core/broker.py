@@ -119,6 +119,10 @@ class Broker:
             queue.set_policy(policy)
         return queue
 
+    def knows_queue(self, name: str) -> bool:
+        """True for a queue that exists or is declared in the configuration."""
+        return name in self.queues or name in self._policies
+
     def delete_queue(self, name: str) -> None:
         queue = self.queues.pop(name, None)
         if queue is None:

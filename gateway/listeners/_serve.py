@@ -45,6 +45,7 @@ class Connection:
         "listener",
         "log",
         "peer",
+        "protocol_error",
         "stop_reason",
     )
 
@@ -54,6 +55,8 @@ class Connection:
         self.listener = listener
         self.log = get_logger(conn_id=conn_id, protocol=protocol, peer=peer)
         self.stop_reason: Any = None
+        # Set by a protocol handler that refused its peer: WebSocket closes say why.
+        self.protocol_error: str | None = None
         self._reader_scope: trio.CancelScope | None = None
 
     def reading(self) -> trio.CancelScope:

@@ -110,6 +110,7 @@ def _handle_buffered(codec: MQTTConnection, session: MQTTSession, conn: Connecti
             if session.congested:
                 return _Outcome.CONGESTED
     except MQTTProtocolError as exc:
+        conn.protocol_error = str(exc)
         _refuse(exc, codec, session)
         return _Outcome.STOP
 

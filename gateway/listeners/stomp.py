@@ -103,6 +103,7 @@ async def _read(
                         if conn.stop_reason is not None or session.graceful:
                             return
             except StompError as exc:
+                conn.protocol_error = exc.message
                 _refuse(exc, codec, session)
                 return
             if session.connected:

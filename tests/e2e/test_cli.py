@@ -64,6 +64,8 @@ async def test_run_serves_mqtt_and_stops_cleanly_on_sigterm(tmp_path: Path) -> N
             # The default STOMP port (61613) may be taken, e.g. by RabbitMQ's STOMP plugin.
             "--listen",
             "stomp=127.0.0.1:0",
+            "--listen",
+            "http=127.0.0.1:0",
             "--data-dir",
             str(tmp_path),
         )
@@ -98,6 +100,8 @@ async def test_sigint_also_stops_with_exit_0(tmp_path: Path) -> None:
             "mqtt=127.0.0.1:0",
             "--listen",
             "stomp=127.0.0.1:0",
+            "--listen",
+            "http=127.0.0.1:0",
             "--data-dir",
             str(tmp_path),
         )
@@ -140,6 +144,8 @@ async def test_port_in_use_exits_2(tmp_path: Path) -> None:
                     f"mqtt=127.0.0.1:{port}",
                     "--listen",
                     "stomp=127.0.0.1:0",
+                    "--listen",
+                    "http=127.0.0.1:0",
                     "--data-dir",
                     str(tmp_path),
                 ],

@@ -1,0 +1,532 @@
+"""The HTTP API: publish, batch, consume (SSE and pull), request/reply, health.
+
+``HTTPService`` holds what the endpoints share across every HTTP listener of
+one gateway (pull consumers, the request counter); ``HTTPService.handler``
+builds one listener's connection handler. ``ROUTES`` is the route table; the
+OpenAPI document (``openapi.py``) describes exactly these routes, and a test
+keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import itertools
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import trio
+
+from ..config import Config, ListenerConfig
+from ..core import (
+    Broker,
+    CloseReason,
+    Delivery,
+    InvalidFilter,
+    Kind,
+    Message,
+    Origin,
+    PublishResult,
+    Status,
+    SubscribeOptions,
+    check_filter,
+)
+from . import http_mapping as mapping
+from ._serve import Connection, Handler
+from .http import (
+    ChunkWriter,
+    HTTPError,
+    Request,
+    Response,
+    http_handler,
+    json_response,
+    path_params,
+)
+from .http_pull import PullConsumer, ReplySink
+from .openapi import openapi_document
+from .websocket import (
+    check_handshake,
+    choose_subprotocol,
+    offered_subprotocols,
+    serve_websocket,
+)
+
+Endpoint = Callable[["HTTPService", ListenerConfig, Request], Awaitable[Response]]
+
+# Request/reply: the longest wait a caller may ask for, and the default.
+MAX_REQUEST_TIMEOUT = 300.0
+DEFAULT_REQUEST_TIMEOUT = 30.0
+# Pull: the most messages one request may take.
+MAX_PULL = 100
+# SSE: bytes a slow reader may fall behind before its QoS 0 events are dropped.
+SSE_HIGH_WATER = 1 << 20
+BATCH_TYPES = ("application/json", "application/x-ndjson", "application/ndjson")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    pattern: str
+    endpoint: Endpoint
+    summary: str
+
+
+class _BatchItem(msgspec.Struct, forbid_unknown_fields=True):
+    topic: str | None = None
+    queue: str | None = None
+    payload: str = ""
+    payload_base64: str | None = None
+    content_type: str | None = None
+    headers: dict[str, str] = {}
+    priority: int | None = None
+    expiry: float | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    persistent: bool = True
+    retain: bool = False
+
+
+class _AckBody(msgspec.Struct):
+    ids: list[str]
+
+
+class HTTPService:
+    """The HTTP API of one gateway, shared by its HTTP listeners."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        config: Config,
+        ready: Callable[[], Mapping[str, Any]],
+        protocol_handlers: Mapping[str, Callable[[ListenerConfig], Handler]],
+    ) -> None:
+        self.broker = broker
+        self.config = config
+        self.ready = ready
+        self.protocol_handlers = protocol_handlers
+        self.pulls: dict[str, PullConsumer] = {}
+        self._exchanges = itertools.count(1)
+
+    def handler(self, listener: ListenerConfig) -> Handler:
+        inner = {name: make(listener) for name, make in self.protocol_handlers.items()}
+        ws_paths = {
+            listener.mqtt_path: "mqtt",
+            listener.stomp_path: "stomp",
+            listener.ws_path: None,
+        }
+        ws_paths.pop("", None)
+
+        async def route(request: Request) -> Response:
+            return await self.route(listener, request)
+
+        async def upgrade(
+            stream: trio.abc.Stream, conn: Connection, request: Request, trailing: bytes
+        ) -> None:
+            await serve_websocket(
+                stream,
+                conn,
+                request,
+                trailing,
+                path_protocol=ws_paths[request.path],
+                handlers=inner,
+                max_message=listener.max_packet_size,
+            )
+
+        def check_upgrade(request: Request) -> None:
+            if request.method != "GET":
+                raise HTTPError(
+                    405, "method_not_allowed", "a WebSocket upgrade is a GET", (("Allow", "GET"),)
+                )
+            check_handshake(request, listener.allowed_origins)
+            choose_subprotocol(ws_paths[request.path], offered_subprotocols(request))
+
+        return http_handler(listener, route, upgrade, ws_paths.__contains__, check_upgrade)
+
+    async def route(self, listener: ListenerConfig, request: Request) -> Response:
+        allowed: list[str] = []
+        for item in ROUTES:
+            params = path_params(item.pattern, request.path)
+            if params is None:
+                continue
+            if item.method != request.method:
+                allowed.append(item.method)
+                continue
+            request.params = params
+            return await item.endpoint(self, listener, request)
+        if allowed:
+            raise HTTPError(
+                405,
+                "method_not_allowed",
+                f"{request.method} is not allowed here; use {', '.join(sorted(set(allowed)))}",
+                (("Allow", ", ".join(sorted(set(allowed)))),),
+            )
+        raise HTTPError(404, "not_found", f"no such endpoint: {request.path}")
+
+    # -- time ----------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Return pulled messages whose visibility timeout passed (called every second)."""
+        for pull in self.pulls.values():
+            pull.expire(now)
+
+    # -- helpers -------------------------------------------------------------------
+
+    def origin(self, listener: ListenerConfig, request: Request) -> Origin:
+        return Origin(protocol="http", listener=listener.label, client_id=request.conn.peer)
+
+    def check_queue(self, name: str) -> None:
+        if not name or (name.startswith("$") and not name.startswith("$temp/")):
+            raise HTTPError(400, "bad_destination", f"{name!r} is not a queue name")
+        if not self.config.gateway.auto_create_queues and not self.broker.knows_queue(name):
+            raise HTTPError(404, "unknown_queue", f"queue {name!r} does not exist")
+
+    def check_topic(self, name: str) -> None:
+        if not name or "+" in name or "#" in name or "\0" in name:
+            raise HTTPError(400, "bad_destination", f"{name!r} is not a topic name")
+        if name.startswith("$"):
+            raise HTTPError(
+                403, "reserved_topic", f"topics starting with '$' are reserved: {name!r}"
+            )
+
+    def check_destination(self, kind: Kind, name: str) -> None:
+        if kind is Kind.QUEUE:
+            self.check_queue(name)
+        else:
+            self.check_topic(name)
+
+
+def _refusal(result: PublishResult) -> HTTPError:
+    return HTTPError(
+        503,
+        "refused",
+        f"the destination refused the message: {result.reason or 'full'}",
+        (("Retry-After", "1"),),
+    )
+
+
+async def publish_topic(
+    service: HTTPService, listener: ListenerConfig, request: Request
+) -> Response:
+    return await _publish_to(service, listener, request, Kind.TOPIC, request.params["topic"])
+
+
+async def publish_queue(
+    service: HTTPService, listener: ListenerConfig, request: Request
+) -> Response:
+    return await _publish_to(service, listener, request, Kind.QUEUE, request.params["queue"])
+
+
+async def _publish_to(
+    service: HTTPService, listener: ListenerConfig, request: Request, kind: Kind, name: str
+) -> Response:
+    service.check_destination(kind, name)
+    fields = mapping.fields_from_headers(request.headers)
+    message = mapping.build_message(
+        kind, name, request.body, fields, service.origin(listener, request)
+    )
+    result = service.broker.publish(message)
+    if result.status is Status.REFUSED:
+        raise _refusal(result)
+    body = {"id": str(message.message_id), "routed": result.routed}
+    if request.query.get("ack") == "stored":
+        # Handed to the store with the publish; the store is in memory until the
+        # durable store exists (docs/http.md), and the body says so.
+        return json_response(201, {**body, "stored": True, "durable": False})
+    return json_response(202, body)
+
+
+async def publish_batch(
+    service: HTTPService, listener: ListenerConfig, request: Request
+) -> Response:
+    content_type = (request.header("content-type") or "").split(";")[0].strip().lower()
+    if content_type not in BATCH_TYPES:
+        raise HTTPError(
+            415,
+            "unsupported_media_type",
+            f"a batch is {' or '.join(BATCH_TYPES[:2])}, not {content_type or 'untyped'}",
+        )
+    try:
+        if content_type == "application/json":
+            items = msgspec.json.decode(request.body, type=list[_BatchItem])
+        else:
+            items = [
+                msgspec.json.decode(line, type=_BatchItem)
+                for line in request.body.splitlines()
+                if line.strip()
+            ]
+    except msgspec.ValidationError as exc:
+        raise HTTPError(400, "bad_batch", f"invalid batch item: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise HTTPError(400, "bad_json", f"the body is not valid JSON: {exc}") from None
+    origin = service.origin(listener, request)
+    messages = [_batch_message(service, i, item, origin) for i, item in enumerate(items)]
+    results: list[dict[str, object]] = []
+    refused = 0
+    for message in messages:
+        result = service.broker.publish(message)
+        if result.status is Status.REFUSED:
+            refused += 1
+            results.append(
+                {"id": str(message.message_id), "status": "refused", "reason": result.reason}
+            )
+        else:
+            results.append(
+                {"id": str(message.message_id), "status": "accepted", "routed": result.routed}
+            )
+    status = 202 if not refused else 503 if refused == len(messages) else 207
+    return json_response(
+        status, {"accepted": len(messages) - refused, "refused": refused, "results": results}
+    )
+
+
+def _batch_message(service: HTTPService, index: int, item: _BatchItem, origin: Origin) -> Message:
+    if (item.topic is None) == (item.queue is None):
+        raise HTTPError(400, "bad_batch", f"item {index}: give exactly one of topic or queue")
+    kind, name = (Kind.TOPIC, item.topic) if item.topic is not None else (Kind.QUEUE, item.queue)
+    assert name is not None
+    service.check_destination(kind, name)
+    if item.payload_base64 is not None:
+        try:
+            payload = base64.b64decode(item.payload_base64, validate=True)
+        except binascii.Error:
+            raise HTTPError(
+                400, "bad_batch", f"item {index}: payload_base64 is not base64"
+            ) from None
+    else:
+        payload = item.payload.encode("utf-8")
+    if item.priority is not None and not 0 <= item.priority <= 9:
+        raise HTTPError(400, "bad_batch", f"item {index}: priority must be 0-9")
+    if item.expiry is not None and item.expiry < 0:
+        raise HTTPError(400, "bad_batch", f"item {index}: expiry must be 0 or more seconds")
+    fields: dict[str, Any] = {"persistent": item.persistent, "retain": item.retain}
+    for key in ("priority", "correlation_id", "reply_to", "content_type"):
+        if getattr(item, key) is not None:
+            fields[key] = getattr(item, key)
+    if item.expiry:
+        fields["expiry_in"] = item.expiry
+    if item.headers:
+        fields["headers"] = list(item.headers.items())
+    return mapping.build_message(kind, name, payload, fields, origin)
+
+
+# -- consuming ------------------------------------------------------------------------
+
+
+class _EventSink:
+    """An SSE subscriber's sink: formatted events wait here for the writer."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.pending = 0
+        self.wake = trio.Event()
+        self.closed = False
+
+    def writable(self) -> bool:
+        return self.pending < SSE_HIGH_WATER
+
+    def deliver(self, delivery: Delivery, qos: int) -> None:
+        message = delivery.message
+        data = msgspec.json.encode(mapping.message_json(message))
+        event = b"id: %d\nevent: message\ndata: %s\n\n" % (message.message_id, data)
+        self.chunks.append(event)
+        self.pending += len(event)
+        self.wake.set()
+
+    def close(self, reason: CloseReason) -> None:
+        self.closed = True
+        self.wake.set()
+
+    def take(self) -> bytes:
+        data = b"".join(self.chunks)
+        self.chunks.clear()
+        self.pending = 0
+        self.wake = trio.Event()
+        return data
+
+
+async def topic_events(
+    service: HTTPService, listener: ListenerConfig, request: Request
+) -> Response:
+    topic_filter = request.params["filter"]
+    try:
+        check_filter(topic_filter)
+    except InvalidFilter as exc:
+        raise HTTPError(400, "bad_filter", str(exc)) from None
+    broker = service.broker
+    sink = _EventSink()
+    client_id = f"$http/sse/{request.conn.conn_id}/{next(service._exchanges)}"
+    session, _ = broker.open_session(client_id, sink, clean=True)
+    broker.subscribe(session, topic_filter, SubscribeOptions(qos=0, retain_handling=2))
+    keepalive = listener.sse_keepalive
+    log = request.conn.log.bind(sse_filter=topic_filter)
+    log.info("http.sse.opened")
+
+    async def body(writer: ChunkWriter) -> None:
+        try:
+            await writer.write(b": subscribed to " + topic_filter.encode() + b"\n\n")
+            async with trio.open_nursery() as nursery:
+
+                async def stop_when_gone() -> None:
+                    await writer.gone.wait()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(stop_when_gone)
+                while not sink.closed:
+                    with trio.move_on_after(keepalive or float("inf")):
+                        await sink.wake.wait()
+                    data = sink.take()
+                    await writer.write(data or b": keep-alive\n\n")
+                nursery.cancel_scope.cancel()
+        finally:
+            broker.detach(session, graceful=True)
+            log.info("http.sse.closed")
+
+    return Response(
+        200,
+        content_type="text/event-stream",
+        headers=[("cache-control", "no-cache")],
+        stream=body,
+    )
+
+
+def _query_number(request: Request, name: str, default: float, low: float, high: float) -> float:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise HTTPError(400, "bad_parameter", f"{name}={raw!r} is not a number") from None
+    if not low <= value <= high:
+        raise HTTPError(400, "bad_parameter", f"{name} must be between {low:g} and {high:g}")
+    return value
+
+
+async def pull_messages(
+    service: HTTPService, listener: ListenerConfig, request: Request
+) -> Response:
+    name = request.params["queue"]
+    service.check_queue(name)
+    limit = int(_query_number(request, "max", 1, 1, MAX_PULL))
+    wait = _query_number(request, "wait", 0, 0, listener.max_wait)
+    visibility = _query_number(request, "visibility", listener.visibility_timeout, 0.001, 12 * 3600)
+    pull = service.pulls.get(name)
+    if pull is None:
+        pull = service.pulls[name] = PullConsumer(service.broker, name)
+    items = await pull.pull(limit, wait, visibility)
+    messages = [
+        mapping.message_json(
+            delivery.message,
+            id=delivery_id,
+            redelivered=delivery.redelivered,
+            delivery_count=delivery.count,
+            visible_in=visibility,
+        )
+        for delivery_id, delivery in items
+    ]
+    return json_response(200, {"messages": messages})
+
+
+def _ack_ids(request: Request) -> list[str]:
+    try:
+        return msgspec.json.decode(request.body, type=_AckBody).ids
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise HTTPError(400, "bad_json", f'expected {{"ids": ["..."]}}: {exc}') from None
+
+
+async def ack_messages(
+    service: HTTPService, listener: ListenerConfig, request: Request
+) -> Response:
+    name = request.params["queue"]
+    ids = _ack_ids(request)
+    pull = service.pulls.get(name)
+    unknown = ids if pull is None else pull.ack(ids)
+    return json_response(200, {"acked": len(ids) - len(unknown), "unknown": unknown})
+
+
+async def release_messages(
+    service: HTTPService, listener: ListenerConfig, request: Request
+) -> Response:
+    name = request.params["queue"]
+    ids = _ack_ids(request)
+    pull = service.pulls.get(name)
+    unknown = ids if pull is None else pull.release(ids)
+    return json_response(200, {"released": len(ids) - len(unknown), "unknown": unknown})
+
+
+# -- request/reply --------------------------------------------------------------------
+
+
+async def request_reply(
+    service: HTTPService, listener: ListenerConfig, request: Request
+) -> Response:
+    kind, name = mapping.parse_destination(request.params["destination"])
+    service.check_destination(kind, name)
+    timeout = _query_number(request, "timeout", DEFAULT_REQUEST_TIMEOUT, 0.001, MAX_REQUEST_TIMEOUT)
+    broker = service.broker
+    sink = ReplySink()
+    client_id = f"$http/request/{request.conn.conn_id}/{next(service._exchanges)}"
+    session, _ = broker.open_session(client_id, sink, clean=True)
+    try:
+        reply_queue = broker.temporary_queue(session)
+        broker.consume(session, reply_queue, qos=0)
+        fields = mapping.fields_from_headers(request.headers)
+        fields["reply_to"] = mapping.QUEUE_PREFIX + reply_queue
+        correlation = fields.setdefault("correlation_id", secrets.token_hex(8))
+        message = mapping.build_message(
+            kind, name, request.body, fields, service.origin(listener, request)
+        )
+        result = broker.publish(message)
+        if result.status is Status.REFUSED:
+            raise _refusal(result)
+        if not result.routed:
+            raise HTTPError(503, "no_responders", f"nothing is subscribed to {name!r}")
+        with trio.move_on_after(timeout):
+            await sink.arrived.wait()
+        reply = sink.reply
+        if reply is None:
+            raise HTTPError(
+                504, "timeout", f"no reply within {timeout:g} s (correlation id {correlation})"
+            )
+        return Response(
+            200,
+            reply.payload,
+            content_type=reply.content_type or "application/octet-stream",
+            headers=mapping.response_headers(reply),
+        )
+    finally:
+        broker.detach(session, graceful=True)
+
+
+# -- health and description -------------------------------------------------------------
+
+
+async def healthz(service: HTTPService, listener: ListenerConfig, request: Request) -> Response:
+    return json_response(200, {"status": "ok"})
+
+
+async def readyz(service: HTTPService, listener: ListenerConfig, request: Request) -> Response:
+    state = dict(service.ready())
+    return json_response(200 if state.get("ready") else 503, state)
+
+
+async def openapi(service: HTTPService, listener: ListenerConfig, request: Request) -> Response:
+    return json_response(200, openapi_document())
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/healthz", healthz, "The process is up"),
+    Route("GET", "/readyz", readyz, "Listeners bound and the store open"),
+    Route("GET", "/api/v1/openapi.json", openapi, "This API's OpenAPI document"),
+    Route("POST", "/api/v1/messages", publish_batch, "Publish many messages (JSON or NDJSON)"),
+    Route("GET", "/api/v1/topics/{filter...}/events", topic_events, "Server-Sent Events"),
+    Route("POST", "/api/v1/topics/{topic...}", publish_topic, "Publish to a topic"),
+    Route("GET", "/api/v1/queues/{queue}/messages", pull_messages, "Pull from a queue"),
+    Route("POST", "/api/v1/queues/{queue}/ack", ack_messages, "Acknowledge pulled messages"),
+    Route("POST", "/api/v1/queues/{queue}/release", release_messages, "Return pulled messages"),
+    Route("POST", "/api/v1/queues/{queue}", publish_queue, "Publish to a queue"),
+    Route("POST", "/api/v1/request/{destination...}", request_reply, "Request/reply"),
+)

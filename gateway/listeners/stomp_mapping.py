@@ -11,7 +11,8 @@
 | priority             | `priority` (0-9)                        |
 | expiry               | `expires` (ms since the epoch; 0 never) |
 | correlation_id       | `correlation-id`                        |
-| reply_to             | `reply-to`                              |
+| reply_to             | `reply-to` (`$queue/N` <-> `/queue/N`,  |
+|                      | topic `a/b` <-> `/topic/a.b`)           |
 | content_type, text   | `content-type` (text/* is text)         |
 """
 
@@ -62,6 +63,27 @@ def parse_destination(destination: str) -> tuple[Kind, str]:
     )
 
 
+def neutral_reply_to(reply_to: str) -> str:
+    """A STOMP reply-to in the form every protocol shares: `$queue/NAME` or a topic name.
+
+    MQTT responders publish to it as it is; anything that is not a STOMP queue or
+    topic destination is kept verbatim."""
+    if reply_to.startswith(QUEUE) and len(reply_to) > len(QUEUE):
+        return "$queue/" + reply_to[len(QUEUE) :]
+    if reply_to.startswith(TOPIC) and len(reply_to) > len(TOPIC):
+        return reply_to[len(TOPIC) :].replace(".", "/")
+    return reply_to
+
+
+def stomp_reply_to(reply_to: str) -> str:
+    """The STOMP destination for a neutral reply-to (the inverse of neutral_reply_to)."""
+    if reply_to.startswith("$queue/"):
+        return QUEUE + reply_to[len("$queue/") :]
+    if reply_to.startswith("/"):
+        return reply_to  # a STOMP destination of a kind we do not map: as it came
+    return TOPIC + reply_to.replace("/", ".")
+
+
 def stomp_destination(message: Message) -> str:
     if message.kind is Kind.QUEUE:
         return QUEUE + message.destination
@@ -107,7 +129,7 @@ def to_message(
         content_type=content_type,
         text=content_type is not None and content_type.startswith("text/"),
         correlation_id=correlation,
-        reply_to=reply_to,
+        reply_to=None if reply_to is None else neutral_reply_to(reply_to),
         timestamp=now,
         origin=origin,
     )
@@ -135,7 +157,7 @@ def message_headers(message: Message) -> list[tuple[str, str]]:
     if message.correlation_id is not None:
         headers.append(("correlation-id", message.correlation_id.decode("utf-8", "replace")))
     if message.reply_to is not None:
-        headers.append(("reply-to", message.reply_to))
+        headers.append(("reply-to", stomp_reply_to(message.reply_to)))
     if message.content_type is not None:
         headers.append(("content-type", message.content_type))
     headers.extend(header_pairs(message.headers))

@@ -106,3 +106,49 @@ async def test_stomp_send_to_queue_reaches_mqtt_queue_subscriber(
         await stomp_client.send("/queue/jobs", "job-2", {"persistent": "true"})
         message = await mqtt_client.get()
         assert (message.topic, message.payload, message.qos) == ("$queue/jobs", b"job-2", 1)
+
+
+async def test_mqtt5_request_is_answered_by_a_stomp_responder_via_reply_to(
+    stomp_client: Stomp, mqtt_client: Paho
+) -> None:
+    """The response topic `replies/cross` reaches STOMP as reply-to `/topic/replies.cross`;
+    a SEND there reaches the MQTT requester."""
+    with trio.fail_after(NET_TIMEOUT):
+        await stomp_client.subscribe("/queue/service", id="svc")
+        await mqtt_client.subscribe("replies/cross", qos=1)
+        await mqtt_client.publish(
+            "$queue/service",
+            b"ping",
+            qos=1,
+            properties={"ResponseTopic": "replies/cross", "CorrelationData": b"c-7"},
+        )
+        request = await stomp_client.get()
+        assert request.get("reply-to") == "/topic/replies.cross"
+        await stomp_client.send(
+            request.get("reply-to"), "pong", {"correlation-id": request.get("correlation-id")}
+        )
+        reply = await mqtt_client.get()
+        assert (reply.topic, reply.payload) == ("replies/cross", b"pong")
+        assert properties_dict(reply.properties).get("CorrelationData") == b"c-7"
+
+
+async def test_stomp_request_is_answered_by_an_mqtt5_responder_via_response_topic(
+    stomp_client: Stomp, mqtt_client: Paho
+) -> None:
+    """A STOMP `/temp-queue/` reply-to reaches MQTT as the response topic `$queue/...`;
+    the MQTT responder's publish there lands in the requester's temporary queue."""
+    with trio.fail_after(NET_TIMEOUT):
+        await mqtt_client.subscribe("$queue/service", qos=1)
+        await stomp_client.send(
+            "/queue/service", "ping", {"reply-to": "/temp-queue/r", "correlation-id": "c-8"}
+        )
+        request = await mqtt_client.get()
+        props = properties_dict(request.properties)
+        response_topic = props["ResponseTopic"]
+        assert response_topic.startswith("$queue/$temp/")
+        await mqtt_client.publish(
+            response_topic, b"pong", qos=1, properties={"CorrelationData": b"c-8"}
+        )
+        reply = await stomp_client.get()
+        assert reply.body == b"pong"
+        assert reply.get("correlation-id") == "c-8"

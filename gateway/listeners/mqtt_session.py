@@ -204,6 +204,10 @@ class MQTTSession:
                 self._refuse(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "empty client id")
                 return
             client_id = assigned = f"auto-{uuid.uuid4().hex}"
+        if client_id.startswith("$"):
+            # Reserved for the gateway's own sessions (HTTP consumers, bridges).
+            self._refuse(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "client ids starting with $")
+            return
         self.client_id = client_id
         self.origin = Origin(protocol="mqtt", listener=self.config.label, client_id=client_id)
         self.log = self.log.bind(client_id=client_id)

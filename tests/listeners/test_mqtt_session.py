@@ -57,6 +57,36 @@ def test_v311_empty_client_id_without_clean_session_is_rejected(
     assert c.stopped
 
 
+@pytest.mark.parametrize("version", [4, 5])
+def test_client_ids_starting_with_dollar_are_reserved(
+    broker: Broker, clock: Clock, version: int
+) -> None:
+    """Client ids starting with "$" name the gateway's own sessions (HTTP pull consumers): a
+    client must not take one over."""
+    broker.open_session("$http/pull/jobs", _NullSink(), clean=True)
+    c = client(broker, clock)
+    ack = c.connect("$http/pull/jobs", version=version)
+    expected = (
+        mqtt.ConnectReturnCode.IDENTIFIER_REJECTED
+        if version == 4
+        else mqtt.ReasonCode.CLIENT_IDENTIFIER_NOT_VALID
+    )
+    assert ack.return_code == expected
+    assert c.stopped
+    assert broker.sessions["$http/pull/jobs"].connected
+
+
+class _NullSink:
+    def deliver(self, delivery: object, qos: int) -> None:
+        pass
+
+    def writable(self) -> bool:
+        return True
+
+    def close(self, reason: object) -> None:
+        raise AssertionError("the internal session was taken over")
+
+
 def test_qos1_delivery_is_settled_by_puback(broker: Broker, clock: Clock) -> None:
     sub, pub = client(broker, clock), client(broker, clock)
     sub.connect("sub")

@@ -5,8 +5,13 @@ BIN    := $(VENV)/bin
 CONFIG ?= conf/gateway.toml
 PYTEST_ARGS ?=
 
-# Debian packages the test suite drives, as "command:package".
-TEST_DEB := mosquitto_pub:mosquitto-clients mosquitto_sub:mosquitto-clients
+# Debian packages the test suite drives, as "command:package". tests/e2e/test_browser.py
+# drives Debian's Chromium through Playwright (never a browser Playwright downloads), and
+# node/npm install its page's npm packages.
+TEST_DEB := mosquitto_pub:mosquitto-clients mosquitto_sub:mosquitto-clients \
+            chromium:chromium node:nodejs npm:npm
+# The browser test's page and its pinned npm packages (MQTT.js, stomp.js).
+BROWSER_DIR := tests/e2e/browser
 
 .PHONY: run test lint fmt system-deps clean
 
@@ -29,7 +34,12 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.python-ok
 run: $(VENV)/.installed
 	$(BIN)/gateway run -c $(CONFIG)
 
-test: $(VENV)/.installed-test system-deps
+# npm ci again only when node_modules is missing or older than package.json / the lock.
+$(BROWSER_DIR)/node_modules/.installed: $(BROWSER_DIR)/package.json $(BROWSER_DIR)/package-lock.json | system-deps
+	cd $(BROWSER_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+test: $(VENV)/.installed-test system-deps $(BROWSER_DIR)/node_modules/.installed
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test

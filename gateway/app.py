@@ -40,6 +40,7 @@ def build_broker(config: Config) -> Broker:
     return Broker(
         session_queue=QueuePolicy(max_length=config.gateway.max_queued_messages),
         queues=[(queue.name, queue_policy(queue)) for queue in config.queues],
+        auto_create_queues=config.gateway.auto_create_queues,
     )
 
 

@@ -90,6 +90,7 @@ class Broker:
         clock: Callable[[], float] = time.time,
         session_queue: QueuePolicy = SESSION_QUEUE,
         queues: Iterable[tuple[str, QueuePolicy]] = (),
+        auto_create_queues: bool = True,
     ) -> None:
         self.store: Store = store if store is not None else MemoryStore()
         self.now = clock
@@ -99,6 +100,7 @@ class Broker:
         self.sessions: dict[str, Session] = {}
         self.queues: dict[str, Queue] = {}
         self._policies: dict[str, QueuePolicy] = dict(queues)
+        self.auto_create_queues = auto_create_queues
         self._trie: TopicTrie[object, _Binding] = TopicTrie()
         self._routes: dict[str, list[_Route]] = {}
         self._temp_ids = itertools.count(1)
@@ -553,7 +555,12 @@ class Broker:
         stats = self.stats
         stats.published += 1
         if message.kind is Kind.QUEUE:
-            queue = self.queues.get(message.destination) or self.declare_queue(message.destination)
+            queue = self.queues.get(message.destination)
+            if queue is None:
+                if not self.knows_queue(message.destination) and not self.auto_create_queues:
+                    stats.refused += 1
+                    return PublishResult(Status.REFUSED, 0, "unknown-queue")
+                queue = self.declare_queue(message.destination)
             refused = queue.put(Delivery(message, qos=message.qos, expires=message.expiry))
             if refused is not None:
                 stats.refused += 1

@@ -333,7 +333,11 @@ class MQTTSession:
             self.log.warning(
                 "mqtt.publish.refused", topic=topic, reason=result.reason, qos=packet.qos
             )
-            return ReasonCode.QUOTA_EXCEEDED if self.version == 5 else 0
+            if self.version != 5:
+                return 0
+            if result.reason == "unknown-queue":
+                return ReasonCode.TOPIC_NAME_INVALID
+            return ReasonCode.QUOTA_EXCEEDED
         if result.routed == 0 and self.version == 5:
             return ReasonCode.NO_MATCHING_SUBSCRIBERS
         return 0

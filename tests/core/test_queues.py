@@ -204,3 +204,13 @@ def test_temporary_queue_vanishes_with_its_owner(broker: Broker) -> None:
     assert sink.payloads == [b"reply"]
     broker.detach(session, graceful=True)
     assert name not in broker.queues
+
+
+def test_without_auto_create_only_declared_queues_take_messages() -> None:
+    broker = Broker(queues=[("orders", QueuePolicy())], auto_create_queues=False)
+    result = broker.publish(job("lost?", queue="typo"))
+    assert (result.status, result.reason) == (Status.REFUSED, "unknown-queue")
+    assert "typo" not in broker.queues
+    assert broker.publish(job("kept", queue="orders")).accepted  # declared in the config
+    assert broker.queue_stats("orders").depth == 1
+    assert Broker().publish(job("made", queue="typo")).accepted  # the default creates

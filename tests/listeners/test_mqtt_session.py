@@ -386,3 +386,14 @@ def test_queue_extension_over_mqtt(broker: Broker, clock: Clock) -> None:
 
 def _msg(topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Message:
     return Message(destination=topic, payload=payload, qos=qos, retain=retain)
+
+
+def test_publish_to_an_unknown_queue_without_auto_create_is_refused_0x90(clock: Clock) -> None:
+    broker = Broker(auto_create_queues=False, clock=clock)
+    c = client(broker, clock)
+    c.connect("p", version=5)
+    c.send(mqtt.Publish(topic="$queue/typo", payload=b"m", qos=1, packet_id=3))
+    [ack] = c.received()
+    assert isinstance(ack, mqtt.PubAck)
+    assert ack.reason_code == mqtt.ReasonCode.TOPIC_NAME_INVALID
+    assert "typo" not in broker.queues

@@ -14,6 +14,8 @@ from .listeners.http_api import HTTPService
 from .listeners.mqtt import mqtt_handler
 from .listeners.stomp import stomp_handler
 from .logging import get_logger
+from .store import MemoryStore, Store
+from .store.sqlite import SQLiteStore, StoreError, run_writer
 from .sys_topics import publish_sys
 
 HANDLERS: dict[str, Callable[[Broker, ListenerConfig], Handler]] = {
@@ -33,11 +35,22 @@ def queue_policy(queue: QueueConfig) -> QueuePolicy:
         max_deliveries=queue.max_deliveries,
         dead_letter=queue.dead_letter,
         ttl=queue.ttl_seconds,
+        durability=queue.durability,
     )
 
 
-def build_broker(config: Config) -> Broker:
+def build_store(config: Config) -> Store:
+    if config.gateway.durability == "memory" and not any(
+        queue.durability not in (None, "memory") for queue in config.queues
+    ):
+        return MemoryStore()
+    return SQLiteStore(config.gateway.data_dir, fsync=config.gateway.store_fsync)
+
+
+def build_broker(config: Config, store: Store | None = None) -> Broker:
     return Broker(
+        store=store,
+        durability=config.gateway.durability,
         session_queue=QueuePolicy(max_length=config.gateway.max_queued_messages),
         queues=[(queue.name, queue_policy(queue)) for queue in config.queues],
         auto_create_queues=config.gateway.auto_create_queues,
@@ -53,7 +66,7 @@ class Gateway:
 
     def __init__(self, config: Config, broker: Broker | None = None) -> None:
         self.config = config
-        self.broker = broker if broker is not None else build_broker(config)
+        self.broker = broker if broker is not None else build_broker(config, build_store(config))
         self.bound: list[BoundAddress] = []
         self.log = get_logger()
         self.stopped = trio.Event()
@@ -61,6 +74,7 @@ class Gateway:
         self._servers: list[TCPServer] = []
         self._ticking = trio.CancelScope()
         self._serving = False
+        self._store_open = False
         self.http = HTTPService(
             self.broker,
             config,
@@ -88,6 +102,7 @@ class Gateway:
                 for item in self.bound
             ],
             "store": type(self.broker.store).__name__,
+            "store_available": self.broker.store.available,
             "stopping": self._stop.is_set(),
         }
 
@@ -113,6 +128,7 @@ class Gateway:
             raise StartupError(
                 f"gateway.data_dir: cannot create {data_dir}: {exc.strerror}"
             ) from None
+        await self._open_store()
         drain = self.config.gateway.drain_timeout
         servers = [TCPServer(item, self._handler(item), drain) for item in self.config.listeners]
         try:
@@ -122,6 +138,7 @@ class Gateway:
             for server in servers:
                 server.close_sockets()
             self.bound.clear()
+            await self._close_store()
             raise
         self._servers = servers
         for item in self.bound:
@@ -132,6 +149,39 @@ class Gateway:
                 address=_address(item),
                 tls=item.tls,
             )
+
+    async def _write(self, store: SQLiteStore, scope: trio.CancelScope) -> None:
+        with scope:
+            await run_writer(store, self.log)
+
+    async def _open_store(self) -> None:
+        """Lock and check the data directory's store, and recover what it holds."""
+        store = self.broker.store
+        if not isinstance(store, SQLiteStore) or self._store_open:
+            return
+        started = trio.current_time()
+        try:
+            await trio.to_thread.run_sync(
+                lambda: store.open(max_bytes=self.config.gateway.store_max_size)
+            )
+            snapshot = await trio.to_thread.run_sync(store.load)
+        except StoreError as exc:
+            raise StartupError(str(exc)) from None
+        self._store_open = True
+        counts = self.broker.restore(snapshot)
+        self.log.info(
+            "store.recovered",
+            path=str(store.path),
+            seconds=round(trio.current_time() - started, 3),
+            **counts,
+        )
+
+    async def _close_store(self) -> None:
+        store = self.broker.store
+        if isinstance(store, SQLiteStore) and self._store_open:
+            self._store_open = False
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(store.close)
 
     async def _tick(self) -> None:
         interval = self.config.gateway.sys_interval
@@ -152,21 +202,32 @@ class Gateway:
     ) -> None:
         """Bind (unless ``bind`` was awaited already), serve until ``stop``, then drain."""
         await self.bind()
+        store = self.broker.store
         try:
-            async with trio.open_nursery() as nursery:
-                for server in self._servers:
-                    await nursery.start(server.serve)
-                nursery.start_soon(self._tick)
-                self._serving = True
-                self.log.info("gateway.started", listeners=len(self.bound))
-                task_status.started(self)
-                await self._stop.wait()
-                self.log.info("gateway.stopping", drain_timeout=self.config.gateway.drain_timeout)
-                for server in self._servers:
-                    server.stop_accepting()
-                self._ticking.cancel()
+            async with trio.open_nursery() as outer:
+                # The store's writer outlives the listeners: their last acknowledgements
+                # wait for its commits while connections drain.
+                writing = trio.CancelScope()
+                if isinstance(store, SQLiteStore):
+                    outer.start_soon(self._write, store, writing)
+                async with trio.open_nursery() as nursery:
+                    for server in self._servers:
+                        await nursery.start(server.serve)
+                    nursery.start_soon(self._tick)
+                    self._serving = True
+                    self.log.info("gateway.started", listeners=len(self.bound))
+                    task_status.started(self)
+                    await self._stop.wait()
+                    self.log.info(
+                        "gateway.stopping", drain_timeout=self.config.gateway.drain_timeout
+                    )
+                    for server in self._servers:
+                        server.stop_accepting()
+                    self._ticking.cancel()
+                writing.cancel()
         finally:
             for server in self._servers:
                 server.close_sockets()
+            await self._close_store()
             self.stopped.set()
         self.log.info("gateway.stopped")

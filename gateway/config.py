@@ -18,6 +18,7 @@ import msgspec
 Protocol = Literal["mqtt", "stomp", "http"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["auto", "json", "console"]
+Durability = Literal["sync", "async", "memory"]
 
 # Protocols whose listeners exist today; the others are accepted by the schema
 # so that the error can say they are not built yet rather than "unknown".
@@ -81,6 +82,9 @@ class GatewaySection(_Base, frozen=True):
     max_queued_messages: int = 1000
     sys_interval: float = 10.0
     auto_create_queues: bool = True
+    durability: Durability = "sync"
+    store_fsync: bool = True
+    store_max_size: int | None = None
 
 
 class QueueConfig(_Base, frozen=True):
@@ -91,6 +95,7 @@ class QueueConfig(_Base, frozen=True):
     max_deliveries: int | None = None
     dead_letter: str | None = None
     ttl: float | str | None = None
+    durability: Durability | None = None
 
     @property
     def ttl_seconds(self) -> float | None:
@@ -165,6 +170,8 @@ def _validate(config: Config) -> None:
         raise ConfigError(src, "gateway.drain_timeout", "must be zero or more seconds")
     if config.gateway.sys_interval < 0:
         raise ConfigError(src, "gateway.sys_interval", "must be 0 (off) or more seconds")
+    if config.gateway.store_max_size is not None and config.gateway.store_max_size < 65536:
+        raise ConfigError(src, "gateway.store_max_size", "must be at least 65536 bytes")
     if config.gateway.max_queued_messages < 1:
         raise ConfigError(src, "gateway.max_queued_messages", "must be at least 1")
     _validate_queues(config)

@@ -9,6 +9,7 @@ A distributed backend implements this same class interface.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Callable, Iterable
@@ -18,7 +19,14 @@ from typing import Final
 
 import msgspec
 
-from ..store.base import SessionState, Store, StoredEntry
+from ..store.base import (
+    DurableCallback,
+    SessionState,
+    Snapshot,
+    Store,
+    StoredEntry,
+    StoredSubscription,
+)
 from ..store.memory import MemoryStore
 from .delivery import CloseReason, Consumer, Delivery, Sink
 from .headers import Headers, header_pairs
@@ -91,6 +99,7 @@ class Broker:
         session_queue: QueuePolicy = SESSION_QUEUE,
         queues: Iterable[tuple[str, QueuePolicy]] = (),
         auto_create_queues: bool = True,
+        durability: str = "sync",
     ) -> None:
         self.store: Store = store if store is not None else MemoryStore()
         self.now = clock
@@ -101,6 +110,9 @@ class Broker:
         self.queues: dict[str, Queue] = {}
         self._policies: dict[str, QueuePolicy] = dict(queues)
         self.auto_create_queues = auto_create_queues
+        # "sync": acknowledgements wait for the commit; "async": they do not;
+        # "memory": nothing goes to the store. Queues may choose their own.
+        self.durability = durability
         self._trie: TopicTrie[object, _Binding] = TopicTrie()
         self._routes: dict[str, list[_Route]] = {}
         self._temp_ids = itertools.count(1)
@@ -116,7 +128,9 @@ class Broker:
         if queue is None:
             if policy is None:
                 policy = self._policies.get(name, QueuePolicy())
-            queue = self.queues[name] = Queue(name, self, policy)
+            queue = self.queues[name] = Queue(
+                name, self, policy, durable=self._mode(policy) != "memory"
+            )
         elif policy is not None:
             queue.set_policy(policy)
         return queue
@@ -206,13 +220,45 @@ class Broker:
             queue.stats.dropped += 1
         self.stats.drops[reason] += 1
 
+    def _mode(self, policy: QueuePolicy) -> str:
+        return policy.durability or self.durability
+
     def persist(self, queue: Queue, entry: Delivery) -> None:
-        message = entry.message
         self.store.enqueue(
             queue.name,
-            message,
-            StoredEntry(message_id=message.message_id, qos=entry.qos, count=entry.count),
+            entry.message,
+            _stored(entry),
+            wait=self._mode(queue.policy) == "sync",
         )
+
+    def progress(self, queue: Queue, entry: Delivery) -> None:
+        """An entry of a durable queue was sent, or moved a step (MQTT PUBREC)."""
+        self.store.update(queue.name, _stored(entry))
+
+    def advanced(self, delivery: Delivery) -> None:
+        """The protocol moved ``delivery`` a step (``stage``): record it if durable."""
+        consumer = delivery.consumer
+        if consumer is not None and consumer.queue.durable and delivery.message.qos:
+            self.store.update(consumer.queue.name, _stored(delivery))
+
+    def hold_incomplete(self, session: Session, wire_id: int) -> None:
+        """An inbound exactly-once message awaits release (MQTT QoS 2 before PUBREL)."""
+        session.incomplete.add(wire_id)
+        if session.queue.durable:
+            self.store.add_incomplete(session.client_id, wire_id)
+
+    def release_incomplete(self, session: Session, wire_id: int) -> bool:
+        if wire_id not in session.incomplete:
+            return False
+        session.incomplete.discard(wire_id)
+        if session.queue.durable:
+            self.store.remove_incomplete(session.client_id, wire_id)
+        return True
+
+    def when_durable(self, callback: DurableCallback) -> None:
+        """Run ``callback(ok)`` once everything recorded so far is committed: the
+        acknowledgement to a publisher waits behind it (durability mode ``sync``)."""
+        self.store.when_durable(callback)
 
     def forget(self, queue: Queue, entry: Delivery) -> None:
         if queue.durable and entry.message.qos:
@@ -247,7 +293,7 @@ class Broker:
             session = None
         present = session is not None
         if session is None:
-            durable = expiry > 0
+            durable = expiry > 0 and self.durability != "memory"
             queue = Queue(
                 SESSION_QUEUE_PREFIX + client_id,
                 self,
@@ -341,8 +387,9 @@ class Broker:
             self.forget(session.queue, entry)
         session.consumer.unacked.clear()
         session.consumer.sink = None
-        self.store.drop_queue(session.queue.name)
-        self.store.delete_session(session.client_id)
+        if session.queue.durable:
+            self.store.drop_queue(session.queue.name)
+            self.store.delete_session(session.client_id)
 
     def _publish_will(self, session: Session) -> None:
         will, session.will, session.will_due = session.will, None, None
@@ -350,8 +397,18 @@ class Broker:
             self.publish(will.message)
 
     def _save(self, session: Session) -> None:
-        if session.durable:
-            subs = tuple((f, o.qos) for f, o in session.subscriptions.items())
+        if session.durable and session.queue.durable:
+            subs = tuple(
+                StoredSubscription(
+                    topic_filter=f,
+                    qos=o.qos,
+                    no_local=o.no_local,
+                    retain_as_published=o.retain_as_published,
+                    retain_handling=o.retain_handling,
+                    subscription_id=o.subscription_id,
+                )
+                for f, o in session.subscriptions.items()
+            )
             self.store.save_session(
                 SessionState(client_id=session.client_id, expiry=session.expiry, subscriptions=subs)
             )
@@ -375,6 +432,89 @@ class Broker:
         for session in self.sessions.values():
             session.queue.expire(now)
         self.retained.remove_expired(now)
+
+    # -- recovery ------------------------------------------------------------------
+
+    def restore(self, snapshot: Snapshot) -> dict[str, int]:
+        """Rebuild what the store kept: retained messages, durable subscriptions,
+        sessions (offline, their expiry restarted), queue contents in their order,
+        and in-flight deliveries, which a resuming client gets again under the same
+        packet ids (MQTT DUP). Returns counts of what came back."""
+        store, self.store = self.store, MemoryStore()  # rebuilding writes nothing
+        try:
+            return self._restore(snapshot)
+        finally:
+            self.store = store
+
+    def _restore(self, snapshot: Snapshot) -> dict[str, int]:
+        now = self.now()
+        counts = {"retained": 0, "sessions": 0, "queues": 0, "messages": 0, "in_flight": 0}
+        for message in snapshot.retained.values():
+            if message.expiry is None or message.expiry > now:
+                self.retained.set(message)
+                counts["retained"] += 1
+        for name, topic_filter in snapshot.durable_subscriptions.items():
+            self.durable_subscription(name, topic_filter)
+        for state in snapshot.sessions.values():
+            session, _ = self.open_session(state.client_id, _Offline(), clean=True, expiry=1.0)
+            session.consumer.sink = None
+            session.expiry = state.expiry
+            session.expires_at = None if state.expiry == NEVER else now + state.expiry
+            session.incomplete = set(snapshot.incomplete.get(state.client_id, ()))
+            for sub in state.subscriptions:
+                options = SubscribeOptions(
+                    qos=sub.qos,
+                    no_local=sub.no_local,
+                    retain_as_published=sub.retain_as_published,
+                    retain_handling=2,  # no retained messages on recovery
+                    subscription_id=sub.subscription_id,
+                )
+                try:
+                    self.subscribe(session, sub.topic_filter, options)
+                except InvalidFilter:
+                    continue
+                if sub.topic_filter in session.subscriptions:
+                    session.subscriptions[sub.topic_filter] = dataclasses.replace(
+                        options, retain_handling=sub.retain_handling
+                    )
+            counts["sessions"] += 1
+        for name, entries in snapshot.queues.items():
+            queue = self._recovered_queue(name)
+            if queue is None:
+                continue
+            counts["queues"] += 1
+            owner = queue.owner
+            for stored in entries:
+                recovered = snapshot.messages.get(stored.message_id)
+                if recovered is None:
+                    continue
+                entry = Delivery(
+                    recovered,
+                    qos=stored.qos,
+                    retain=stored.retain,
+                    subscription_ids=stored.subscription_ids,
+                    expires=recovered.expiry,
+                    count=stored.count,
+                    wire_id=stored.wire_id,
+                    stage=stored.stage,
+                )
+                counts["messages"] += 1
+                if owner is not None and queue is owner.queue and stored.wire_id is not None:
+                    owner.consumer.adopt(entry)  # in flight: resent first, same packet id
+                    counts["in_flight"] += 1
+                else:
+                    queue.restore(entry)
+        return counts
+
+    def _recovered_queue(self, name: str) -> Queue | None:
+        if name.startswith(SESSION_QUEUE_PREFIX):
+            session = self.sessions.get(name[len(SESSION_QUEUE_PREFIX) :])
+            return None if session is None else session.queue
+        if name.startswith(TEMP_QUEUE_PREFIX):
+            return None
+        if name.startswith(SHARE_PREFIX):
+            return self.queues.get(name)
+        return self.queues.get(name) or self.declare_queue(name)
 
     # -- subscriptions -----------------------------------------------------------
 
@@ -450,9 +590,13 @@ class Broker:
             return queue
         check_filter(topic_filter)
         policy = self._policies.get(name, self.session_queue_policy)
-        queue = self.queues[name] = Queue(name, self, policy, ordered=True)
+        queue = self.queues[name] = Queue(
+            name, self, policy, ordered=True, durable=self._mode(policy) != "memory"
+        )
         self._trie.add(topic_filter, name, _Binding(SubscribeOptions(qos=2), None, queue))
         self._durable[name] = topic_filter
+        if queue.durable:
+            self.store.save_durable_subscription(name, topic_filter)
         self._routes.clear()
         return queue
 
@@ -463,6 +607,7 @@ class Broker:
         self._trie.remove(topic_filter, name)
         self._routes.clear()
         self.delete_queue(name)
+        self.store.delete_durable_subscription(name)
         return True
 
     def consume(
@@ -554,6 +699,10 @@ class Broker:
         """Route ``message`` now; never waits for a consumer."""
         stats = self.stats
         stats.published += 1
+        if message.qos and not self.store.available:
+            # The store cannot write (disk full): acknowledging would be a lie.
+            stats.refused += 1
+            return PublishResult(Status.REFUSED, 0, "store-unavailable")
         if message.kind is Kind.QUEUE:
             queue = self.queues.get(message.destination)
             if queue is None:
@@ -668,3 +817,28 @@ class Broker:
         session = consumer.session
         if session.consumers and session.connected:
             self.resume(session)
+
+
+def _stored(entry: Delivery) -> StoredEntry:
+    return StoredEntry(
+        message_id=entry.message.message_id,
+        qos=entry.qos,
+        count=entry.count,
+        wire_id=entry.wire_id,
+        stage=entry.stage,
+        retain=entry.retain,
+        subscription_ids=entry.subscription_ids,
+    )
+
+
+class _Offline:
+    """The sink of a session being recovered: it has no connection."""
+
+    def deliver(self, delivery: Delivery, qos: int) -> None:  # pragma: no cover - never
+        raise AssertionError("a recovering session has no connection")
+
+    def writable(self) -> bool:
+        return False
+
+    def close(self, reason: CloseReason) -> None:  # pragma: no cover - never
+        pass

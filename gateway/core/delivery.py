@@ -150,3 +150,17 @@ class Consumer:
         if qos:
             self.unacked[entry.tag] = entry
         self.sink.deliver(entry, qos)
+        queue = self.queue
+        if queue.durable and entry.message.qos:
+            # The store follows: sent (count, packet id), or done if sent at QoS 0.
+            if qos:
+                queue.broker.progress(queue, entry)
+            else:
+                queue.broker.forget(queue, entry)
+
+    def adopt(self, entry: Delivery) -> None:
+        """Take ``entry`` as in flight to this consumer (recovered from the store)."""
+        entry.consumer = self
+        entry.tag = self._next_tag
+        self._next_tag += 1
+        self.unacked[entry.tag] = entry

@@ -40,6 +40,8 @@ class QueuePolicy:
     max_deliveries: int | None = None
     dead_letter: str | None = None
     ttl: float | None = None
+    # "sync", "async" or "memory"; None follows the gateway's setting.
+    durability: str | None = None
 
 
 @dataclass(slots=True)
@@ -63,6 +65,8 @@ class QueueOwner(Protocol):
         """Dead-letter ``entry`` (or drop it and count why); it has left ``queue``."""
 
     def persist(self, queue: Queue, entry: Delivery) -> None: ...
+
+    def progress(self, queue: Queue, entry: Delivery) -> None: ...
 
     def forget(self, queue: Queue, entry: Delivery) -> None: ...
 
@@ -269,6 +273,12 @@ class Queue:
             self._lane(4 if self.ordered else entry.message.priority).appendleft(entry)
             self.depth += 1
             self.bytes += entry.size
+
+    def restore(self, entry: Delivery) -> None:
+        """Append an entry recovered from the store (it is stored already)."""
+        self._lane(4 if self.ordered else entry.message.priority).append(entry)
+        self.depth += 1
+        self.bytes += entry.size
 
     # -- entries out -------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 
 from ..core.message import Message
-from .base import SessionState, Snapshot, StoredEntry
+from .base import DurableCallback, SessionState, Snapshot, StoredEntry
 
 
 class MemoryStore:
@@ -20,13 +20,27 @@ class MemoryStore:
         self.queues: dict[str, dict[int, StoredEntry]] = {}
         self.sessions: dict[str, SessionState] = {}
         self.retained: dict[str, Message] = {}
+        self.durable_subscriptions: dict[str, str] = {}
+        self.incomplete: dict[str, set[int]] = {}
 
-    def enqueue(self, queue: str, message: Message, entry: StoredEntry) -> None:
+    @property
+    def available(self) -> bool:
+        return True
+
+    def when_durable(self, callback: DurableCallback) -> None:
+        callback(True)
+
+    def enqueue(self, queue: str, message: Message, entry: StoredEntry, *, wait: bool) -> None:
         held = self.queues.setdefault(queue, {})
         if entry.message_id not in held:
             self.refs[entry.message_id] += 1
             self.messages.setdefault(entry.message_id, message)
         held[entry.message_id] = entry
+
+    def update(self, queue: str, entry: StoredEntry) -> None:
+        held = self.queues.get(queue)
+        if held is not None and entry.message_id in held:
+            held[entry.message_id] = entry
 
     def remove(self, queue: str, message_id: int) -> None:
         held = self.queues.get(queue)
@@ -49,6 +63,19 @@ class MemoryStore:
 
     def delete_session(self, client_id: str) -> None:
         self.sessions.pop(client_id, None)
+        self.incomplete.pop(client_id, None)
+
+    def add_incomplete(self, client_id: str, wire_id: int) -> None:
+        self.incomplete.setdefault(client_id, set()).add(wire_id)
+
+    def remove_incomplete(self, client_id: str, wire_id: int) -> None:
+        self.incomplete.get(client_id, set()).discard(wire_id)
+
+    def save_durable_subscription(self, name: str, topic_filter: str) -> None:
+        self.durable_subscriptions[name] = topic_filter
+
+    def delete_durable_subscription(self, name: str) -> None:
+        self.durable_subscriptions.pop(name, None)
 
     def set_retained(self, message: Message) -> None:
         self.retained[message.destination] = message
@@ -62,4 +89,6 @@ class MemoryStore:
             queues={name: list(held.values()) for name, held in self.queues.items()},
             sessions=dict(self.sessions),
             retained=dict(self.retained),
+            durable_subscriptions=dict(self.durable_subscriptions),
+            incomplete={k: set(v) for k, v in self.incomplete.items() if v},
         )

@@ -1,0 +1,717 @@
+"""The embedded durable store: SQLite in WAL mode, group-committed off the Trio thread.
+
+The core's calls (``enqueue``, ``remove``, ...) only record the change in the
+current batch, in memory, coalescing as they go: a message enqueued and
+removed within one batch (published and acknowledged before the commit) never
+reaches the disk. ``run`` is the writer: whenever a batch has changes it hands
+it to a worker thread that writes it in one transaction, then runs the
+``when_durable`` callbacks registered while that batch was open, in order.
+Publishers' acknowledgements wait behind those callbacks, so a busy gateway
+commits thousands of messages per transaction: durability costs latency, not
+throughput.
+
+Messages are stored once (``messages``) and referred to by queue entries
+(``entries``); a message row is deleted in the transaction that removes its
+last entry. When a commit fails (disk full, I/O error) the batch is kept and
+retried; meanwhile ``available`` is False and the core refuses persistent
+publishes, so publishers get refusals rather than acknowledgements that lie.
+
+Safety at open: a lock file (one gateway per data directory), the schema
+version (a newer one is refused), ``PRAGMA quick_check`` (a corrupt database
+is refused with its path, never replaced by an empty one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from ..core.headers import Headers, header_pairs
+from ..core.message import Kind, Message, Origin
+from .base import (
+    DurableCallback,
+    SessionState,
+    Snapshot,
+    StoredEntry,
+    StoredSubscription,
+)
+
+SCHEMA_VERSION = 1
+DB_NAME = "gateway.db"
+LOCK_NAME = "gateway.lock"
+# How long a failed commit waits before it is tried again.
+RETRY_INTERVAL = 1.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS entries (
+    queue TEXT NOT NULL,
+    message_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    qos INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    wire_id INTEGER,
+    stage INTEGER NOT NULL,
+    extra BLOB,
+    PRIMARY KEY (queue, message_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entries_by_message ON entries (message_id);
+CREATE TABLE IF NOT EXISTS sessions (
+    client_id TEXT PRIMARY KEY,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS incomplete (
+    client_id TEXT NOT NULL,
+    wire_id INTEGER NOT NULL,
+    PRIMARY KEY (client_id, wire_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS retained (
+    topic TEXT PRIMARY KEY,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS durable_subscriptions (
+    name TEXT PRIMARY KEY,
+    topic_filter TEXT NOT NULL
+);
+"""
+
+
+class StoreError(Exception):
+    """The store cannot be opened; the message says why and names the path."""
+
+
+# -- encoding ------------------------------------------------------------------------------
+
+
+class _StoredMessage(msgspec.Struct, array_like=True, omit_defaults=True):
+    destination: str
+    payload: bytes
+    kind: str
+    headers: list[tuple[str, str]]
+    qos: int
+    retain: bool
+    priority: int
+    expiry: float | None
+    content_type: str | None
+    text: bool
+    correlation_id: bytes | None
+    reply_to: str | None
+    message_id: int
+    timestamp: float
+    origin: tuple[str, str, str]
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode_message = msgspec.msgpack.Decoder(_StoredMessage).decode
+
+
+def encode_message(message: Message) -> bytes:
+    origin = message.origin
+    return _encode(
+        _StoredMessage(
+            destination=message.destination,
+            payload=message.payload,
+            kind=message.kind.value,
+            headers=list(header_pairs(message.headers)),
+            qos=message.qos,
+            retain=message.retain,
+            priority=message.priority,
+            expiry=message.expiry,
+            content_type=message.content_type,
+            text=message.text,
+            correlation_id=message.correlation_id,
+            reply_to=message.reply_to,
+            message_id=message.message_id,
+            timestamp=message.timestamp,
+            origin=(origin.protocol, origin.listener, origin.client_id),
+        )
+    )
+
+
+def decode_message(data: bytes) -> Message:
+    s = _decode_message(data)
+    protocol, listener, client_id = s.origin
+    return Message(
+        destination=s.destination,
+        payload=s.payload,
+        kind=Kind(s.kind),
+        headers=Headers(s.headers) if s.headers else Headers(),
+        qos=s.qos,
+        retain=s.retain,
+        priority=s.priority,
+        expiry=s.expiry,
+        content_type=s.content_type,
+        text=s.text,
+        correlation_id=s.correlation_id,
+        reply_to=s.reply_to,
+        message_id=s.message_id,
+        timestamp=s.timestamp,
+        origin=Origin(protocol=protocol, listener=listener, client_id=client_id),
+    )
+
+
+class _StoredSession(msgspec.Struct, array_like=True):
+    expiry: float
+    subscriptions: list[tuple[str, int, bool, bool, int, int | None]]
+
+
+def _encode_session(state: SessionState) -> bytes:
+    return _encode(
+        _StoredSession(
+            expiry=state.expiry,
+            subscriptions=[
+                (
+                    s.topic_filter,
+                    s.qos,
+                    s.no_local,
+                    s.retain_as_published,
+                    s.retain_handling,
+                    s.subscription_id,
+                )
+                for s in state.subscriptions
+            ],
+        )
+    )
+
+
+_decode_session = msgspec.msgpack.Decoder(_StoredSession).decode
+
+
+def _decode_session_state(client_id: str, data: bytes) -> SessionState:
+    s = _decode_session(data)
+    return SessionState(
+        client_id=client_id,
+        expiry=s.expiry,
+        subscriptions=tuple(
+            StoredSubscription(
+                topic_filter=f,
+                qos=q,
+                no_local=nl,
+                retain_as_published=rap,
+                retain_handling=rh,
+                subscription_id=sid,
+            )
+            for f, q, nl, rap, rh, sid in s.subscriptions
+        ),
+    )
+
+
+_decode_extra = msgspec.msgpack.Decoder(tuple[bool, list[int]]).decode
+
+
+# -- the batch -----------------------------------------------------------------------------
+
+
+class _Gone:
+    """An entry removed in this batch: its row is deleted at commit."""
+
+
+_GONE = _Gone()
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Changes recorded since the last commit, coalesced by key."""
+
+    messages: dict[int, Message] = field(default_factory=dict)
+    # (queue, message id) -> (seq, entry) to write, or _GONE to delete
+    entries: dict[tuple[str, int], tuple[int, StoredEntry] | _Gone] = field(default_factory=dict)
+    # keys first enqueued in this batch (not on disk): removing one cancels it
+    fresh: set[tuple[str, int]] = field(default_factory=set)
+    dropped_queues: list[str] = field(default_factory=list)
+    sessions: dict[str, SessionState | None] = field(default_factory=dict)
+    incomplete: dict[tuple[str, int], bool] = field(default_factory=dict)
+    retained: dict[str, Message | None] = field(default_factory=dict)
+    durable: dict[str, str | None] = field(default_factory=dict)
+    callbacks: list[DurableCallback] = field(default_factory=list)
+    wait: bool = False
+
+    def empty(self) -> bool:
+        return not (
+            self.entries
+            or self.dropped_queues
+            or self.sessions
+            or self.incomplete
+            or self.retained
+            or self.durable
+        )
+
+
+@dataclass(slots=True)
+class CommitStats:
+    commits: int = 0
+    entries_written: int = 0
+    entries_cancelled: int = 0
+    failures: int = 0
+    last_batch: int = 0
+    last_commit_seconds: float = 0.0
+    # recent commit durations, for the benchmarks and metrics
+    durations: list[float] = field(default_factory=list)
+
+
+class SQLiteStore:
+    """The durable store. ``open`` (in a thread) before use; ``run`` as a Trio task."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], *, fsync: bool = True) -> None:
+        self.dir = Path(data_dir)
+        self.path = self.dir / DB_NAME
+        self.fsync = fsync
+        self.stats = CommitStats()
+        self._db: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+        self._batch = _Batch()
+        self._seq = 0
+        self._available = True
+        # Batches with callbacks handed to the writer and not yet committed.
+        self._waiting = 0
+        self.max_bytes: int | None = None
+        self.last_error: str | None = None
+        # Set by the writer to be woken when a batch gets its first change.
+        self.wakeup: Any = None
+
+    # -- opening and closing -------------------------------------------------------------
+
+    def open(self, *, max_bytes: int | None = None) -> None:
+        """Lock the data directory, open (or create) the database, check it."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        existed = self.path.exists() and self.path.stat().st_size > 0
+        try:
+            db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=0
+            )
+        except sqlite3.Error as exc:
+            self._unlock()
+            raise StoreError(f"cannot open the store {self.path}: {exc}") from None
+        try:
+            self._check(db, existed)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
+            db.execute("PRAGMA foreign_keys=OFF")
+            if max_bytes is not None:
+                page = db.execute("PRAGMA page_size").fetchone()[0]
+                db.execute(f"PRAGMA max_page_count={max(16, max_bytes // page)}")
+                self.max_bytes = max_bytes
+            db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            row = db.execute("SELECT max(seq) FROM entries").fetchone()
+            self._seq = (row[0] or 0) + 1
+        except StoreError:
+            db.close()
+            self._unlock()
+            raise
+        except sqlite3.Error as exc:
+            db.close()
+            self._unlock()
+            raise StoreError(
+                f"the store {self.path} is unreadable ({exc}); it was left as it is. "
+                "Restore it from a backup or move it away to start empty."
+            ) from None
+        self._db = db
+
+    def _lock(self) -> None:
+        lock_path = self.dir / LOCK_NAME
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise StoreError(
+                f"the data directory {self.dir} is in use by another gateway "
+                f"(pid {holder}, lock {lock_path})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _check(self, db: sqlite3.Connection, existed: bool) -> None:
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the store {self.path} was written by a newer gateway (schema "
+                    f"{version}; this one reads up to {SCHEMA_VERSION}); refusing to start"
+                )
+            if existed:
+                problems = [row[0] for row in db.execute("PRAGMA quick_check")]
+                if problems != ["ok"]:
+                    raise StoreError(
+                        f"the store {self.path} is corrupt ({'; '.join(problems[:3])}); it "
+                        "was left as it is. Restore it from a backup or move it away to "
+                        "start empty."
+                    )
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"the store {self.path} is not a readable database ({exc}); it was left "
+                "as it is. Restore it from a backup or move it away to start empty."
+            ) from None
+
+    def close(self) -> None:
+        """Commit what is pending (without callbacks' waiting) and release the lock."""
+        if self._db is not None:
+            batch, self._batch = self._batch, _Batch()
+            with contextlib.suppress(sqlite3.Error):
+                if not batch.empty():
+                    self._write(batch)
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            for callback in batch.callbacks:
+                callback(True)
+            self._db.close()
+            self._db = None
+        self._unlock()
+
+    # -- the Store interface (called on the Trio thread; records only) --------------------
+
+    def _changed(self) -> None:
+        if self.wakeup is not None:
+            self.wakeup()
+
+    def enqueue(self, queue: str, message: Message, entry: StoredEntry, *, wait: bool) -> None:
+        batch = self._batch
+        key = (queue, entry.message_id)
+        if batch.entries.get(key) is _GONE:
+            batch.entries[key] = (self._seq, entry)  # removed then enqueued again: rewrite
+        else:
+            batch.fresh.add(key)
+            batch.entries[key] = (self._seq, entry)
+        self._seq += 1
+        batch.messages[entry.message_id] = message
+        if wait:
+            batch.wait = True
+        self._changed()
+
+    def update(self, queue: str, entry: StoredEntry) -> None:
+        batch = self._batch
+        key = (queue, entry.message_id)
+        held = batch.entries.get(key)
+        if isinstance(held, _Gone):
+            return
+        seq = held[0] if held is not None else -1  # -1: keep the stored seq
+        batch.entries[key] = (seq, entry)
+        self._changed()
+
+    def remove(self, queue: str, message_id: int) -> None:
+        batch = self._batch
+        key = (queue, message_id)
+        if key in batch.fresh:
+            # Enqueued and removed before any commit: it never touches the disk.
+            batch.fresh.discard(key)
+            del batch.entries[key]
+            self.stats.entries_cancelled += 1
+            return
+        batch.entries[key] = _GONE
+        self._changed()
+
+    def drop_queue(self, queue: str) -> None:
+        batch = self._batch
+        for key in [k for k in batch.entries if k[0] == queue]:
+            batch.fresh.discard(key)
+            del batch.entries[key]
+        batch.dropped_queues.append(queue)
+        self._changed()
+
+    def save_session(self, state: SessionState) -> None:
+        self._batch.sessions[state.client_id] = state
+        self._changed()
+
+    def delete_session(self, client_id: str) -> None:
+        batch = self._batch
+        batch.sessions[client_id] = None
+        for key in [k for k in batch.incomplete if k[0] == client_id]:
+            del batch.incomplete[key]
+        batch.incomplete[(client_id, -1)] = False  # -1: every id of the client
+        self._changed()
+
+    def add_incomplete(self, client_id: str, wire_id: int) -> None:
+        self._batch.incomplete[(client_id, wire_id)] = True
+        self._batch.wait = True
+        self._changed()
+
+    def remove_incomplete(self, client_id: str, wire_id: int) -> None:
+        self._batch.incomplete[(client_id, wire_id)] = False
+        self._changed()
+
+    def save_durable_subscription(self, name: str, topic_filter: str) -> None:
+        self._batch.durable[name] = topic_filter
+        self._changed()
+
+    def delete_durable_subscription(self, name: str) -> None:
+        self._batch.durable[name] = None
+        self._changed()
+
+    def set_retained(self, message: Message) -> None:
+        self._batch.retained[message.destination] = message
+        self._changed()
+
+    def clear_retained(self, topic: str) -> None:
+        self._batch.retained[topic] = None
+        self._changed()
+
+    def when_durable(self, callback: DurableCallback) -> None:
+        batch = self._batch
+        if not batch.wait and not self._waiting:
+            callback(True)  # nothing an acknowledgement must wait for
+            return
+        batch.callbacks.append(callback)
+        self._changed()
+
+    @property
+    def available(self) -> bool:
+        return self._available
+
+    # -- the writer ------------------------------------------------------------------------
+
+    def take_batch(self) -> _Batch | None:
+        """The current batch for the writer (None if it is empty), and a fresh one."""
+        batch = self._batch
+        if batch.empty() and not batch.callbacks:
+            return None
+        self._batch = _Batch()
+        if batch.callbacks:
+            self._waiting += 1
+        return batch
+
+    def commit(self, batch: _Batch) -> None:
+        """Write ``batch`` in one transaction (runs in the writer thread). Raises sqlite3.Error."""
+        started = time.perf_counter()
+        self._write(batch)
+        elapsed = time.perf_counter() - started
+        stats = self.stats
+        stats.commits += 1
+        stats.last_batch = len(batch.entries)
+        stats.entries_written += len(batch.entries)
+        stats.last_commit_seconds = elapsed
+        stats.durations.append(elapsed)
+        if len(stats.durations) > 1000:
+            del stats.durations[:500]
+
+    def committed(self, batch: _Batch, ok: bool) -> None:
+        """On the Trio thread after ``commit``: mark health, run the batch's callbacks."""
+        if batch.callbacks:
+            self._waiting -= 1
+        if ok:
+            self._available = True
+            self.last_error = None
+        for callback in batch.callbacks:
+            callback(ok)
+
+    def failed(self, error: str) -> None:
+        self._available = False
+        self.last_error = error
+        self.stats.failures += 1
+
+    def _write(self, batch: _Batch) -> None:
+        db = self._db
+        assert db is not None, "the store is not open"
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            self._apply(db, batch)
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+
+    def _apply(self, db: sqlite3.Connection, batch: _Batch) -> None:
+        for queue in batch.dropped_queues:
+            gone = [
+                row[0]
+                for row in db.execute("SELECT message_id FROM entries WHERE queue=?", (queue,))
+            ]
+            db.execute("DELETE FROM entries WHERE queue=?", (queue,))
+            self._collect(db, gone)
+        written: set[int] = set()
+        inserts = []
+        updates = []
+        deletes = []
+        for (queue, message_id), held in batch.entries.items():
+            if isinstance(held, _Gone):
+                deletes.append((queue, message_id))
+                continue
+            seq, entry = held
+            extra = (
+                _encode((entry.retain, list(entry.subscription_ids)))
+                if entry.retain or entry.subscription_ids
+                else None
+            )
+            row = (entry.qos, entry.count, entry.wire_id, entry.stage, extra, queue, message_id)
+            if seq < 0:
+                updates.append(row)
+            else:
+                inserts.append((queue, message_id, seq, *row[:5]))
+                written.add(message_id)
+        if written:
+            db.executemany(
+                "INSERT OR IGNORE INTO messages (id, data) VALUES (?, ?)",
+                [(mid, encode_message(batch.messages[mid])) for mid in written],
+            )
+        if inserts:
+            db.executemany(
+                "INSERT OR REPLACE INTO entries "
+                "(queue, message_id, seq, qos, count, wire_id, stage, extra) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                inserts,
+            )
+        if updates:
+            db.executemany(
+                "UPDATE entries SET qos=?, count=?, wire_id=?, stage=?, extra=? "
+                "WHERE queue=? AND message_id=?",
+                updates,
+            )
+        if deletes:
+            db.executemany("DELETE FROM entries WHERE queue=? AND message_id=?", deletes)
+            self._collect(db, [message_id for _, message_id in deletes])
+        for client_id, state in batch.sessions.items():
+            if state is None:
+                db.execute("DELETE FROM sessions WHERE client_id=?", (client_id,))
+            else:
+                db.execute(
+                    "INSERT OR REPLACE INTO sessions (client_id, data) VALUES (?, ?)",
+                    (client_id, _encode_session(state)),
+                )
+        for (client_id, wire_id), held_now in batch.incomplete.items():
+            if wire_id < 0:
+                db.execute("DELETE FROM incomplete WHERE client_id=?", (client_id,))
+            elif held_now:
+                db.execute(
+                    "INSERT OR IGNORE INTO incomplete (client_id, wire_id) VALUES (?, ?)",
+                    (client_id, wire_id),
+                )
+            else:
+                db.execute(
+                    "DELETE FROM incomplete WHERE client_id=? AND wire_id=?", (client_id, wire_id)
+                )
+        for topic, message in batch.retained.items():
+            if message is None:
+                db.execute("DELETE FROM retained WHERE topic=?", (topic,))
+            else:
+                db.execute(
+                    "INSERT OR REPLACE INTO retained (topic, data) VALUES (?, ?)",
+                    (topic, encode_message(message)),
+                )
+        for name, topic_filter in batch.durable.items():
+            if topic_filter is None:
+                db.execute("DELETE FROM durable_subscriptions WHERE name=?", (name,))
+            else:
+                db.execute(
+                    "INSERT OR REPLACE INTO durable_subscriptions (name, topic_filter) "
+                    "VALUES (?, ?)",
+                    (name, topic_filter),
+                )
+
+    @staticmethod
+    def _collect(db: sqlite3.Connection, message_ids: list[int]) -> None:
+        """Delete the messages no entry refers to any more (the reference count is 0)."""
+        db.executemany(
+            "DELETE FROM messages WHERE id=? AND NOT EXISTS "
+            "(SELECT 1 FROM entries WHERE message_id=?)",
+            [(mid, mid) for mid in set(message_ids)],
+        )
+
+    # -- recovery --------------------------------------------------------------------------
+
+    def load(self) -> Snapshot:
+        db = self._db
+        assert db is not None, "the store is not open"
+        snapshot = Snapshot()
+        for message_id, data in db.execute("SELECT id, data FROM messages"):
+            snapshot.messages[message_id] = decode_message(data)
+        for queue, message_id, qos, count, wire_id, stage, extra in db.execute(
+            "SELECT queue, message_id, qos, count, wire_id, stage, extra "
+            "FROM entries ORDER BY queue, seq"
+        ):
+            retain, ids = _decode_extra(extra) if extra is not None else (False, [])
+            snapshot.queues.setdefault(queue, []).append(
+                StoredEntry(
+                    message_id=message_id,
+                    qos=qos,
+                    count=count,
+                    wire_id=wire_id,
+                    stage=stage,
+                    retain=retain,
+                    subscription_ids=tuple(ids),
+                )
+            )
+        for client_id, data in db.execute("SELECT client_id, data FROM sessions"):
+            snapshot.sessions[client_id] = _decode_session_state(client_id, data)
+        for client_id, wire_id in db.execute("SELECT client_id, wire_id FROM incomplete"):
+            snapshot.incomplete.setdefault(client_id, set()).add(wire_id)
+        for topic, data in db.execute("SELECT topic, data FROM retained"):
+            snapshot.retained[topic] = decode_message(data)
+        for name, topic_filter in db.execute(
+            "SELECT name, topic_filter FROM durable_subscriptions"
+        ):
+            snapshot.durable_subscriptions[name] = topic_filter
+        return snapshot
+
+    def size(self) -> int:
+        """Bytes on disk: the database and its write-ahead log."""
+        total = 0
+        for path in (self.path, self.path.with_name(DB_NAME + "-wal")):
+            with contextlib.suppress(OSError):
+                total += path.stat().st_size
+        return total
+
+
+async def run_writer(store: SQLiteStore, log: Any) -> None:
+    """Commit batches as they fill, one at a time, in a worker thread, until cancelled.
+
+    While one batch commits, the next one gathers: under load every transaction
+    carries everything that arrived during the previous one. A failed commit
+    (disk full) refuses the acknowledgements waiting on it, marks the store
+    unavailable, and is retried until it succeeds.
+    """
+    import trio
+
+    wake = trio.Event()
+
+    def wakeup() -> None:
+        wake.set()
+
+    store.wakeup = wakeup
+    retry: _Batch | None = None
+    failing = False
+    while True:
+        batch = retry
+        if batch is None:
+            batch = store.take_batch()
+            if batch is None:
+                await wake.wait()
+                wake = trio.Event()
+                continue
+        try:
+            await trio.to_thread.run_sync(store.commit, batch)
+        except sqlite3.Error as exc:
+            store.failed(str(exc))
+            if not failing:
+                log.error("store.commit_failed", error=str(exc), path=str(store.path))
+                failing = True
+            store.committed(batch, ok=False)  # refuse who waited; keep the data to retry
+            batch.callbacks.clear()
+            retry = batch
+            await trio.sleep(RETRY_INTERVAL)
+            continue
+        if failing:
+            log.warning("store.commit_recovered", path=str(store.path))
+            failing = False
+        retry = None
+        store.committed(batch, ok=True)

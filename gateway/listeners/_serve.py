@@ -18,6 +18,7 @@ from typing import Any
 import trio
 
 from ..config import ListenerConfig
+from ..core import Broker
 from ..logging import get_logger
 
 _conn_ids = itertools.count(1)
@@ -75,6 +76,18 @@ class Connection:
 
 
 Handler = Callable[[trio.abc.Stream, Connection], Awaitable[None]]
+
+# How long a closing connection waits for the store to commit what it acknowledges.
+SETTLE_TIMEOUT = 5.0
+
+
+async def settle(broker: Broker) -> None:
+    """Wait until acknowledgements already promised (behind the store's commit) are
+    handed to the connection's outbox, so that its last flush carries them."""
+    done = trio.Event()
+    broker.when_durable(lambda ok: done.set())
+    with trio.move_on_after(SETTLE_TIMEOUT), trio.CancelScope(shield=True):
+        await done.wait()
 
 
 def _peer_name(stream: trio.SocketStream) -> str:

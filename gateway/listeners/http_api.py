@@ -34,6 +34,7 @@ from ..core import (
     SubscribeOptions,
     check_filter,
 )
+from ..store import MemoryStore
 from . import http_mapping as mapping
 from ._serve import Connection, Handler
 from .http import (
@@ -232,10 +233,27 @@ async def _publish_to(
         raise _refusal(result)
     body = {"id": str(message.message_id), "routed": result.routed}
     if request.query.get("ack") == "stored":
-        # Handed to the store with the publish; the store is in memory until the
-        # durable store exists (docs/http.md), and the body says so.
-        return json_response(201, {**body, "stored": True, "durable": False})
+        if not await _stored(service.broker):
+            raise HTTPError(
+                507, "not_stored", "the store could not write the message; send it again"
+            )
+        durable = message.persistent and not isinstance(service.broker.store, MemoryStore)
+        return json_response(201, {**body, "stored": True, "durable": durable})
     return json_response(202, body)
+
+
+async def _stored(broker: Broker) -> bool:
+    """Wait for the store's commit of everything recorded so far; False if it failed."""
+    done = trio.Event()
+    outcome: list[bool] = []
+
+    def committed(ok: bool) -> None:
+        outcome.append(ok)
+        done.set()
+
+    broker.when_durable(committed)
+    await done.wait()
+    return outcome[0]
 
 
 async def publish_batch(

@@ -18,7 +18,7 @@ from ..codecs import mqtt
 from ..codecs.mqtt import CLOSED, NEED_DATA, MQTTConnection, MQTTProtocolError, ReasonCode
 from ..config import ListenerConfig
 from ..core import Broker, CloseReason
-from ._serve import Connection, Handler
+from ._serve import Connection, Handler, settle
 from .mqtt_session import MQTTSession
 from .outbox import Outbox
 
@@ -51,6 +51,7 @@ def mqtt_handler(broker: Broker, config: ListenerConfig) -> Handler:
                 if reason is not None:
                     session.goodbye(reason)
                 session.connection_ended()
+                await settle(broker)
                 outbox.finish()
                 nursery.cancel_scope.deadline = trio.current_time() + CLOSE_TIMEOUT
 

@@ -302,20 +302,37 @@ class MQTTSession:
                     "more QoS 2 publishes than receive maximum", ReasonCode.RECEIVE_MAXIMUM_EXCEEDED
                 )
         reason = self._publish(topic, packet, props)
-        if qos == 1:
+        if qos:
             assert pid is not None
-            if reason:
-                self.send(self.codec.send(mqtt.PubAck(packet_id=pid, reason_code=reason)))
-            else:  # the common answer, in its short form for every version
-                self.send(b"\x40\x02" + pid.to_bytes(2, "big"))
-        elif qos == 2:
-            assert pid is not None
-            if reason < 0x80:
-                session.incomplete.add(pid)
-            if reason:
-                self.send(self.codec.send(mqtt.PubRec(packet_id=pid, reason_code=reason)))
-            else:
-                self.send(b"\x50\x02" + pid.to_bytes(2, "big"))
+            if qos == 2 and reason < 0x80:
+                self.broker.hold_incomplete(session, pid)
+            # The acknowledgement says the message is safe: it waits for the store's
+            # commit of everything this publish recorded (durability mode sync).
+            self.broker.when_durable(
+                lambda ok: self._acknowledge(qos, pid, reason) if ok else self._unstored(qos, pid)
+            )
+
+    def _acknowledge(self, qos: int, pid: int, reason: int) -> None:
+        if reason:
+            packet = mqtt.PubAck if qos == 1 else mqtt.PubRec
+            self.send(self.codec.send(packet(packet_id=pid, reason_code=reason)))
+        else:  # the common answer, in its short form for every version
+            self.send((b"\x40\x02" if qos == 1 else b"\x50\x02") + pid.to_bytes(2, "big"))
+
+    def _unstored(self, qos: int, pid: int) -> None:
+        """The store failed to commit this publish: refuse it (MQTT 5) or, with no
+        negative acknowledgement in 3.1.1, close so that the client sends it again."""
+        self.log.error("mqtt.publish.not_stored", packet_id=pid, qos=qos)
+        session = self.session
+        if qos == 2 and session is not None:
+            self.broker.release_incomplete(session, pid)
+        if self.version == 5:
+            packet = mqtt.PubAck if qos == 1 else mqtt.PubRec
+            self.send(
+                self.codec.send(packet(packet_id=pid, reason_code=ReasonCode.UNSPECIFIED_ERROR))
+            )
+        else:
+            self.stop("store failure")
 
     def _publish(self, topic: str, packet: mqtt.Publish, props: mqtt.Properties) -> int:
         """Hand the message to the core; returns the MQTT 5 reason code for the ack."""
@@ -345,8 +362,7 @@ class MQTTSession:
     def _on_pubrel(self, pid: int) -> None:
         session = self.session
         assert session is not None
-        if pid in session.incomplete:
-            session.incomplete.discard(pid)
+        if self.broker.release_incomplete(session, pid):
             code = 0
         else:
             code = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND if self.version == 5 else 0
@@ -448,6 +464,7 @@ class MQTTSession:
             self._settle(pid, code)
             return
         delivery.stage = 1
+        self.broker.advanced(delivery)
         self.send(self.codec.send(mqtt.PubRel(packet_id=pid)))
 
     # -- the core's Sink ---------------------------------------------------------

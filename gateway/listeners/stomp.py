@@ -17,7 +17,7 @@ import trio
 from ..codecs.stomp import CLOSED, NEED_DATA, Frame, STOMPConnection, StompError
 from ..config import ListenerConfig
 from ..core import Broker
-from ._serve import Connection, Handler
+from ._serve import Connection, Handler, settle
 from .outbox import Outbox
 from .stomp_session import STOMPSession
 
@@ -48,6 +48,7 @@ def stomp_handler(broker: Broker, config: ListenerConfig) -> Handler:
             finally:
                 beating.cancel()
                 session.connection_ended()
+                await settle(broker)
                 outbox.finish()
                 nursery.cancel_scope.deadline = trio.current_time() + CLOSE_TIMEOUT
 

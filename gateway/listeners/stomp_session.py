@@ -163,7 +163,24 @@ class STOMPSession:
     def _receipt(self, frame: Frame) -> None:
         receipt = frame.get("receipt")
         if receipt is not None:
-            self.send(self.codec.send(Frame(command="RECEIPT", headers=(("receipt-id", receipt),))))
+            # A receipt for a persistent SEND says the message is safe: it waits for
+            # the store's commit (durability mode sync); receipts stay in order.
+            self.broker.when_durable(lambda ok: self._send_receipt(receipt, ok))
+
+    def _send_receipt(self, receipt: str, ok: bool) -> None:
+        try:
+            if ok:
+                frame = Frame(command="RECEIPT", headers=(("receipt-id", receipt),))
+                self.send(self.codec.send(frame))
+                return
+            self.log.error("stomp.not_stored", receipt=receipt)
+            error = StompError(
+                "message not stored", "the store could not write; send it again", receipt=receipt
+            )
+            self.send(self.codec.send(error.error_frame()))
+        except ValueError:
+            return  # the connection ended meanwhile: nothing more to send
+        self.stop("store failure")
 
     def _on_connect(self, frame: Frame) -> None:
         version = negotiate(frame.get("accept-version"))

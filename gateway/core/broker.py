@@ -149,7 +149,8 @@ class Broker:
             queue.detach(consumer, keep_inflight=True)
         for entry in queue.purge():
             self.forget(queue, entry)
-        self.store.drop_queue(name)
+        if queue.durable:  # a temporary queue (one per HTTP request/reply) never was stored
+            self.store.drop_queue(name)
 
     def temporary_queue(self, session: Session) -> str:
         """A queue that is deleted with ``session`` (reply queues)."""
@@ -236,10 +237,16 @@ class Broker:
         self.store.update(queue.name, _stored(entry))
 
     def advanced(self, delivery: Delivery) -> None:
-        """The protocol moved ``delivery`` a step (``stage``): record it if durable."""
+        """The protocol moved ``delivery`` a step (``stage``): record it if durable.
+
+        In durability mode ``sync`` what the protocol says next waits for this record's
+        commit (``when_durable``): after an MQTT PUBREL the client forgets the message,
+        so a restart must resume from the PUBREL, never resend the PUBLISH."""
         consumer = delivery.consumer
         if consumer is not None and consumer.queue.durable and delivery.message.qos:
-            self.store.update(consumer.queue.name, _stored(delivery))
+            queue = consumer.queue
+            wait = self._mode(queue.policy) == "sync"
+            self.store.update(queue.name, _stored(delivery), wait=wait)
 
     def hold_incomplete(self, session: Session, wire_id: int) -> None:
         """An inbound exactly-once message awaits release (MQTT QoS 2 before PUBREL)."""
@@ -261,7 +268,9 @@ class Broker:
         self.store.when_durable(callback)
 
     def forget(self, queue: Queue, entry: Delivery) -> None:
-        if queue.durable and entry.message.qos:
+        # An entry queued at QoS 0 (a QoS 1 message for a QoS 0 subscription) was never
+        # stored: removing it would cost a disk write per message for nothing.
+        if queue.durable and entry.qos and entry.message.qos:
             self.store.remove(queue.name, entry.message.message_id)
 
     # -- sessions ------------------------------------------------------------------
@@ -354,6 +363,8 @@ class Broker:
         if ending:
             self._end_session(session)
             return
+        if expiry is not None:
+            self._save(session)  # the expiry a restart restores is the latest one
         session.expires_at = now + session.expiry if session.expiry != NEVER else None
         will = session.will
         if will is not None:
@@ -439,20 +450,42 @@ class Broker:
         """Rebuild what the store kept: retained messages, durable subscriptions,
         sessions (offline, their expiry restarted), queue contents in their order,
         and in-flight deliveries, which a resuming client gets again under the same
-        packet ids (MQTT DUP). Returns counts of what came back."""
+        packet ids (MQTT DUP). Returns counts of what came back.
+
+        What the store holds and nothing claims any more (a shared group or session
+        that is gone, an expired retained message, a queue now configured ``memory``)
+        is deleted from the store, so that it does not come back at every start."""
         store, self.store = self.store, MemoryStore()  # rebuilding writes nothing
+        stale_queues: list[str] = []
+        stale_retained: list[str] = []
         try:
-            return self._restore(snapshot)
+            counts = self._restore(snapshot, stale_queues, stale_retained)
         finally:
             self.store = store
+        for name in stale_queues:
+            store.drop_queue(name)
+        for topic in stale_retained:
+            store.clear_retained(topic)
+        return counts
 
-    def _restore(self, snapshot: Snapshot) -> dict[str, int]:
+    def _restore(
+        self, snapshot: Snapshot, stale_queues: list[str], stale_retained: list[str]
+    ) -> dict[str, int]:
         now = self.now()
-        counts = {"retained": 0, "sessions": 0, "queues": 0, "messages": 0, "in_flight": 0}
-        for message in snapshot.retained.values():
+        counts = {
+            "retained": 0,
+            "sessions": 0,
+            "queues": 0,
+            "messages": 0,
+            "in_flight": 0,
+            "discarded": 0,
+        }
+        for topic, message in snapshot.retained.items():
             if message.expiry is None or message.expiry > now:
                 self.retained.set(message)
                 counts["retained"] += 1
+            else:
+                stale_retained.append(topic)
         for name, topic_filter in snapshot.durable_subscriptions.items():
             self.durable_subscription(name, topic_filter)
         for state in snapshot.sessions.values():
@@ -480,20 +513,27 @@ class Broker:
             counts["sessions"] += 1
         for name, entries in snapshot.queues.items():
             queue = self._recovered_queue(name)
-            if queue is None:
-                continue
+            if queue is None or not queue.durable:
+                stale_queues.append(name)
+                if queue is None:
+                    counts["discarded"] += len(entries)
+                    continue
             counts["queues"] += 1
             owner = queue.owner
+            ttl = queue.policy.ttl
             for stored in entries:
                 recovered = snapshot.messages.get(stored.message_id)
                 if recovered is None:
                     continue
+                expires = recovered.expiry
+                if ttl is not None and (expires is None or now + ttl < expires):
+                    expires = now + ttl  # the queue's TTL starts again
                 entry = Delivery(
                     recovered,
                     qos=stored.qos,
                     retain=stored.retain,
                     subscription_ids=stored.subscription_ids,
-                    expires=recovered.expiry,
+                    expires=expires,
                     count=stored.count,
                     wire_id=stored.wire_id,
                     stage=stored.stage,
@@ -503,6 +543,10 @@ class Broker:
                     owner.consumer.adopt(entry)  # in flight: resent first, same packet id
                     counts["in_flight"] += 1
                 else:
+                    # Back in the queue for whichever consumer comes (redelivered if it
+                    # was sent): the old packet id and step mean nothing to that one.
+                    entry.wire_id = None
+                    entry.stage = 0
                     queue.restore(entry)
         return counts
 
@@ -548,7 +592,12 @@ class Broker:
         queue = self.queues.get(share)
         if queue is None:
             queue = self.queues[share] = Queue(
-                share, self, self.session_queue_policy, lossy=True, ordered=True
+                share,
+                self,
+                self.session_queue_policy,
+                lossy=True,
+                ordered=True,
+                durable=self._mode(self.session_queue_policy) != "memory",
             )
             shared = SubscribeOptions(qos=2)
             self._trie.add(topic_filter, share, _Binding(shared, None, queue))
@@ -762,11 +811,17 @@ class Broker:
         return PublishResult(Status.ACCEPTED, routed, congested=pressure)
 
     def _retain(self, message: Message) -> None:
+        previous = self.retained.get(message.destination)
         if self.retained.set(message):
-            if message.payload:
+            # Like every QoS 0 message, a QoS 0 retained one stays off the disk ($SYS
+            # topics are republished every few seconds); it still clears a stored one.
+            if message.payload and self._keeps(message):
                 self.store.set_retained(message)
-            else:
+            elif previous is not None and self._keeps(previous):
                 self.store.clear_retained(message.destination)
+
+    def _keeps(self, retained: Message) -> bool:
+        return retained.qos > 0 and self.durability != "memory"
 
     def _plan(self, topic: str) -> list[_Route]:
         """One route per session and per shared group; a session's overlapping

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from ..core.message import Message
+if TYPE_CHECKING:  # the core imports this module: no import cycle at run time
+    from ..core.message import Message
 
 # A callback given to when_durable: True once committed, False if the store
 # failed and the change will not be stored (the acknowledgement must refuse).
@@ -75,8 +76,11 @@ class Store(Protocol):
         ``wait``: acknowledgements registered after this wait for its commit
         (durability mode ``sync``); otherwise it is committed in the background."""
 
-    def update(self, queue: str, entry: StoredEntry) -> None:
-        """An entry's delivery progress changed (count, wire id, stage)."""
+    def update(self, queue: str, entry: StoredEntry, *, wait: bool = False) -> None:
+        """An entry's delivery progress changed (count, wire id, stage).
+
+        ``wait``: what is registered with ``when_durable`` after this waits for its
+        commit, as for ``enqueue`` (the next protocol step depends on it)."""
 
     def remove(self, queue: str, message_id: int) -> None:
         """``queue`` no longer holds the message; it is deleted when nothing does."""

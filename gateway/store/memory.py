@@ -8,8 +8,10 @@ survives the process.
 from __future__ import annotations
 
 from collections import Counter
+from typing import TYPE_CHECKING
 
-from ..core.message import Message
+if TYPE_CHECKING:  # the core imports this module: no import cycle at run time
+    from ..core.message import Message
 from .base import DurableCallback, SessionState, Snapshot, StoredEntry
 
 
@@ -37,7 +39,7 @@ class MemoryStore:
             self.messages.setdefault(entry.message_id, message)
         held[entry.message_id] = entry
 
-    def update(self, queue: str, entry: StoredEntry) -> None:
+    def update(self, queue: str, entry: StoredEntry, *, wait: bool = False) -> None:
         held = self.queues.get(queue)
         if held is not None and entry.message_id in held:
             held[entry.message_id] = entry

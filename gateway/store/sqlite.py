@@ -28,6 +28,7 @@ import fcntl
 import os
 import sqlite3
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,11 +50,18 @@ DB_NAME = "gateway.db"
 LOCK_NAME = "gateway.lock"
 # How long a failed commit waits before it is tried again.
 RETRY_INTERVAL = 1.0
+# The write-ahead log is cut back to this size after a checkpoint.
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
+# Free pages are given back to the file system once there are this many, and more
+# than a quarter of the file; at most RECLAIM_STEP of them with each commit.
+RECLAIM_MIN_PAGES = 1024
+RECLAIM_STEP = 256
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY,
-    data BLOB NOT NULL
+    data BLOB NOT NULL,
+    crc INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS entries (
     queue TEXT NOT NULL,
@@ -78,7 +86,8 @@ CREATE TABLE IF NOT EXISTS incomplete (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS retained (
     topic TEXT PRIMARY KEY,
-    data BLOB NOT NULL
+    data BLOB NOT NULL,
+    crc INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS durable_subscriptions (
     name TEXT PRIMARY KEY,
@@ -159,6 +168,22 @@ def decode_message(data: bytes) -> Message:
         timestamp=s.timestamp,
         origin=Origin(protocol=protocol, listener=listener, client_id=client_id),
     )
+
+
+def _with_crc(key: object, data: bytes) -> tuple[object, bytes, int]:
+    """A row holding a message, with the checksum ``load`` verifies: SQLite checks
+    its pages' structure (``quick_check``), not the bytes of the data in them."""
+    return key, data, zlib.crc32(data)
+
+
+class CorruptRow(Exception):
+    pass
+
+
+def _checked(data: bytes, crc: int, key: object) -> bytes:
+    if zlib.crc32(data) != crc:
+        raise CorruptRow(f"the checksum of the stored message {key!r} does not match")
+    return data
 
 
 class _StoredSession(msgspec.Struct, array_like=True):
@@ -247,6 +272,56 @@ class _Batch:
             or self.durable
         )
 
+    def absorb(self, newer: _Batch) -> int:
+        """Apply ``newer``'s changes (recorded after this batch's) on top of this one,
+        as if they had been recorded into it; returns how many entries cancel out.
+
+        A batch whose commit failed is kept this way: it is written together with
+        what came after it, so the acknowledgements that followed (their removals
+        free space) can make the retry fit on a full disk.
+        """
+        cancelled = 0
+        entries, fresh = self.entries, self.fresh
+        for queue in newer.dropped_queues:
+            for key in [k for k in entries if k[0] == queue]:
+                fresh.discard(key)
+                del entries[key]
+            self.dropped_queues.append(queue)
+        for key, held in newer.entries.items():
+            old = entries.get(key)
+            if isinstance(held, _Gone):
+                if key in fresh:  # written by neither: never reaches the disk
+                    fresh.discard(key)
+                    del entries[key]
+                    cancelled += 1
+                else:
+                    entries[key] = held
+                continue
+            seq, entry = held
+            if seq < 0:  # an update: keep the write this batch already has
+                if isinstance(old, _Gone):
+                    continue
+                if old is not None:
+                    seq = old[0]
+            elif old is None and key in newer.fresh:
+                fresh.add(key)
+            entries[key] = (seq, entry)
+        self.messages.update(newer.messages)
+        self.sessions.update(newer.sessions)
+        for key, held_now in newer.incomplete.items():
+            if key[1] < 0:  # the session ended: every earlier id of it goes
+                for old_key in [k for k in self.incomplete if k[0] == key[0]]:
+                    del self.incomplete[old_key]
+            self.incomplete.pop(key, None)  # keep the order: newer changes apply last
+            self.incomplete[key] = held_now
+        self.retained.update(newer.retained)
+        self.durable.update(newer.durable)
+        self.callbacks.extend(newer.callbacks)
+        # Nobody waits for this batch's own changes any more (they were refused):
+        # only the newer batch's acknowledgements wait for the commit.
+        self.wait = newer.wait
+        return cancelled
+
 
 @dataclass(slots=True)
 class CommitStats:
@@ -254,6 +329,7 @@ class CommitStats:
     entries_written: int = 0
     entries_cancelled: int = 0
     failures: int = 0
+    pages_reclaimed: int = 0
     last_batch: int = 0
     last_commit_seconds: float = 0.0
     # recent commit durations, for the benchmarks and metrics
@@ -279,13 +355,21 @@ class SQLiteStore:
         self.last_error: str | None = None
         # Set by the writer to be woken when a batch gets its first change.
         self.wakeup: Any = None
+        # Free pages remain to be given back: the writer goes on when it is idle.
+        self.reclaim_due = False
 
     # -- opening and closing -------------------------------------------------------------
 
     def open(self, *, max_bytes: int | None = None) -> None:
-        """Lock the data directory, open (or create) the database, check it."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._lock()
+        """Lock the data directory, open (or create) the database, check it.
+
+        An existing database is only read here (``load`` reads the rest): if either
+        refuses it, the file is left exactly as it was."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._lock()
+        except OSError as exc:
+            raise StoreError(f"cannot lock the data directory {self.dir}: {exc}") from None
         existed = self.path.exists() and self.path.stat().st_size > 0
         try:
             db = sqlite3.connect(
@@ -295,16 +379,23 @@ class SQLiteStore:
             self._unlock()
             raise StoreError(f"cannot open the store {self.path}: {exc}") from None
         try:
-            self._check(db, existed)
-            db.execute("PRAGMA journal_mode=WAL")
+            version = self._check(db, existed)
+            if version == 0:
+                # A new database. Incremental vacuum lets the writer give freed pages
+                # back to the file system; it can only be chosen before any table.
+                db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(
+                    f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
+                )
+            else:
+                db.execute("PRAGMA journal_mode=WAL")  # already so: nothing is written
             db.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
-            db.execute("PRAGMA foreign_keys=OFF")
+            db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             if max_bytes is not None:
                 page = db.execute("PRAGMA page_size").fetchone()[0]
                 db.execute(f"PRAGMA max_page_count={max(16, max_bytes // page)}")
                 self.max_bytes = max_bytes
-            db.executescript(_SCHEMA)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             row = db.execute("SELECT max(seq) FROM entries").fetchone()
             self._seq = (row[0] or 0) + 1
         except StoreError:
@@ -343,15 +434,30 @@ class SQLiteStore:
                 os.close(self._lock_fd)
             self._lock_fd = None
 
-    def _check(self, db: sqlite3.Connection, existed: bool) -> None:
+    def _check(self, db: sqlite3.Connection, existed: bool) -> int:
+        """Refuse a database this gateway cannot use; returns its schema version."""
         try:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
+            version: int = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise StoreError(
                     f"the store {self.path} was written by a newer gateway (schema "
                     f"{version}; this one reads up to {SCHEMA_VERSION}); refusing to start"
                 )
+            if version == 0 and db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                raise StoreError(
+                    f"{self.path} is a database with tables but no gateway schema version: "
+                    "not a gateway store (or one from an unreleased build); it was left as "
+                    "it is. Move it away to start empty."
+                )
             if existed:
+                page = db.execute("PRAGMA page_size").fetchone()[0]
+                size = self.path.stat().st_size
+                if size % page:
+                    raise StoreError(
+                        f"the store {self.path} is corrupt (its size, {size} bytes, is not a "
+                        f"whole number of {page}-byte pages: it was truncated); it was left "
+                        "as it is. Restore it from a backup or move it away to start empty."
+                    )
                 problems = [row[0] for row in db.execute("PRAGMA quick_check")]
                 if problems != ["ok"]:
                     raise StoreError(
@@ -364,6 +470,7 @@ class SQLiteStore:
                 f"the store {self.path} is not a readable database ({exc}); it was left "
                 "as it is. Restore it from a backup or move it away to start empty."
             ) from None
+        return version
 
     def close(self) -> None:
         """Commit what is pending (without callbacks' waiting) and release the lock."""
@@ -399,7 +506,7 @@ class SQLiteStore:
             batch.wait = True
         self._changed()
 
-    def update(self, queue: str, entry: StoredEntry) -> None:
+    def update(self, queue: str, entry: StoredEntry, *, wait: bool = False) -> None:
         batch = self._batch
         key = (queue, entry.message_id)
         held = batch.entries.get(key)
@@ -407,6 +514,8 @@ class SQLiteStore:
             return
         seq = held[0] if held is not None else -1  # -1: keep the stored seq
         batch.entries[key] = (seq, entry)
+        if wait:
+            batch.wait = True
         self._changed()
 
     def remove(self, queue: str, message_id: int) -> None:
@@ -448,6 +557,7 @@ class SQLiteStore:
 
     def remove_incomplete(self, client_id: str, wire_id: int) -> None:
         self._batch.incomplete[(client_id, wire_id)] = False
+        self._batch.wait = True  # the PUBCOMP frees the id for reuse: it waits for this
         self._changed()
 
     def save_durable_subscription(self, name: str, topic_filter: str) -> None:
@@ -519,12 +629,20 @@ class SQLiteStore:
         self.last_error = error
         self.stats.failures += 1
 
+    def put_back(self, batch: _Batch) -> None:
+        """Keep a batch whose commit failed (after ``committed(batch, ok=False)``): it
+        becomes the current batch again, with what was recorded since on top."""
+        batch.callbacks.clear()
+        self.stats.entries_cancelled += batch.absorb(self._batch)
+        self._batch = batch
+
     def _write(self, batch: _Batch) -> None:
         db = self._db
         assert db is not None, "the store is not open"
         db.execute("BEGIN IMMEDIATE")
         try:
             self._apply(db, batch)
+            self._reclaim(db)
             db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
@@ -559,10 +677,14 @@ class SQLiteStore:
             else:
                 inserts.append((queue, message_id, seq, *row[:5]))
                 written.add(message_id)
+        if deletes:
+            # First, so that the pages they free take this batch's inserts (disk full).
+            db.executemany("DELETE FROM entries WHERE queue=? AND message_id=?", deletes)
+            self._collect(db, [message_id for _, message_id in deletes])
         if written:
             db.executemany(
-                "INSERT OR IGNORE INTO messages (id, data) VALUES (?, ?)",
-                [(mid, encode_message(batch.messages[mid])) for mid in written],
+                "INSERT OR IGNORE INTO messages (id, data, crc) VALUES (?, ?, ?)",
+                [_with_crc(mid, encode_message(batch.messages[mid])) for mid in written],
             )
         if inserts:
             db.executemany(
@@ -577,9 +699,6 @@ class SQLiteStore:
                 "WHERE queue=? AND message_id=?",
                 updates,
             )
-        if deletes:
-            db.executemany("DELETE FROM entries WHERE queue=? AND message_id=?", deletes)
-            self._collect(db, [message_id for _, message_id in deletes])
         for client_id, state in batch.sessions.items():
             if state is None:
                 db.execute("DELETE FROM sessions WHERE client_id=?", (client_id,))
@@ -605,8 +724,8 @@ class SQLiteStore:
                 db.execute("DELETE FROM retained WHERE topic=?", (topic,))
             else:
                 db.execute(
-                    "INSERT OR REPLACE INTO retained (topic, data) VALUES (?, ?)",
-                    (topic, encode_message(message)),
+                    "INSERT OR REPLACE INTO retained (topic, data, crc) VALUES (?, ?, ?)",
+                    _with_crc(topic, encode_message(message)),
                 )
         for name, topic_filter in batch.durable.items():
             if topic_filter is None:
@@ -617,6 +736,37 @@ class SQLiteStore:
                     "VALUES (?, ?)",
                     (name, topic_filter),
                 )
+
+    def _reclaim(self, db: sqlite3.Connection) -> None:
+        """Give free pages back to the file system, a few with each commit, once a
+        backlog has drained: the file shrinks while traffic goes on."""
+        if not self._reclaimable(db):
+            return
+        free: int = db.execute("PRAGMA freelist_count").fetchone()[0]
+        db.execute(f"PRAGMA incremental_vacuum({RECLAIM_STEP})").fetchall()
+        self.stats.pages_reclaimed += free - db.execute("PRAGMA freelist_count").fetchone()[0]
+        self.reclaim_due = self._reclaimable(db)
+
+    @staticmethod
+    def _reclaimable(db: sqlite3.Connection) -> bool:
+        free: int = db.execute("PRAGMA freelist_count").fetchone()[0]
+        return (
+            free >= RECLAIM_MIN_PAGES and free * 4 >= db.execute("PRAGMA page_count").fetchone()[0]
+        )
+
+    def reclaim(self) -> None:
+        """One reclaiming step on its own (the writer, when idle, in its thread)."""
+        db = self._db
+        assert db is not None, "the store is not open"
+        self.reclaim_due = False
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            self._reclaim(db)
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
 
     @staticmethod
     def _collect(db: sqlite3.Connection, message_ids: list[int]) -> None:
@@ -630,11 +780,33 @@ class SQLiteStore:
     # -- recovery --------------------------------------------------------------------------
 
     def load(self) -> Snapshot:
+        """Read everything back. Raises StoreError (naming the path) when a row cannot
+        be read: damage ``quick_check`` does not see (it checks structure, not data)."""
+        try:
+            return self._load()
+        except (
+            sqlite3.DatabaseError,
+            msgspec.DecodeError,
+            msgspec.ValidationError,
+            ValueError,
+            CorruptRow,
+        ) as exc:
+            # Refused: close without writing anything, and let the directory go.
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+            self._unlock()
+            raise StoreError(
+                f"the store {self.path} is corrupt (reading it failed: {exc}); it was left "
+                "as it is. Restore it from a backup or move it away to start empty."
+            ) from None
+
+    def _load(self) -> Snapshot:
         db = self._db
         assert db is not None, "the store is not open"
         snapshot = Snapshot()
-        for message_id, data in db.execute("SELECT id, data FROM messages"):
-            snapshot.messages[message_id] = decode_message(data)
+        for message_id, data, crc in db.execute("SELECT id, data, crc FROM messages"):
+            snapshot.messages[message_id] = decode_message(_checked(data, crc, message_id))
         for queue, message_id, qos, count, wire_id, stage, extra in db.execute(
             "SELECT queue, message_id, qos, count, wire_id, stage, extra "
             "FROM entries ORDER BY queue, seq"
@@ -655,8 +827,8 @@ class SQLiteStore:
             snapshot.sessions[client_id] = _decode_session_state(client_id, data)
         for client_id, wire_id in db.execute("SELECT client_id, wire_id FROM incomplete"):
             snapshot.incomplete.setdefault(client_id, set()).add(wire_id)
-        for topic, data in db.execute("SELECT topic, data FROM retained"):
-            snapshot.retained[topic] = decode_message(data)
+        for topic, data, crc in db.execute("SELECT topic, data, crc FROM retained"):
+            snapshot.retained[topic] = decode_message(_checked(data, crc, topic))
         for name, topic_filter in db.execute(
             "SELECT name, topic_filter FROM durable_subscriptions"
         ):
@@ -678,7 +850,8 @@ async def run_writer(store: SQLiteStore, log: Any) -> None:
     While one batch commits, the next one gathers: under load every transaction
     carries everything that arrived during the previous one. A failed commit
     (disk full) refuses the acknowledgements waiting on it, marks the store
-    unavailable, and is retried until it succeeds.
+    unavailable, and is retried, merged with what was recorded since, every
+    ``RETRY_INTERVAL`` until it succeeds.
     """
     import trio
 
@@ -688,16 +861,17 @@ async def run_writer(store: SQLiteStore, log: Any) -> None:
         wake.set()
 
     store.wakeup = wakeup
-    retry: _Batch | None = None
     failing = False
     while True:
-        batch = retry
+        batch = store.take_batch()
         if batch is None:
-            batch = store.take_batch()
-            if batch is None:
-                await wake.wait()
-                wake = trio.Event()
+            if store.reclaim_due:
+                with contextlib.suppress(sqlite3.Error):  # only housekeeping
+                    await trio.to_thread.run_sync(store.reclaim)
                 continue
+            await wake.wait()
+            wake = trio.Event()
+            continue
         try:
             await trio.to_thread.run_sync(store.commit, batch)
         except sqlite3.Error as exc:
@@ -705,13 +879,13 @@ async def run_writer(store: SQLiteStore, log: Any) -> None:
             if not failing:
                 log.error("store.commit_failed", error=str(exc), path=str(store.path))
                 failing = True
-            store.committed(batch, ok=False)  # refuse who waited; keep the data to retry
-            batch.callbacks.clear()
-            retry = batch
+            store.committed(batch, ok=False)  # refuse who waited
+            # Keep the data: the retry carries it with whatever came since (acks that
+            # free space included); a shutdown meanwhile writes it in ``close``.
+            store.put_back(batch)
             await trio.sleep(RETRY_INTERVAL)
             continue
         if failing:
             log.warning("store.commit_recovered", path=str(store.path))
             failing = False
-        retry = None
         store.committed(batch, ok=True)

@@ -252,15 +252,19 @@ class Broker:
         """An inbound exactly-once message awaits release (MQTT QoS 2 before PUBREL)."""
         session.incomplete.add(wire_id)
         if session.queue.durable:
-            self.store.add_incomplete(session.client_id, wire_id)
+            self.store.add_incomplete(session.client_id, wire_id, wait=self._syncs(session))
 
     def release_incomplete(self, session: Session, wire_id: int) -> bool:
         if wire_id not in session.incomplete:
             return False
         session.incomplete.discard(wire_id)
         if session.queue.durable:
-            self.store.remove_incomplete(session.client_id, wire_id)
+            self.store.remove_incomplete(session.client_id, wire_id, wait=self._syncs(session))
         return True
+
+    def _syncs(self, session: Session) -> bool:
+        """In mode ``async`` acknowledgements never wait for the store, QoS 2 ones neither."""
+        return self._mode(session.queue.policy) == "sync"
 
     def when_durable(self, callback: DurableCallback) -> None:
         """Run ``callback(ok)`` once everything recorded so far is committed: the

@@ -91,10 +91,12 @@ class Store(Protocol):
 
     def delete_session(self, client_id: str) -> None: ...
 
-    def add_incomplete(self, client_id: str, wire_id: int) -> None:
-        """An inbound exactly-once message awaits release (MQTT QoS 2 before PUBREL)."""
+    def add_incomplete(self, client_id: str, wire_id: int, *, wait: bool = True) -> None:
+        """An inbound exactly-once message awaits release (MQTT QoS 2 before PUBREL).
+        ``wait`` as for ``enqueue`` (the PUBREC waits for it in mode ``sync``)."""
 
-    def remove_incomplete(self, client_id: str, wire_id: int) -> None: ...
+    def remove_incomplete(self, client_id: str, wire_id: int, *, wait: bool = True) -> None:
+        """Released (MQTT PUBREL); ``wait``: the PUBCOMP waits for it (mode ``sync``)."""
 
     def save_durable_subscription(self, name: str, topic_filter: str) -> None: ...
 

@@ -67,10 +67,10 @@ class MemoryStore:
         self.sessions.pop(client_id, None)
         self.incomplete.pop(client_id, None)
 
-    def add_incomplete(self, client_id: str, wire_id: int) -> None:
+    def add_incomplete(self, client_id: str, wire_id: int, *, wait: bool = True) -> None:
         self.incomplete.setdefault(client_id, set()).add(wire_id)
 
-    def remove_incomplete(self, client_id: str, wire_id: int) -> None:
+    def remove_incomplete(self, client_id: str, wire_id: int, *, wait: bool = True) -> None:
         self.incomplete.get(client_id, set()).discard(wire_id)
 
     def save_durable_subscription(self, name: str, topic_filter: str) -> None:

@@ -550,14 +550,16 @@ class SQLiteStore:
         batch.incomplete[(client_id, -1)] = False  # -1: every id of the client
         self._changed()
 
-    def add_incomplete(self, client_id: str, wire_id: int) -> None:
+    def add_incomplete(self, client_id: str, wire_id: int, *, wait: bool = True) -> None:
         self._batch.incomplete[(client_id, wire_id)] = True
-        self._batch.wait = True
+        if wait:
+            self._batch.wait = True
         self._changed()
 
-    def remove_incomplete(self, client_id: str, wire_id: int) -> None:
+    def remove_incomplete(self, client_id: str, wire_id: int, *, wait: bool = True) -> None:
         self._batch.incomplete[(client_id, wire_id)] = False
-        self._batch.wait = True  # the PUBCOMP frees the id for reuse: it waits for this
+        if wait:  # the PUBCOMP frees the id for reuse: it waits for this
+            self._batch.wait = True
         self._changed()
 
     def save_durable_subscription(self, name: str, topic_filter: str) -> None:

@@ -274,6 +274,69 @@ def test_a_queue_message_past_pubrec_goes_to_the_next_consumer_as_a_publish(
         store.close()
 
 
+# -- acknowledgements and the durability modes -----------------------------------------------
+
+
+def _publisher_and_subscriber(broker: Broker, clock: Clock) -> Client:
+    sub = Client(broker, clock)
+    sub.connect("dev", clean_start=False, properties=HOUR)
+    subscribe(sub, "t", 2)
+    sub.drop()
+    pub = Client(broker, clock)
+    pub.connect("pub", clean_start=False, properties=HOUR)
+    return pub
+
+
+def test_sync_mode_acknowledges_once_the_message_is_committed(tmp_path: Path) -> None:
+    clock = Clock()
+    broker, store, _ = start(tmp_path, clock)
+    try:
+        pub = _publisher_and_subscriber(broker, clock)
+        flush(store)
+        pub.send(mqtt.Publish(topic="t", payload=b"1", qos=1, packet_id=1))
+        pub.send(mqtt.Publish(topic="t", payload=b"2", qos=2, packet_id=2))
+        assert pub.received() == []
+        flush(store)
+        assert pub.received() == [mqtt.PubAck(packet_id=1), mqtt.PubRec(packet_id=2)]
+        assert len(stored_entries(store)) == 2
+    finally:
+        store.close()
+
+
+def test_async_mode_acknowledges_at_once_and_commits_in_the_background(tmp_path: Path) -> None:
+    clock = Clock()
+    broker, store, _ = start(tmp_path, clock, durability="async")
+    try:
+        pub = _publisher_and_subscriber(broker, clock)
+        pub.send(mqtt.Publish(topic="t", payload=b"1", qos=1, packet_id=1))
+        pub.send(mqtt.Publish(topic="t", payload=b"2", qos=2, packet_id=2))
+        assert pub.received() == [mqtt.PubAck(packet_id=1), mqtt.PubRec(packet_id=2)]
+        pub.send(mqtt.PubRel(packet_id=2))
+        assert pub.received() == [mqtt.PubComp(packet_id=2)]
+        assert stored_entries(store) == []  # not yet: the loss window
+        flush(store)
+        assert len(stored_entries(store)) == 2
+    finally:
+        store.close()
+
+
+def test_an_async_queue_in_a_sync_gateway_does_not_wait(tmp_path: Path) -> None:
+    clock = Clock()
+    broker, store, _ = start(tmp_path, clock, queues=[("fast", QueuePolicy(durability="async"))])
+    try:
+        pub = Client(broker, clock)
+        pub.connect("pub")
+        pub.send(mqtt.Publish(topic="$queue/fast", payload=b"f", qos=1, packet_id=1))
+        assert pub.received() == [mqtt.PubAck(packet_id=1)]
+        pub.send(mqtt.Publish(topic="$queue/safe", payload=b"s", qos=1, packet_id=2))
+        assert pub.received() == []
+        flush(store)
+        assert pub.received() == [mqtt.PubAck(packet_id=2)]
+        assert {q for q, _ in stored_entries(store)} == {"fast", "safe"}
+    finally:
+        store.close()
+
+
 # -- what is never stored --------------------------------------------------------------------
 
 

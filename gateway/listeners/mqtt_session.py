@@ -366,7 +366,13 @@ class MQTTSession:
             code = 0
         else:
             code = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND if self.version == 5 else 0
-        self.send(self.codec.send(mqtt.PubComp(packet_id=pid, reason_code=code)))
+        # The PUBCOMP lets the client reuse the packet id: the release is committed first,
+        # else after a crash the id would still be held, and a new message under it taken
+        # for a resend (acknowledged, never published). The outcome does not change the
+        # answer: the message was published at the PUBLISH.
+        self.broker.when_durable(
+            lambda _ok: self.send(self.codec.send(mqtt.PubComp(packet_id=pid, reason_code=code)))
+        )
 
     def _on_subscribe(self, packet: mqtt.Subscribe) -> None:
         session = self.session
@@ -465,7 +471,20 @@ class MQTTSession:
             return
         delivery.stage = 1
         self.broker.advanced(delivery)
-        self.send(self.codec.send(mqtt.PubRel(packet_id=pid)))
+        self._release(pid)
+
+    def _release(self, pid: int) -> None:
+        """PUBREL once the PUBREC's step is committed (durability mode sync). At the
+        PUBREL the client hands the message on and forgets it: a PUBLISH sent again
+        after a crash would be a second delivery, so a restart must find the step."""
+        self.broker.when_durable(lambda ok: self._send_pubrel(pid, ok))
+
+    def _send_pubrel(self, pid: int, ok: bool) -> None:
+        if ok:
+            self.send(self.codec.send(mqtt.PubRel(packet_id=pid)))
+        else:  # the client gets the PUBREL after it reconnects, from the step kept in memory
+            self.log.error("mqtt.pubrel.not_stored", packet_id=pid)
+            self.stop("store failure")
 
     # -- the core's Sink ---------------------------------------------------------
 
@@ -490,7 +509,7 @@ class MQTTSession:
         delivery.wire_id = pid
         self._inflight[pid] = delivery
         if resend and delivery.stage == 1:
-            self.send(self.codec.send(mqtt.PubRel(packet_id=pid)))
+            self._release(pid)
             return
         self._send_publish(delivery, qos, pid, dup=resend)
 

@@ -177,11 +177,18 @@ class Gateway:
         )
 
     async def _close_store(self) -> None:
+        """Commit what is left and release the data directory (after the writer stopped)."""
         store = self.broker.store
         if isinstance(store, SQLiteStore) and self._store_open:
             self._store_open = False
+            # Acknowledgements still waiting run here, on the Trio thread, not in close's.
+            waiting = store.take_callbacks()
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(store.close)
+                ok = await trio.to_thread.run_sync(store.close)
+            if not ok:
+                self.log.error("store.close_failed", error=store.last_error, path=str(store.path))
+            for callback in waiting:
+                callback(ok)
 
     async def _tick(self) -> None:
         interval = self.config.gateway.sys_interval

@@ -472,19 +472,32 @@ class SQLiteStore:
             ) from None
         return version
 
-    def close(self) -> None:
-        """Commit what is pending (without callbacks' waiting) and release the lock."""
+    def close(self) -> bool:
+        """Commit what is pending and release the lock; False if that commit failed
+        (what it held is lost). Callbacks still waiting get that outcome: take them
+        first (``take_callbacks``) to run them on another thread than this one."""
+        ok = True
         if self._db is not None:
             batch, self._batch = self._batch, _Batch()
-            with contextlib.suppress(sqlite3.Error):
+            try:
                 if not batch.empty():
                     self._write(batch)
+            except sqlite3.Error as exc:
+                ok = False
+                self.last_error = str(exc)
+            with contextlib.suppress(sqlite3.Error):
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             for callback in batch.callbacks:
-                callback(True)
+                callback(ok)
             self._db.close()
             self._db = None
         self._unlock()
+        return ok
+
+    def take_callbacks(self) -> list[DurableCallback]:
+        """The ``when_durable`` callbacks not yet handed to the writer (at shutdown)."""
+        callbacks, self._batch.callbacks = self._batch.callbacks, []
+        return callbacks
 
     # -- the Store interface (called on the Trio thread; records only) --------------------
 

@@ -427,6 +427,22 @@ async def test_a_batch_that_failed_is_written_at_close(tmp_path: Path) -> None:
     assert ids == {m.message_id for m in stored[1:]} | {refused.message_id}
 
 
+def test_close_reports_a_last_commit_that_failed(tmp_path: Path) -> None:
+    store = open_store(tmp_path, max_bytes=65536)
+    for _ in range(40):  # 80 kB in one batch: more than the store may hold
+        m = msg(os.urandom(2000))
+        store.enqueue("q", m, entry(m), wait=True)
+    taken: list[bool] = []
+    store.when_durable(taken.append)
+    assert store.take_callbacks() == [taken.append]  # the gateway runs them itself
+    outcome: list[bool] = []
+    store.when_durable(outcome.append)
+    assert store.close() is False
+    assert outcome == [False]
+    assert taken == []
+    assert "full" in (store.last_error or "")
+
+
 async def test_space_freed_by_acks_goes_back_to_the_file_system(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,8 +2,10 @@
 
 ``base.Store`` is what the core needs persisted (queue contents, sessions,
 retained messages); ``memory.MemoryStore`` is the in-memory reference
-implementation. The embedded SQLite store (WAL, group commit, off the Trio
-thread) comes with the durability work. Nothing above this package touches SQL.
+implementation (durability mode ``memory``); ``sqlite.SQLiteStore`` is the
+embedded durable store (WAL, group commit off the Trio thread; import it from
+``gateway.store.sqlite``: it needs the core, which needs this package). Nothing
+above this package touches SQL. See docs/durability.md.
 """
 
 from .base import SessionState, Snapshot, Store, StoredEntry

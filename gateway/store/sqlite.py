@@ -3,8 +3,8 @@
 The core's calls (``enqueue``, ``remove``, ...) only record the change in the
 current batch, in memory, coalescing as they go: a message enqueued and
 removed within one batch (published and acknowledged before the commit) never
-reaches the disk. ``run`` is the writer: whenever a batch has changes it hands
-it to a worker thread that writes it in one transaction, then runs the
+reaches the disk. ``run_writer`` is the writer: whenever a batch has changes it
+hands it to a worker thread that writes it in one transaction, then runs the
 ``when_durable`` callbacks registered while that batch was open, in order.
 Publishers' acknowledgements wait behind those callbacks, so a busy gateway
 commits thousands of messages per transaction: durability costs latency, not
@@ -12,13 +12,16 @@ throughput.
 
 Messages are stored once (``messages``) and referred to by queue entries
 (``entries``); a message row is deleted in the transaction that removes its
-last entry. When a commit fails (disk full, I/O error) the batch is kept and
-retried; meanwhile ``available`` is False and the core refuses persistent
-publishes, so publishers get refusals rather than acknowledgements that lie.
+last entry; freed pages go back to the file system a few at a time
+(incremental vacuum). When a commit fails (disk full, I/O error) the batch is
+kept and retried with what was recorded since; meanwhile ``available`` is False
+and the core refuses persistent publishes, so publishers get refusals rather
+than acknowledgements that lie.
 
 Safety at open: a lock file (one gateway per data directory), the schema
-version (a newer one is refused), ``PRAGMA quick_check`` (a corrupt database
-is refused with its path, never replaced by an empty one).
+version (a newer one is refused), the file's size, ``PRAGMA quick_check`` and,
+at ``load``, a checksum per stored message: a damaged database is refused with
+its path, never written to, repaired or replaced by an empty one.
 """
 
 from __future__ import annotations

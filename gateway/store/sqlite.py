@@ -654,6 +654,18 @@ class SQLiteStore:
         self.stats.entries_cancelled += batch.absorb(self._batch)
         self._batch = batch
 
+    def untake(self, batch: _Batch) -> None:
+        """Give back a batch taken but never written (the writer was cancelled before
+        its thread ran): the current batch again, its callbacks still waiting, first."""
+        if batch.callbacks:
+            self._waiting -= 1
+        callbacks, wait = batch.callbacks, batch.wait
+        batch.callbacks = []
+        self.stats.entries_cancelled += batch.absorb(self._batch)
+        batch.callbacks[:0] = callbacks
+        batch.wait = wait or batch.wait
+        self._batch = batch
+
     def _write(self, batch: _Batch) -> None:
         db = self._db
         assert db is not None, "the store is not open"
@@ -892,6 +904,11 @@ async def run_writer(store: SQLiteStore, log: Any) -> None:
             continue
         try:
             await trio.to_thread.run_sync(store.commit, batch)
+        except trio.Cancelled:
+            # Raised only before the thread ran (it is not abandoned once started):
+            # nothing of the batch is written; close() writes it with the rest.
+            store.untake(batch)
+            raise
         except sqlite3.Error as exc:
             store.failed(str(exc))
             if not failing:

@@ -178,6 +178,60 @@ async def test_a_restart_logs_what_it_recovered_and_delivers_it(tmp_path: Path) 
             second.process.kill()
 
 
+@pytest.mark.slow
+async def test_unacknowledged_stomp_messages_come_back_redelivered(tmp_path: Path) -> None:
+    config = config_mod.loads(
+        f"""
+[gateway]
+data_dir = "{tmp_path / "data"}"
+drain_timeout = 2.0
+sys_interval = 0
+
+[[listeners]]
+protocol = "stomp"
+bind = "127.0.0.1:0"
+""",
+        "stomp.toml",
+    )
+    with trio.fail_after(NET_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            gw = Gateway(config)
+            await nursery.start(gw.run)
+            producer = await RawStomp.connect(gw.port("stomp"))
+            for i in range(2):
+                await producer.send(
+                    "SEND",
+                    {"destination": "/queue/work", "persistent": "true", "receipt": f"s{i}"},
+                    b"task %d" % i,
+                )
+                assert (await producer.receive())[0] == "RECEIPT"
+            consumer = await RawStomp.connect(gw.port("stomp"))
+            await consumer.send(
+                "SUBSCRIBE", {"destination": "/queue/work", "id": "1", "ack": "client-individual"}
+            )
+            first = await consumer.receive()
+            second = await consumer.receive()
+            assert first[1]["redelivered"] == "false"
+            await consumer.send("ACK", {"id": first[1]["ack"], "receipt": "a1"})
+            assert (await consumer.receive())[0] == "RECEIPT"
+            assert second[2] == b"task 1"  # received, never acknowledged
+            await producer.stream.aclose()
+            await consumer.stream.aclose()
+            gw.stop()
+
+        async with trio.open_nursery() as nursery:
+            gw = Gateway(config)
+            await nursery.start(gw.run)
+            consumer = await RawStomp.connect(gw.port("stomp"))
+            await consumer.send("SUBSCRIBE", {"destination": "/queue/work", "id": "1"})
+            command, headers, body = await consumer.receive()
+            assert (command, body) == ("MESSAGE", b"task 1")
+            assert headers["redelivered"] == "true"
+            assert headers["x-delivery-count"] == "2"
+            await consumer.stream.aclose()
+            gw.stop()
+
+
 # -- damaged and newer databases ------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.lowlevel
+import trio.testing
 
 from gateway.core.headers import Headers
 from gateway.core.message import Kind, Message, Origin
@@ -319,6 +320,25 @@ async def test_run_writer_commits_and_calls_back_in_order(tmp_path: Path) -> Non
         assert store.stats.commits < 50
     finally:
         store.close()
+
+
+async def test_a_batch_taken_as_the_writer_is_cancelled_is_written_at_close(
+    tmp_path: Path,
+) -> None:
+    store = open_store(tmp_path)
+    outcome: list[bool] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_writer, store, _Log())
+        await trio.testing.wait_all_tasks_blocked()  # the writer waits for a change
+        m = msg()
+        store.enqueue("q", m, entry(m), wait=True)
+        store.when_durable(outcome.append)
+        # The writer wakes up, takes the batch, and is cancelled before its thread runs.
+        nursery.cancel_scope.cancel()
+    assert outcome == []
+    assert store.close() is True
+    assert outcome == [True]
+    assert rows(store, "SELECT message_id FROM entries") == [(m.message_id,)]
 
 
 # -- disk full -----------------------------------------------------------------------------

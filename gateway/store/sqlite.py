@@ -360,6 +360,7 @@ class SQLiteStore:
         self.wakeup: Any = None
         # Free pages remain to be given back: the writer goes on when it is idle.
         self.reclaim_due = False
+        self._vacuums = False
 
     # -- opening and closing -------------------------------------------------------------
 
@@ -401,6 +402,8 @@ class SQLiteStore:
                 self.max_bytes = max_bytes
             row = db.execute("SELECT max(seq) FROM entries").fetchone()
             self._seq = (row[0] or 0) + 1
+            # 2 = incremental (chosen at creation); another database keeps its pages.
+            self._vacuums = db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
         except StoreError:
             db.close()
             self._unlock()
@@ -770,12 +773,14 @@ class SQLiteStore:
     def _reclaim(self, db: sqlite3.Connection) -> None:
         """Give free pages back to the file system, a few with each commit, once a
         backlog has drained: the file shrinks while traffic goes on."""
-        if not self._reclaimable(db):
+        if not self._vacuums or not self._reclaimable(db):
             return
         free: int = db.execute("PRAGMA freelist_count").fetchone()[0]
         db.execute(f"PRAGMA incremental_vacuum({RECLAIM_STEP})").fetchall()
-        self.stats.pages_reclaimed += free - db.execute("PRAGMA freelist_count").fetchone()[0]
-        self.reclaim_due = self._reclaimable(db)
+        freed = free - db.execute("PRAGMA freelist_count").fetchone()[0]
+        self.stats.pages_reclaimed += freed
+        # More to give back: the writer goes on while idle (never without progress).
+        self.reclaim_due = freed > 0 and self._reclaimable(db)
 
     @staticmethod
     def _reclaimable(db: sqlite3.Connection) -> bool:

@@ -488,6 +488,25 @@ async def test_space_freed_by_acks_goes_back_to_the_file_system(
         store.close()
 
 
+def test_a_database_without_incremental_vacuum_keeps_its_free_pages(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "gateway.db")  # as made by another build: no auto-vacuum
+    db.executescript(sqlite_mod._SCHEMA + f"PRAGMA user_version={sqlite_mod.SCHEMA_VERSION};")
+    db.close()
+    store = open_store(tmp_path)
+    try:
+        backlog = [msg(os.urandom(3000)) for _ in range(1500)]
+        for m in backlog:
+            store.enqueue("q", m, entry(m), wait=True)
+        flush(store)
+        for m in backlog:
+            store.remove("q", m.message_id)
+        flush(store)
+        assert store.reclaim_due is False  # nothing the idle writer would spin on
+        assert store.stats.pages_reclaimed == 0
+    finally:
+        store.close()
+
+
 # -- safety at open ------------------------------------------------------------------------
 
 

@@ -47,6 +47,7 @@ from .http import (
 )
 from .http_pull import PullConsumer, ReplySink
 from .openapi import openapi_document
+from .webhooks import WebhookError, build_webhooks
 from .websocket import (
     check_handshake,
     choose_subprotocol,
@@ -109,6 +110,7 @@ class HTTPService:
         self.protocol_handlers = protocol_handlers
         self.pulls: dict[str, PullConsumer] = {}
         self._exchanges = itertools.count(1)
+        self.webhooks = build_webhooks(config.webhooks)
 
     def handler(self, listener: ListenerConfig) -> Handler:
         inner = {name: make(listener) for name, make in self.protocol_handlers.items()}
@@ -501,6 +503,41 @@ async def request_reply(
         broker.detach(session, graceful=True)
 
 
+# -- webhooks -------------------------------------------------------------------------
+
+
+async def receive_webhook(
+    service: HTTPService, listener: ListenerConfig, request: Request
+) -> Response:
+    """Verify a named webhook (webhooks.py), drop a redelivery, publish the body once."""
+    name = request.params["name"]
+    hook = service.webhooks.get(name)
+    if hook is None:
+        raise HTTPError(404, "unknown_webhook", f"no webhook named {name!r}")
+    try:
+        key = hook.check(request.headers, request.body)
+    except WebhookError as exc:
+        raise HTTPError(exc.status, exc.code, exc.message) from None
+    if key is not None:
+        original = hook.dedupe.lookup(key)
+        if original is not None:
+            request.conn.log.info("webhook.duplicate", webhook=name, message_id=original)
+            return json_response(200, {"duplicate": True, "id": original})
+    fields = mapping.fields_from_headers(request.headers)
+    fields["headers"] = hook.message_headers(fields.get("headers", ()), key)
+    kind, destination = mapping.parse_destination(hook.destination)
+    message = mapping.build_message(
+        kind, destination, request.body, fields, service.origin(listener, request)
+    )
+    result = service.broker.publish(message)
+    if result.status is Status.REFUSED:
+        raise _refusal(result)
+    message_id = str(message.message_id)
+    if key is not None:
+        hook.dedupe.remember(key, message_id)
+    return json_response(202, {"id": message_id, "routed": result.routed})
+
+
 # -- health and description -------------------------------------------------------------
 
 
@@ -529,4 +566,5 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/v1/queues/{queue}/release", release_messages, "Return pulled messages"),
     Route("POST", "/api/v1/queues/{queue}", publish_queue, "Publish to a queue"),
     Route("POST", "/api/v1/request/{destination...}", request_reply, "Request/reply"),
+    Route("POST", "/hooks/{name}", receive_webhook, "Receive a signed webhook"),
 )

@@ -168,12 +168,19 @@ def http_handler(
             if is_upgrade_path(request.path):
                 try:
                     check_upgrade(request)
+                    trailing, _closed = h11conn.trailing_data
+                    # Raises HTTPError only before the handshake is answered.
+                    await upgrade(stream, conn, request, trailing)
                 except HTTPError as exc:
-                    conn.log.info("ws.upgrade_refused", status=exc.status, error=exc.message)
+                    conn.log.info(
+                        "ws.upgrade_refused",
+                        method=request.method,
+                        path=request.path,
+                        status=exc.status,
+                        error=exc.code,
+                        message=exc.message,
+                    )
                     await _send_response(stream, h11conn, error_response(exc), conn)
-                    return
-                trailing, _closed = h11conn.trailing_data
-                await upgrade(stream, conn, request, trailing)
                 return
             wait = limiter.allow(peer_host(conn.peer)) if request.path.startswith("/api/") else 0
             if wait:

@@ -48,6 +48,8 @@ class HTTPError(Exception):
         self.code = code
         self.message = message
         self.headers = headers
+        # The request's method and path, when the error came after its head was read.
+        self.request: tuple[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -160,7 +162,15 @@ def http_handler(
                     timer.deadline = trio.current_time() + config.connect_timeout
                     request = await _read_request(stream, h11conn, conn, config)
             except HTTPError as exc:
-                conn.log.info("http.bad_request", status=exc.status, error=exc.message)
+                method, path = exc.request or (None, None)
+                conn.log.info(
+                    "http.refused",
+                    method=method,
+                    path=path,
+                    status=exc.status,
+                    error=exc.code,
+                    message=exc.message,
+                )
                 await _send_response(stream, h11conn, error_response(exc), conn)
                 return
             if request is None:
@@ -254,24 +264,58 @@ async def _read_request(
             continue
         if isinstance(event, h11.Request):
             head = event
+            _check_head(event)
             declared = _content_length(event)
             if declared is not None and declared > config.max_packet_size:
-                raise HTTPError(
-                    413,
-                    "too_large",
-                    f"the body is {declared} bytes; the limit is {config.max_packet_size}",
+                raise _about(
+                    event,
+                    HTTPError(
+                        413,
+                        "too_large",
+                        f"the body is {declared} bytes; the limit is {config.max_packet_size}",
+                    ),
                 )
         elif isinstance(event, h11.Data):
             body += event.data
             if len(body) > config.max_packet_size:
-                raise HTTPError(
-                    413, "too_large", f"the body is over the limit of {config.max_packet_size}"
+                assert head is not None
+                raise _about(
+                    head,
+                    HTTPError(
+                        413, "too_large", f"the body is over the limit of {config.max_packet_size}"
+                    ),
                 )
         elif isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
             assert head is not None
             return _request(head, bytes(body), conn)
         elif isinstance(event, h11.ConnectionClosed):
             return None
+
+
+def _about(head: h11.Request, exc: HTTPError) -> HTTPError:
+    exc.request = (head.method.decode("ascii", "replace"), head.target.decode("latin-1"))
+    return exc
+
+
+def _check_head(head: h11.Request) -> None:
+    """HTTP/1.x only, and a head within MAX_HEAD however it arrived (h11 checks only the
+    heads that arrive in pieces)."""
+    if head.http_version not in (b"1.0", b"1.1"):
+        raise _about(
+            head,
+            HTTPError(
+                505,
+                "http_version_not_supported",
+                f"HTTP/{head.http_version.decode('ascii', 'replace')} is not spoken here; "
+                "use HTTP/1.1",
+            ),
+        )
+    size = len(head.method) + len(head.target) + 12
+    size += sum(len(name) + len(value) + 4 for name, value in head.headers)
+    if size > MAX_HEAD:
+        raise _about(
+            head, HTTPError(431, "bad_request", f"the request head is over {MAX_HEAD} bytes")
+        )
 
 
 def _content_length(event: h11.Request) -> int | None:

@@ -278,10 +278,17 @@ async def publish_batch(
             results.append(
                 {"id": str(message.message_id), "status": "accepted", "routed": result.routed}
             )
-    status = 202 if not refused else 503 if refused == len(messages) else 207
-    return json_response(
-        status, {"accepted": len(messages) - refused, "refused": refused, "results": results}
-    )
+    body: dict[str, object] = {
+        "accepted": len(messages) - refused,
+        "refused": refused,
+        "results": results,
+    }
+    if refused and refused == len(messages):
+        # Nothing was accepted: an error like any other 503, with the results.
+        error = _refusal(PublishResult(Status.REFUSED, 0, "every message was refused"))
+        body = {"error": error.code, "message": error.message, **body}
+        return json_response(503, body, list(error.headers))
+    return json_response(207 if refused else 202, body)
 
 
 def _batch_message(service: HTTPService, index: int, item: _BatchItem, origin: Origin) -> Message:
@@ -354,6 +361,8 @@ async def topic_events(
 ) -> Response:
     topic_filter = request.params["filter"]
     try:
+        if "\0" in topic_filter:
+            raise InvalidFilter(f"NUL in topic filter {topic_filter!r}")
         check_filter(topic_filter)
     except InvalidFilter as exc:
         raise HTTPError(400, "bad_filter", str(exc)) from None
@@ -469,6 +478,11 @@ async def request_reply(
     service.check_destination(kind, name)
     timeout = _query_number(request, "timeout", DEFAULT_REQUEST_TIMEOUT, 0.001, MAX_REQUEST_TIMEOUT)
     broker = service.broker
+    if kind is Kind.QUEUE:
+        queue = broker.queues.get(name)
+        if queue is None or not queue.consumers:
+            # A queue holds a request nobody consumes: refuse rather than leave it there.
+            raise HTTPError(503, "no_responders", f"nothing consumes queue {name!r}")
     sink = ReplySink()
     client_id = f"$http/request/{request.conn.conn_id}/{next(service._exchanges)}"
     session, _ = broker.open_session(client_id, sink, clean=True)

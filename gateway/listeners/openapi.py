@@ -69,7 +69,11 @@ def _publish(target: str, name: str) -> dict[str, Any]:
                 *_PUBLISH_PARAMS,
             ],
             "requestBody": _BODY,
-            "responses": {**_PUBLISHED, **_errors(400, 403, 404, 413, 429, 503)},
+            # A topic may be reserved (403); a queue may not exist (404).
+            "responses": {
+                **_PUBLISHED,
+                **_errors(400, 403 if target == "topic" else 404, 413, 429, 503),
+            },
         }
     }
 
@@ -158,7 +162,10 @@ def openapi_document() -> dict[str, Any]:
             "/api/v1/openapi.json": {
                 "get": {
                     "summary": "This document",
-                    "responses": {"200": {"description": "the OpenAPI document"}},
+                    "responses": {
+                        "200": {"description": "the OpenAPI document"},
+                        **_errors(429),
+                    },
                 }
             },
             "/api/v1/messages": {

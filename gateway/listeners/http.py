@@ -275,6 +275,14 @@ async def _read_request(
                         f"the body is {declared} bytes; the limit is {config.max_packet_size}",
                     ),
                 )
+            if h11conn.they_are_waiting_for_100_continue:
+                # curl asks before sending a large body, and waits a second for the answer.
+                try:
+                    await stream.send_all(
+                        h11conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b""
+                    )
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return None
         elif isinstance(event, h11.Data):
             body += event.data
             if len(body) > config.max_packet_size:
@@ -334,7 +342,7 @@ def _request(head: h11.Request, body: bytes, conn: Connection) -> Request:
     headers: dict[str, str] = {}
     for name, value in head.headers:
         key = name.decode("latin-1")
-        text = value.decode("latin-1")
+        text = _header_text(value)
         headers[key] = f"{headers[key]}, {text}" if key in headers else text
     return Request(
         method=head.method.decode("ascii"),
@@ -345,6 +353,14 @@ def _request(head: h11.Request, body: bytes, conn: Connection) -> Request:
         body=body,
         conn=conn,
     )
+
+
+def _header_text(value: bytes) -> str:
+    """A header value as text: UTF-8 (what curl and browsers send), else ISO-8859-1."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
 
 
 async def _send_response(
@@ -383,8 +399,13 @@ async def _send_response(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(writer.watch)
-            await response.stream(writer)
+            # A shutdown (Connection.stop) ends an endless stream such as SSE at once
+            # instead of at the drain deadline; the connection is then closed.
+            with conn.reading() as stopping:
+                await response.stream(writer)
             nursery.cancel_scope.cancel()
+        if stopping.cancelled_caught:
+            return False
         await stream.send_all(h11conn.send(h11.EndOfMessage()) or b"")
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         return False

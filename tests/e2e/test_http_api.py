@@ -143,6 +143,23 @@ async def test_publish_to_queue_reaches_stomp_and_mqtt_consumers(
         assert (message.topic, message.payload) == ("$queue/a/b", b"job-3")
 
 
+async def test_utf8_header_values_arrive_as_sent(
+    http_gateway: Gateway, mqtt5: Paho, stomp: Stomp
+) -> None:
+    """curl sends header values as UTF-8 bytes; they are not read as ISO-8859-1."""
+    with trio.fail_after(NET_TIMEOUT):
+        await mqtt5.subscribe("utf8", qos=1)
+        await stomp.subscribe("/topic/utf8")
+        headers = {"X-Msg-City": "Z\u00fcrich", "X-Msg-Correlation-Id": "\u00e9t\u00e9"}
+        reply = await curl(port(http_gateway), "POST", "/api/v1/topics/utf8", b"x", headers)
+        assert reply.status == 202
+        props = properties_dict((await mqtt5.get()).properties)
+        assert props["UserProperty"] == [("city", "Z\u00fcrich")]
+        assert props["CorrelationData"] == "\u00e9t\u00e9".encode()
+        frame = await stomp.get()
+        assert (frame.get("city"), frame.get("correlation-id")) == ("Z\u00fcrich", "\u00e9t\u00e9")
+
+
 async def test_percent_encoded_topic_levels(http_gateway: Gateway, mqtt5: Paho) -> None:
     with trio.fail_after(NET_TIMEOUT):
         await mqtt5.subscribe("caf\u00e9/#", qos=1)

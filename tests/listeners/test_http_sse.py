@@ -216,3 +216,21 @@ async def test_sse_slow_reader_loses_events_not_the_gateway(http_gateway: Gatewa
         assert (await curl(port, "POST", "/api/v1/topics/other", b"1")).status == 202
         assert (await stream.message()).data["destination"] == "flood"
         await stream.aclose()
+
+
+async def test_shutdown_ends_an_open_stream_at_once(
+    nursery: trio.Nursery, tmp_path: os.PathLike[str]
+) -> None:
+    """An event stream never ends by itself: stopping the gateway ends it without waiting
+    for the drain deadline (drain_timeout = 2 s in make_http_config)."""
+    async with running_gateway(nursery, make_http_config(tmp_path)) as gw:
+        with trio.fail_after(NET_TIMEOUT):
+            stream, _, _ = await SSEStream.open(gw.port("http"), "%23")
+            await stream.next()
+            started = trio.current_time()
+            gw.stop()
+            await gw.stopped.wait()
+            assert trio.current_time() - started < 1.0
+            assert await stream.raw.closed()
+            assert not sse_sessions(gw)
+            await stream.aclose()

@@ -415,6 +415,40 @@ async def test_keep_alive_and_pipelining(http_gateway: Gateway) -> None:
             assert (await raw.exchange("GET", "/healthz")).status == 200
 
 
+async def test_expect_100_continue_is_answered(http_gateway: Gateway) -> None:
+    """curl asks "Expect: 100-continue" before a large body and waits a second for the
+    answer; the listener answers at once (and a too-large body gets its 413 instead)."""
+    port = http_gateway.port("http")
+    with trio.fail_after(NET_TIMEOUT):
+        async with await RawHTTP.open(port) as raw:
+            await raw.send(
+                b"POST /api/v1/topics/cont HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                b"Expect: 100-continue\r\n\r\n"
+            )
+            assert (await raw.head())[0] == 100
+            await raw.send(b"hello")
+            reply = await raw.response()
+            assert reply.status == 202
+            record("POST", "/api/v1/topics/cont", reply.status)
+        started = trio.current_time()
+        reply = await curl(port, "POST", "/api/v1/queues/cont", b"x" * 2_000_000)
+        assert reply.status == 202
+        assert trio.current_time() - started < 0.9
+
+
+async def test_chunked_request_body_is_reassembled(http_gateway: Gateway) -> None:
+    port = http_gateway.port("http")
+    with trio.fail_after(NET_TIMEOUT):
+        async with await RawHTTP.open(port) as raw:
+            await raw.send(
+                b"POST /api/v1/queues/chunks HTTP/1.1\r\nHost: x\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+            )
+            assert (await raw.response()).status == 202
+            reply = await raw.exchange("GET", "/api/v1/queues/chunks/messages")
+            assert reply.json()["messages"][0]["payload"] == "abcde"
+
+
 async def test_unknown_endpoint_is_404_and_wrong_method_405(http_gateway: Gateway) -> None:
     port = http_gateway.port("http")
     with trio.fail_after(NET_TIMEOUT):

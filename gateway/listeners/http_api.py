@@ -182,7 +182,9 @@ class HTTPService:
     def check_queue(self, name: str) -> None:
         if not name or (name.startswith("$") and not name.startswith("$temp/")):
             raise HTTPError(400, "bad_destination", f"{name!r} is not a queue name")
-        if not self.config.gateway.auto_create_queues and not self.broker.knows_queue(name):
+        # A temporary (reply) queue exists only while its session does: never re-created.
+        auto_create = self.config.gateway.auto_create_queues and not name.startswith("$temp/")
+        if not auto_create and not self.broker.knows_queue(name):
             raise HTTPError(404, "unknown_queue", f"queue {name!r} does not exist")
 
     def check_topic(self, name: str) -> None:

@@ -544,6 +544,39 @@ async def test_request_without_a_reply_is_504(http_gateway: Gateway, mqtt5: Paho
         assert not _exchanges(http_gateway)
 
 
+async def _timed_out_reply_topic(gw: Gateway, responder: Paho) -> str:
+    """Ask "svc/slow", let it time out (504); the request's response topic."""
+    await responder.subscribe("svc/slow", qos=1)
+    reply = await ask(gw, "svc/slow?timeout=0.2", b"hurry")
+    assert reply.status == 504
+    request = await responder.get()
+    response_topic: str = properties_dict(request.properties)["ResponseTopic"]
+    return response_topic
+
+
+async def test_a_late_reply_over_http_is_404(http_gateway: Gateway, mqtt5: Paho) -> None:
+    """After a 504 the exchange's temporary queue is gone: publishing to it over HTTP is 404
+    and does not create it again."""
+    with trio.fail_after(NET_TIMEOUT):
+        temp = (await _timed_out_reply_topic(http_gateway, mqtt5)).removeprefix("$queue/")
+        encoded = temp.replace("$", "%24").replace("/", "%2F")
+        reply = await curl(port(http_gateway), "POST", f"/api/v1/queues/{encoded}", b"late")
+        assert (reply.status, reply.error) == (404, "unknown_queue")
+        assert temp not in http_gateway.broker.queues
+
+
+@pytest.mark.xfail(
+    reason="core: Broker.publish auto-creates a queue for a $temp/ name whose session is gone "
+    "(an MQTT or STOMP responder's late reply), and nothing ever deletes it",
+    strict=True,
+)
+async def test_a_late_mqtt_reply_leaves_no_queue_behind(http_gateway: Gateway, mqtt5: Paho) -> None:
+    with trio.fail_after(NET_TIMEOUT):
+        response_topic = await _timed_out_reply_topic(http_gateway, mqtt5)
+        await mqtt5.publish(response_topic, b"late", qos=1)
+        assert response_topic.removeprefix("$queue/") not in http_gateway.broker.queues
+
+
 @pytest.mark.parametrize("query", ["?timeout=0", "?timeout=301", "?timeout=soon"])
 async def test_bad_request_timeout_is_400(http_gateway: Gateway, query: str) -> None:
     with trio.fail_after(NET_TIMEOUT):

@@ -125,6 +125,18 @@ async def test_sse_with_wildcards_streams_matching_messages(http_gateway: Gatewa
         await hash_.aclose()
 
 
+async def test_sse_does_not_replay_retained_messages(http_gateway: Gateway) -> None:
+    port = http_gateway.port("http")
+    with trio.fail_after(NET_TIMEOUT):
+        await publish(port, "kept/a", b"old", **{"X-Msg-Retain": "true"})
+        stream, _, _ = await SSEStream.open(port, "kept/%23")
+        await stream.next()
+        await publish(port, "kept/a", b"new")
+        data = (await stream.message()).data
+        assert (data["payload"], data.get("retain")) == ("new", None)
+        await stream.aclose()
+
+
 async def test_sse_session_is_removed_when_the_client_disconnects(http_gateway: Gateway) -> None:
     port = http_gateway.port("http")
     with trio.fail_after(NET_TIMEOUT):

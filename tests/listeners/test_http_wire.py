@@ -337,6 +337,25 @@ async def test_malformed_request_is_400_logged_and_closed(http_gateway: Gateway,
     assert refused[0]["error"] == "bad_request"
 
 
+async def test_each_refusal_is_logged_once_with_its_code(http_gateway: Gateway) -> None:
+    port = http_gateway.port("http")
+    with trio.fail_after(NET_TIMEOUT), structlog.testing.capture_logs() as logs:
+        await curl(port, "POST", "/api/v1/topics/%24SYS/x", b"x")
+        await curl(port, "GET", "/api/v1/queues/q/messages?max=0")
+        await _answers_bad(port, b"GET /x HTTP/2.0\r\nHost: x\r\n\r\n", 505)
+        assert (await curl(port, "GET", "/healthz")).status == 200
+    refused = [
+        (entry["method"], entry["path"], entry["status"], entry["error"])
+        for entry in logs
+        if entry["event"] == "http.refused"
+    ]
+    assert refused == [
+        ("POST", "/api/v1/topics/%24SYS/x", 403, "reserved_topic"),
+        ("GET", "/api/v1/queues/q/messages", 400, "bad_parameter"),
+        ("GET", "/x", 505, "http_version_not_supported"),
+    ]
+
+
 async def test_oversized_request_head_is_431(http_gateway: Gateway) -> None:
     with trio.fail_after(NET_TIMEOUT):
         async with await RawHTTP.open(http_gateway.port("http")) as raw:

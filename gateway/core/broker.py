@@ -569,7 +569,11 @@ class Broker:
                 return PublishResult(Status.ACCEPTED, 1, congested=(queue,))
             return _ACCEPTED_ONE
         topic = message.destination
-        stats.count_topic(topic)
+        topics = stats.topics
+        if topic in topics:
+            topics[topic] += 1
+        else:
+            stats.count_topic(topic)
         if message.retain:
             self._retain(message)
         routes = self._routes.get(topic)
@@ -589,12 +593,12 @@ class Broker:
                 and route.session.client_id == publisher
             ):
                 continue
-            entry = Delivery(
+            entry = Delivery(  # positional: the cheapest way to build one
                 message,
-                qos=route.qos if route.qos < message.qos else message.qos,
-                retain=message.retain and route.retain_as_published,
-                subscription_ids=route.subscription_ids,
-                expires=message.expiry,
+                route.qos if route.qos < message.qos else message.qos,
+                message.retain and route.retain_as_published,
+                route.subscription_ids,
+                message.expiry,
             )
             queue = route.queue
             why = queue.put(entry)

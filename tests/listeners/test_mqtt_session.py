@@ -8,7 +8,10 @@ from gateway.codecs import mqtt
 from gateway.codecs.mqtt import ReasonCode
 from gateway.core import Broker, Message
 from tests.core.fakes import Clock
-from tests.listeners.mqtt_harness import Client
+from tests.listeners.mqtt_harness import Client, plain_fast_path
+
+# Every test runs twice: PUBLISHes as events, then plain QoS 0 ones on the listener's fast path.
+pytestmark = pytest.mark.usefixtures(plain_fast_path.__name__)
 
 P = mqtt.Properties
 

@@ -80,11 +80,6 @@ async def test_publish_to_topic_reaches_mqtt5_subscriber_with_every_field(
         assert 58 <= props["MessageExpiryInterval"] <= 60
 
 
-@pytest.mark.xfail(
-    reason="mqtt_mapping.properties_of sends no `priority` user property: the core priority "
-    "reaches MQTT 5 subscribers only when the publisher set it as a user property",
-    strict=True,
-)
 async def test_priority_reaches_mqtt5_subscriber(http_gateway: Gateway, mqtt5: Paho) -> None:
     with trio.fail_after(NET_TIMEOUT):
         await mqtt5.subscribe("prio", qos=1)

@@ -7,9 +7,10 @@ Every error names the file, the key and the problem; ``load`` raises
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import tomllib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -102,10 +103,42 @@ class QueueConfig(_Base, frozen=True):
         return None if self.ttl is None else parse_duration(self.ttl)
 
 
+WebhookPreset = Literal["github", "stripe", "custom", "none"]
+
+
+class WebhookConfig(_Base, frozen=True):
+    """A ``[[webhooks]]`` table: ``POST /hooks/NAME`` on the HTTP listeners (docs/http.md)."""
+
+    name: str
+    destination: str
+    preset: WebhookPreset
+    secret: str | None = None
+    secret_env: str | None = None
+    # preset = "custom" only: where the signature is and what it signs.
+    signature_header: str | None = None
+    signature_format: str | None = None
+    timestamp_header: str | None = None
+    signed_payload: str | None = None
+    tolerance: float | str = "5m"
+    idempotency_header: str | None = None
+    dedupe_window: float | str = "24h"
+    dedupe_max: int = 10_000
+    headers: dict[str, str] = {}
+
+    @property
+    def tolerance_seconds(self) -> float:
+        return parse_duration(self.tolerance)
+
+    @property
+    def dedupe_window_seconds(self) -> float:
+        return parse_duration(self.dedupe_window)
+
+
 class Config(_Base, frozen=True):
     gateway: GatewaySection = GatewaySection()
     listeners: tuple[ListenerConfig, ...] = ()
     queues: tuple[QueueConfig, ...] = ()
+    webhooks: tuple[WebhookConfig, ...] = ()
     source: str = "<defaults>"
 
 
@@ -175,6 +208,7 @@ def _validate(config: Config) -> None:
     if config.gateway.max_queued_messages < 1:
         raise ConfigError(src, "gateway.max_queued_messages", "must be at least 1")
     _validate_queues(config)
+    _validate_webhooks(config)
     names: set[str] = set()
     for i, listener in enumerate(config.listeners):
         key = f"listeners[{i}]"
@@ -252,6 +286,124 @@ def _validate_queues(config: Config) -> None:
             queue.ttl_seconds  # noqa: B018 - parsed for its error
         except ValueError as exc:
             raise ConfigError(config.source, f"{key}.ttl", str(exc)) from None
+
+
+_WEBHOOK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]{0,127}")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_WEBHOOK_CUSTOM_ONLY = (
+    "signature_header",
+    "signature_format",
+    "timestamp_header",
+    "signed_payload",
+)
+_WEBHOOK_SECRET_KEYS = ("secret", "secret_env", *_WEBHOOK_CUSTOM_ONLY)
+
+
+def _validate_webhooks(config: Config) -> None:
+    src = config.source
+    seen: set[str] = set()
+    for i, hook in enumerate(config.webhooks):
+        key = f"webhooks[{i}]"
+        if not _WEBHOOK_NAME.fullmatch(hook.name):
+            raise ConfigError(
+                src, f"{key}.name", "must be 1-128 letters, digits, '.', '_', '~' or '-'"
+            )
+        if hook.name in seen:
+            raise ConfigError(src, f"{key}.name", f"duplicate webhook {hook.name!r}")
+        seen.add(hook.name)
+        problem = _webhook_destination_problem(config, hook.destination)
+        if problem:
+            raise ConfigError(src, f"{key}.destination", problem)
+        if hook.preset == "none":
+            for field in _WEBHOOK_SECRET_KEYS:
+                if getattr(hook, field) is not None:
+                    raise ConfigError(
+                        src, f"{key}.{field}", "preset 'none' verifies no signature; remove it"
+                    )
+        else:
+            _validate_webhook_secret(src, key, hook, os.environ)
+            _validate_webhook_scheme(src, key, hook)
+        for field in ("tolerance", "dedupe_window"):
+            try:
+                parse_duration(getattr(hook, field))
+            except ValueError as exc:
+                raise ConfigError(src, f"{key}.{field}", str(exc)) from None
+        if hook.dedupe_max < 1:
+            raise ConfigError(src, f"{key}.dedupe_max", "must be at least 1")
+        if hook.idempotency_header and not _HEADER_NAME.fullmatch(hook.idempotency_header):
+            raise ConfigError(src, f"{key}.idempotency_header", "is not an HTTP header name")
+        for name in hook.headers:
+            if not _HEADER_NAME.fullmatch(name):
+                raise ConfigError(src, f"{key}.headers", f"{name!r} is not a header name")
+            if name.lower() in ("webhook", "idempotency-key"):
+                raise ConfigError(src, f"{key}.headers", f"{name!r} is set by the gateway")
+
+
+def _webhook_destination_problem(config: Config, destination: str) -> str | None:
+    # The neutral address form of http_mapping.parse_destination (config imports no
+    # listener): "$queue/NAME" or a topic name.
+    if destination.startswith("$queue/") and len(destination) > len("$queue/"):
+        queue = destination[len("$queue/") :]
+        if queue.startswith("$"):
+            return "a queue name must not start with '$'"
+        declared = {item.name for item in config.queues}
+        if not config.gateway.auto_create_queues and queue not in declared:
+            return f"queue {queue!r} is not declared and gateway.auto_create_queues is off"
+        return None
+    if not destination or any(c in destination for c in "+#\0"):
+        return "expected a topic name (no wildcards) or $queue/NAME"
+    if destination.startswith("$"):
+        return "topics starting with '$' are reserved (a queue is $queue/NAME)"
+    return None
+
+
+def _validate_webhook_secret(
+    src: str, key: str, hook: WebhookConfig, env: Mapping[str, str]
+) -> None:
+    if (hook.secret is None) == (hook.secret_env is None):
+        raise ConfigError(
+            src,
+            f"{key}.secret",
+            f"give exactly one of secret or secret_env (preset {hook.preset!r} verifies an "
+            "HMAC-SHA256 signature; preset = 'none' accepts unsigned requests)",
+        )
+    if hook.secret is not None and not hook.secret:
+        raise ConfigError(src, f"{key}.secret", "must not be empty")
+    if hook.secret_env is not None and not env.get(hook.secret_env):
+        raise ConfigError(
+            src, f"{key}.secret_env", f"environment variable {hook.secret_env!r} is not set"
+        )
+
+
+def _validate_webhook_scheme(src: str, key: str, hook: WebhookConfig) -> None:
+    if hook.preset != "custom":
+        for field in _WEBHOOK_CUSTOM_ONLY:
+            if getattr(hook, field) is not None:
+                raise ConfigError(src, f"{key}.{field}", "only with preset = 'custom'")
+        return
+    for field in ("signature_header", "timestamp_header"):
+        value = getattr(hook, field)
+        if value is not None and not _HEADER_NAME.fullmatch(value):
+            raise ConfigError(src, f"{key}.{field}", "is not an HTTP header name")
+    if hook.signature_header is None:
+        raise ConfigError(src, f"{key}.signature_header", "required with preset = 'custom'")
+    form = hook.signature_format or "{hex}"
+    if [form.count("{hex}"), form.count("{base64}")] not in ([1, 0], [0, 1]):
+        raise ConfigError(
+            src, f"{key}.signature_format", "must contain exactly one {hex} or {base64}"
+        )
+    signed = hook.signed_payload or ("{timestamp}.{body}" if hook.timestamp_header else "{body}")
+    if signed.count("{body}") != 1:
+        raise ConfigError(src, f"{key}.signed_payload", "must contain {body} exactly once")
+    if hook.timestamp_header is not None and "{timestamp}" not in signed:
+        raise ConfigError(
+            src,
+            f"{key}.signed_payload",
+            "must contain {timestamp} with a timestamp_header: an unsigned timestamp "
+            "does not stop replays",
+        )
+    if hook.timestamp_header is None and "{timestamp}" in signed:
+        raise ConfigError(src, f"{key}.timestamp_header", "required by {timestamp}")
 
 
 def loads(text: str, source: str = "<string>") -> Config:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import socket
@@ -114,3 +115,75 @@ def upstream_reachable(host: str, port: int) -> None:
     if os.environ.get("GATEWAY_TEST_REQUIRE_UPSTREAMS") == "1":
         pytest.fail(why)
     pytest.skip(why)
+
+
+# The HTTP gateway's named queues: "jobs" dead-letters to "jobs.dlq" after two deliveries;
+# "small" holds one message and refuses more (503 refused).
+HTTP_QUEUES: tuple[dict[str, object], ...] = (
+    {"name": "jobs", "max_deliveries": 2, "dead_letter": "jobs.dlq"},
+    {"name": "small", "max_length": 1, "overflow": "reject-publish"},
+)
+
+
+def make_http_config(
+    tmp_path: os.PathLike[str],
+    *,
+    gateway: dict[str, object] | None = None,
+    queues: tuple[dict[str, object], ...] = HTTP_QUEUES,
+    **http: object,
+) -> config_mod.Config:
+    """MQTT, STOMP and HTTP listeners (named "mqtt", "stomp", "http") on ephemeral loopback
+    ports; ``http`` adds keys to the HTTP listener, ``gateway`` to the [gateway] table."""
+    text = f"""
+[gateway]
+data_dir = "{os.fspath(tmp_path)}/data"
+drain_timeout = 2.0
+""" + "".join(f"{key} = {_toml(value)}\n" for key, value in (gateway or {}).items())
+    text += """
+[[listeners]]
+protocol = "mqtt"
+name = "mqtt"
+bind = "127.0.0.1:0"
+
+[[listeners]]
+protocol = "stomp"
+name = "stomp"
+bind = "127.0.0.1:0"
+
+[[listeners]]
+protocol = "http"
+name = "http"
+bind = "127.0.0.1:0"
+""" + "".join(f"{key} = {_toml(value)}\n" for key, value in http.items())
+    for queue in queues:
+        text += "\n[[queues]]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in queue.items())
+    return config_mod.loads(text, "test.toml")
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if not isinstance(value, str) else f'"{value}"'
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(
+    nursery: trio.Nursery, config: config_mod.Config
+) -> AsyncIterator[Gateway]:
+    """A started gateway, stopped (and drained) on exit."""
+    gw = Gateway(config)
+    with trio.fail_after(NET_TIMEOUT):
+        await nursery.start(gw.run)
+    try:
+        yield gw
+    finally:
+        gw.stop()
+        with trio.fail_after(NET_TIMEOUT):
+            await gw.stopped.wait()
+
+
+@pytest.fixture
+async def http_gateway(nursery: trio.Nursery, tmp_path: os.PathLike[str]) -> AsyncIterator[Gateway]:
+    """A gateway with MQTT, STOMP and HTTP listeners (make_http_config); gw.port("http")."""
+    async with running_gateway(nursery, make_http_config(tmp_path)) as gw:
+        yield gw

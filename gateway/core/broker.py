@@ -759,7 +759,12 @@ class Broker:
         if message.kind is Kind.QUEUE:
             queue = self.queues.get(message.destination)
             if queue is None:
-                if not self.knows_queue(message.destination) and not self.auto_create_queues:
+                name = message.destination
+                if name.startswith(TEMP_QUEUE_PREFIX) or (
+                    not self.auto_create_queues and not self.knows_queue(name)
+                ):
+                    # A temporary queue lives and dies with its session: a late reply
+                    # to one that is gone must not bring it back as a plain queue.
                     stats.refused += 1
                     return PublishResult(Status.REFUSED, 0, "unknown-queue")
                 queue = self.declare_queue(message.destination)
@@ -771,7 +776,11 @@ class Broker:
                 return PublishResult(Status.ACCEPTED, 1, congested=(queue,))
             return _ACCEPTED_ONE
         topic = message.destination
-        stats.count_topic(topic)
+        topics = stats.topics
+        if topic in topics:
+            topics[topic] += 1
+        else:
+            stats.count_topic(topic)
         if message.retain:
             self._retain(message)
         routes = self._routes.get(topic)
@@ -791,12 +800,12 @@ class Broker:
                 and route.session.client_id == publisher
             ):
                 continue
-            entry = Delivery(
+            entry = Delivery(  # positional: the cheapest way to build one
                 message,
-                qos=route.qos if route.qos < message.qos else message.qos,
-                retain=message.retain and route.retain_as_published,
-                subscription_ids=route.subscription_ids,
-                expires=message.expiry,
+                route.qos if route.qos < message.qos else message.qos,
+                message.retain and route.retain_as_published,
+                route.subscription_ids,
+                message.expiry,
             )
             queue = route.queue
             why = queue.put(entry)

@@ -137,8 +137,13 @@ class Consumer:
 
     def send(self, entry: Delivery) -> None:
         """Hand ``entry`` to the sink; the caller has checked ``can_take``."""
-        assert self.sink is not None
-        qos = self.delivery_qos(entry.qos)
+        sink = self.sink
+        assert sink is not None
+        qos = entry.qos
+        if self.ack_all:
+            qos = max(1, min(qos, self.qos))
+        elif qos > self.qos:
+            qos = self.qos
         entry.count += 1
         entry.consumer = self
         entry.tag = self._next_tag
@@ -149,7 +154,7 @@ class Consumer:
             entry.retain = False
         if qos:
             self.unacked[entry.tag] = entry
-        self.sink.deliver(entry, qos)
+        sink.deliver(entry, qos)
         queue = self.queue
         if queue.durable and entry.message.qos:
             # The store follows: sent (count, packet id), or done if sent at QoS 0.

@@ -188,6 +188,18 @@ class Queue:
         """Offer ``entry``; returns None once it is taken, else why it was refused."""
         stats = self.stats
         if self.lossy and entry.qos == 0:
+            consumers = self.consumers
+            if len(consumers) == 1 and not consumers[0].ack_all:
+                # A session's own queue: _pick(0) and can_take(0) in line.
+                only = consumers[0]
+                sink = only.sink
+                if sink is not None and sink.writable():
+                    stats.enqueued += 1
+                    stats.delivered += 1
+                    only.send(entry)
+                else:
+                    self.broker.discard(self, entry, "offline" if sink is None else "slow-consumer")
+                return None
             consumer = self._pick(0)
             if consumer is None:
                 online = any(c.sink is not None for c in self.consumers)

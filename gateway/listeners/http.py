@@ -48,6 +48,8 @@ class HTTPError(Exception):
         self.code = code
         self.message = message
         self.headers = headers
+        # The request's method and path, when the error came after its head was read.
+        self.request: tuple[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -160,7 +162,15 @@ def http_handler(
                     timer.deadline = trio.current_time() + config.connect_timeout
                     request = await _read_request(stream, h11conn, conn, config)
             except HTTPError as exc:
-                conn.log.info("http.bad_request", status=exc.status, error=exc.message)
+                method, path = exc.request or (None, None)
+                conn.log.info(
+                    "http.refused",
+                    method=method,
+                    path=path,
+                    status=exc.status,
+                    error=exc.code,
+                    message=exc.message,
+                )
                 await _send_response(stream, h11conn, error_response(exc), conn)
                 return
             if request is None:
@@ -168,12 +178,19 @@ def http_handler(
             if is_upgrade_path(request.path):
                 try:
                     check_upgrade(request)
+                    trailing, _closed = h11conn.trailing_data
+                    # Raises HTTPError only before the handshake is answered.
+                    await upgrade(stream, conn, request, trailing)
                 except HTTPError as exc:
-                    conn.log.info("ws.upgrade_refused", status=exc.status, error=exc.message)
+                    conn.log.info(
+                        "ws.upgrade_refused",
+                        method=request.method,
+                        path=request.path,
+                        status=exc.status,
+                        error=exc.code,
+                        message=exc.message,
+                    )
                     await _send_response(stream, h11conn, error_response(exc), conn)
-                    return
-                trailing, _closed = h11conn.trailing_data
-                await upgrade(stream, conn, request, trailing)
                 return
             wait = limiter.allow(peer_host(conn.peer)) if request.path.startswith("/api/") else 0
             if wait:
@@ -247,24 +264,66 @@ async def _read_request(
             continue
         if isinstance(event, h11.Request):
             head = event
+            _check_head(event)
             declared = _content_length(event)
             if declared is not None and declared > config.max_packet_size:
-                raise HTTPError(
-                    413,
-                    "too_large",
-                    f"the body is {declared} bytes; the limit is {config.max_packet_size}",
+                raise _about(
+                    event,
+                    HTTPError(
+                        413,
+                        "too_large",
+                        f"the body is {declared} bytes; the limit is {config.max_packet_size}",
+                    ),
                 )
+            if h11conn.they_are_waiting_for_100_continue:
+                # curl asks before sending a large body, and waits a second for the answer.
+                try:
+                    await stream.send_all(
+                        h11conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b""
+                    )
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return None
         elif isinstance(event, h11.Data):
             body += event.data
             if len(body) > config.max_packet_size:
-                raise HTTPError(
-                    413, "too_large", f"the body is over the limit of {config.max_packet_size}"
+                assert head is not None
+                raise _about(
+                    head,
+                    HTTPError(
+                        413, "too_large", f"the body is over the limit of {config.max_packet_size}"
+                    ),
                 )
         elif isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
             assert head is not None
             return _request(head, bytes(body), conn)
         elif isinstance(event, h11.ConnectionClosed):
             return None
+
+
+def _about(head: h11.Request, exc: HTTPError) -> HTTPError:
+    exc.request = (head.method.decode("ascii", "replace"), head.target.decode("latin-1"))
+    return exc
+
+
+def _check_head(head: h11.Request) -> None:
+    """HTTP/1.x only, and a head within MAX_HEAD however it arrived (h11 checks only the
+    heads that arrive in pieces)."""
+    if head.http_version not in (b"1.0", b"1.1"):
+        raise _about(
+            head,
+            HTTPError(
+                505,
+                "http_version_not_supported",
+                f"HTTP/{head.http_version.decode('ascii', 'replace')} is not spoken here; "
+                "use HTTP/1.1",
+            ),
+        )
+    size = len(head.method) + len(head.target) + 12
+    size += sum(len(name) + len(value) + 4 for name, value in head.headers)
+    if size > MAX_HEAD:
+        raise _about(
+            head, HTTPError(431, "bad_request", f"the request head is over {MAX_HEAD} bytes")
+        )
 
 
 def _content_length(event: h11.Request) -> int | None:
@@ -283,7 +342,7 @@ def _request(head: h11.Request, body: bytes, conn: Connection) -> Request:
     headers: dict[str, str] = {}
     for name, value in head.headers:
         key = name.decode("latin-1")
-        text = value.decode("latin-1")
+        text = _header_text(value)
         headers[key] = f"{headers[key]}, {text}" if key in headers else text
     return Request(
         method=head.method.decode("ascii"),
@@ -294,6 +353,14 @@ def _request(head: h11.Request, body: bytes, conn: Connection) -> Request:
         body=body,
         conn=conn,
     )
+
+
+def _header_text(value: bytes) -> str:
+    """A header value as text: UTF-8 (what curl and browsers send), else ISO-8859-1."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
 
 
 async def _send_response(
@@ -332,8 +399,13 @@ async def _send_response(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(writer.watch)
-            await response.stream(writer)
+            # A shutdown (Connection.stop) ends an endless stream such as SSE at once
+            # instead of at the drain deadline; the connection is then closed.
+            with conn.reading() as stopping:
+                await response.stream(writer)
             nursery.cancel_scope.cancel()
+        if stopping.cancelled_caught:
+            return False
         await stream.send_all(h11conn.send(h11.EndOfMessage()) or b"")
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         return False

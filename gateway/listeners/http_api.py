@@ -48,6 +48,7 @@ from .http import (
 )
 from .http_pull import PullConsumer, ReplySink
 from .openapi import openapi_document
+from .webhooks import WebhookError, build_webhooks
 from .websocket import (
     check_handshake,
     choose_subprotocol,
@@ -110,6 +111,7 @@ class HTTPService:
         self.protocol_handlers = protocol_handlers
         self.pulls: dict[str, PullConsumer] = {}
         self._exchanges = itertools.count(1)
+        self.webhooks = build_webhooks(config.webhooks)
 
     def handler(self, listener: ListenerConfig) -> Handler:
         inner = {name: make(listener) for name, make in self.protocol_handlers.items()}
@@ -181,7 +183,9 @@ class HTTPService:
     def check_queue(self, name: str) -> None:
         if not name or (name.startswith("$") and not name.startswith("$temp/")):
             raise HTTPError(400, "bad_destination", f"{name!r} is not a queue name")
-        if not self.config.gateway.auto_create_queues and not self.broker.knows_queue(name):
+        # A temporary (reply) queue exists only while its session does: never re-created.
+        auto_create = self.config.gateway.auto_create_queues and not name.startswith("$temp/")
+        if not auto_create and not self.broker.knows_queue(name):
             raise HTTPError(404, "unknown_queue", f"queue {name!r} does not exist")
 
     def check_topic(self, name: str) -> None:
@@ -294,10 +298,17 @@ async def publish_batch(
             results.append(
                 {"id": str(message.message_id), "status": "accepted", "routed": result.routed}
             )
-    status = 202 if not refused else 503 if refused == len(messages) else 207
-    return json_response(
-        status, {"accepted": len(messages) - refused, "refused": refused, "results": results}
-    )
+    body: dict[str, object] = {
+        "accepted": len(messages) - refused,
+        "refused": refused,
+        "results": results,
+    }
+    if refused and refused == len(messages):
+        # Nothing was accepted: an error like any other 503, with the results.
+        error = _refusal(PublishResult(Status.REFUSED, 0, "every message was refused"))
+        body = {"error": error.code, "message": error.message, **body}
+        return json_response(503, body, list(error.headers))
+    return json_response(207 if refused else 202, body)
 
 
 def _batch_message(service: HTTPService, index: int, item: _BatchItem, origin: Origin) -> Message:
@@ -370,6 +381,8 @@ async def topic_events(
 ) -> Response:
     topic_filter = request.params["filter"]
     try:
+        if "\0" in topic_filter:
+            raise InvalidFilter(f"NUL in topic filter {topic_filter!r}")
         check_filter(topic_filter)
     except InvalidFilter as exc:
         raise HTTPError(400, "bad_filter", str(exc)) from None
@@ -485,6 +498,11 @@ async def request_reply(
     service.check_destination(kind, name)
     timeout = _query_number(request, "timeout", DEFAULT_REQUEST_TIMEOUT, 0.001, MAX_REQUEST_TIMEOUT)
     broker = service.broker
+    if kind is Kind.QUEUE:
+        queue = broker.queues.get(name)
+        if queue is None or not queue.consumers:
+            # A queue holds a request nobody consumes: refuse rather than leave it there.
+            raise HTTPError(503, "no_responders", f"nothing consumes queue {name!r}")
     sink = ReplySink()
     client_id = f"$http/request/{request.conn.conn_id}/{next(service._exchanges)}"
     session, _ = broker.open_session(client_id, sink, clean=True)
@@ -519,6 +537,41 @@ async def request_reply(
         broker.detach(session, graceful=True)
 
 
+# -- webhooks -------------------------------------------------------------------------
+
+
+async def receive_webhook(
+    service: HTTPService, listener: ListenerConfig, request: Request
+) -> Response:
+    """Verify a named webhook (webhooks.py), drop a redelivery, publish the body once."""
+    name = request.params["name"]
+    hook = service.webhooks.get(name)
+    if hook is None:
+        raise HTTPError(404, "unknown_webhook", f"no webhook named {name!r}")
+    try:
+        key = hook.check(request.headers, request.body)
+    except WebhookError as exc:
+        raise HTTPError(exc.status, exc.code, exc.message) from None
+    if key is not None:
+        original = hook.dedupe.lookup(key)
+        if original is not None:
+            request.conn.log.info("webhook.duplicate", webhook=name, message_id=original)
+            return json_response(200, {"duplicate": True, "id": original})
+    fields = mapping.fields_from_headers(request.headers)
+    fields["headers"] = hook.message_headers(fields.get("headers", ()), key)
+    kind, destination = mapping.parse_destination(hook.destination)
+    message = mapping.build_message(
+        kind, destination, request.body, fields, service.origin(listener, request)
+    )
+    result = service.broker.publish(message)
+    if result.status is Status.REFUSED:
+        raise _refusal(result)
+    message_id = str(message.message_id)
+    if key is not None:
+        hook.dedupe.remember(key, message_id)
+    return json_response(202, {"id": message_id, "routed": result.routed})
+
+
 # -- health and description -------------------------------------------------------------
 
 
@@ -547,4 +600,5 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/v1/queues/{queue}/release", release_messages, "Return pulled messages"),
     Route("POST", "/api/v1/queues/{queue}", publish_queue, "Publish to a queue"),
     Route("POST", "/api/v1/request/{destination...}", request_reply, "Request/reply"),
+    Route("POST", "/hooks/{name}", receive_webhook, "Receive a signed webhook"),
 )

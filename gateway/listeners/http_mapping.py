@@ -183,8 +183,12 @@ def response_headers(message: Message) -> list[tuple[str, str]]:
         headers.append(("X-Msg-Priority", str(message.priority)))
     if message.expiry is not None:
         headers.append(("X-Msg-Expires-At", f"{message.expiry:.3f}"))
+    emitted = {name.lower() for name, _ in headers}
     for name, value in header_pairs(message.headers):
-        # Headers that HTTP cannot carry stay in the JSON forms only.
+        # Headers that HTTP cannot carry stay in the JSON forms only, and a header that
+        # repeats a field given above (an MQTT `priority` user property) is not sent twice.
+        if PREFIX + name.lower() in emitted:
+            continue
         if _TOKEN.fullmatch(name) and value.isprintable() and value.isascii():
             headers.append((PREFIX + name, value))
     return headers

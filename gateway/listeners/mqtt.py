@@ -15,7 +15,14 @@ from enum import Enum, auto
 import trio
 
 from ..codecs import mqtt
-from ..codecs.mqtt import CLOSED, NEED_DATA, MQTTConnection, MQTTProtocolError, ReasonCode
+from ..codecs.mqtt import (
+    CLOSED,
+    NEED_DATA,
+    PAUSED,
+    MQTTConnection,
+    MQTTProtocolError,
+    ReasonCode,
+)
 from ..config import ListenerConfig
 from ..core import Broker, CloseReason
 from ._serve import Connection, Handler, settle
@@ -41,6 +48,7 @@ def mqtt_handler(broker: Broker, config: ListenerConfig) -> Handler:
             broker, codec, outbox.write, conn.stop, config=config, writable=outbox.writable
         )
         session.log = conn.log
+        codec.on_plain_publish = session.publish_plain
         outbox.on_drain = session.resume
         async with trio.open_nursery() as nursery:
             nursery.start_soon(outbox.run, stream)
@@ -102,6 +110,8 @@ def _handle_buffered(codec: MQTTConnection, session: MQTTSession, conn: Connecti
             event = codec.next_event()
             if event is NEED_DATA:
                 return _Outcome.NEED_DATA
+            if event is PAUSED:  # a plain QoS 0 PUBLISH filled a queue (the hot path)
+                return _Outcome.STOP if conn.stop_reason is not None else _Outcome.CONGESTED
             if event is CLOSED:
                 session.log.info("mqtt.connection.eof", connected=session.connected)
                 return _Outcome.STOP

@@ -105,8 +105,13 @@ def properties_of(
         and not message.text
         and message.correlation_id is None
         and message.reply_to is None
+        and message.priority == 4
     ):
         return NO_PROPERTIES
+    user = header_pairs(message.headers)
+    if message.priority != 4 and "priority" not in message.headers:
+        # MQTT has no priority of its own: it travels as a user property (the table above).
+        user = (*user, ("priority", str(message.priority)))
     return mqtt.Properties(
         payload_format_indicator=1 if message.text else None,
         # The interval sent on is what remains of it (spec 3.3.2.3.3).
@@ -114,6 +119,6 @@ def properties_of(
         content_type=message.content_type,
         response_topic=message.reply_to,
         correlation_data=message.correlation_id,
-        user_properties=header_pairs(message.headers),
+        user_properties=user,
         subscription_identifiers=subscription_ids,
     )

@@ -37,23 +37,27 @@ from ..logging import get_logger
 from .mqtt_mapping import NO_PROPERTIES, properties_of, queue_name, to_message, topic_of
 
 SHARE_PREFIX = "$share/"
+# What _publish returns when no acknowledgement may be sent (the connection closes).
+_NO_ACK = -1
 DISCONNECT_REASONS = REASON_CODES[mqtt.PacketType.DISCONNECT]
 NEVER_EXPIRES = 0xFFFFFFFF
 _V3_SUBACK_FAILURE = 0x80
 
 # Fan-out hands every subscriber the same Message in turn, so remembering the
-# last encoding makes it one encode per publish instead of one per subscriber.
-_last_encoded: tuple[Message, bool, int, bytes] | None = None
+# last encoding makes it one encode per publish instead of one per subscriber:
+# (message, retain flag, MQTT 5?, the PUBLISH). 3.1 and 3.1.1 encode alike.
+_last_encoded: tuple[Message, bool, bool, bytes] | None = None
 
 
 def _encode_plain_qos0(
     message: Message, retain: bool, version: int, clock: Callable[[], float]
 ) -> bytes:
     global _last_encoded
+    v5 = version == 5
     last = _last_encoded
-    if last is not None and last[0] is message and last[1] is retain and last[2] == version:
+    if last is not None and last[0] is message and last[1] is retain and last[2] is v5:
         return last[3]
-    if version == 5:
+    if v5:
         publish = mqtt.Publish(
             topic=topic_of(message),
             payload=message.payload,
@@ -63,7 +67,7 @@ def _encode_plain_qos0(
         data = mqtt.encode_publish(publish, 5)
     else:
         data = mqtt.publish_bytes(topic_of(message).encode(), message.payload, retain=retain)
-    _last_encoded = (message, retain, version, data)
+    _last_encoded = (message, retain, v5, data)
     return data
 
 
@@ -302,7 +306,7 @@ class MQTTSession:
                     "more QoS 2 publishes than receive maximum", ReasonCode.RECEIVE_MAXIMUM_EXCEEDED
                 )
         reason = self._publish(topic, packet, props)
-        if qos:
+        if qos and reason != _NO_ACK:
             assert pid is not None
             if qos == 2 and reason < 0x80:
                 self.broker.hold_incomplete(session, pid)
@@ -334,6 +338,35 @@ class MQTTSession:
         else:
             self.stop("store failure")
 
+    def publish_plain(self, topic: str, payload: bytes, packet: bytes, retain: bool) -> bool:
+        """A plain QoS 0 PUBLISH (``MQTTConnection.on_plain_publish``): the hot path.
+
+        Does what ``handle`` does with the same PUBLISH as an event, without building
+        it. The PUBLISH as received is exactly what a subscriber of the same MQTT
+        generation with the same retain flag is sent, so it primes the encoding that
+        ``deliver`` reuses. Returns False once the listener should stop reading
+        (a queue this publisher feeds is congested).
+        """
+        global _last_encoded
+        if topic[0] == "$" or self.session is None:
+            # $SYS refusal and $queue/ routing, or no session: the general way.
+            self._on_publish(mqtt.Publish(topic=topic, payload=payload, retain=retain))
+            return not self.congested
+        message = Message(
+            destination=topic,
+            payload=payload,
+            retain=retain,
+            timestamp=self.clock(),
+            origin=self.origin,
+        )
+        _last_encoded = (message, retain, self.version == 5, packet)
+        result = self.broker.publish(message)
+        if result.congested:
+            self.congested.update(result.congested)
+        if result.status is not Status.ACCEPTED:
+            self.log.warning("mqtt.publish.refused", topic=topic, reason=result.reason, qos=0)
+        return not self.congested
+
     def _publish(self, topic: str, packet: mqtt.Publish, props: mqtt.Properties) -> int:
         """Hand the message to the core; returns the MQTT 5 reason code for the ack."""
         if topic.startswith("$SYS"):
@@ -351,6 +384,11 @@ class MQTTSession:
                 "mqtt.publish.refused", topic=topic, reason=result.reason, qos=packet.qos
             )
             if self.version != 5:
+                if result.reason == "store-unavailable" and packet.qos:
+                    # No negative acknowledgement in 3.1.1, and a PUBACK would claim the
+                    # message is safe: close instead, so the client sends it again later.
+                    self.stop("store unavailable")
+                    return _NO_ACK
                 return 0
             if result.reason == "unknown-queue":
                 return ReasonCode.TOPIC_NAME_INVALID
@@ -494,9 +532,16 @@ class MQTTSession:
             return
         message = delivery.message
         if qos == 0:
-            if self.version < 5 or not (delivery.subscription_ids or self._client_alias_max):
-                data = _encode_plain_qos0(message, delivery.retain, self.version, self.clock)
-                if self._fits(data, delivery, qos):
+            v5 = self.version == 5
+            if not v5 or not (delivery.subscription_ids or self._client_alias_max):
+                # The encoding cache of _encode_plain_qos0, looked up in line.
+                last = _last_encoded
+                retain = delivery.retain
+                if last is not None and last[0] is message and last[1] is retain and last[2] is v5:
+                    data = last[3]
+                else:
+                    data = _encode_plain_qos0(message, retain, self.version, self.clock)
+                if self._client_max_packet is None or self._fits(data, delivery, qos):
                     self.send(data)
                 return
             self._send_publish(delivery, 0, None, dup=False)

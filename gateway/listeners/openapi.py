@@ -69,7 +69,11 @@ def _publish(target: str, name: str) -> dict[str, Any]:
                 *_PUBLISH_PARAMS,
             ],
             "requestBody": _BODY,
-            "responses": {**_PUBLISHED, **_errors(400, 403, 404, 413, 429, 503)},
+            # A topic may be reserved (403); a queue may not exist (404).
+            "responses": {
+                **_PUBLISHED,
+                **_errors(400, 403 if target == "topic" else 404, 413, 429, 503),
+            },
         }
     }
 
@@ -90,6 +94,45 @@ _IDS_BODY = {
         }
     },
 }
+
+
+def _webhook() -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": "Receive a webhook: verify its signature, publish its body once",
+            "description": (
+                "Configured in [[webhooks]] (docs/http.md, Webhooks). The signature "
+                "(X-Hub-Signature-256, Stripe-Signature or a configured header) is an "
+                "HMAC-SHA256 of the body with the webhook's secret; a redelivery with an "
+                "idempotency key already seen within the window is answered 200 and not "
+                "published again."
+            ),
+            "parameters": [
+                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+                {"name": "X-Hub-Signature-256", "in": "header", "schema": {"type": "string"}},
+                {"name": "Stripe-Signature", "in": "header", "schema": {"type": "string"}},
+                {"name": "X-GitHub-Delivery", "in": "header", "schema": {"type": "string"}},
+                {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}},
+                *_MSG_HEADERS,
+            ],
+            "requestBody": _BODY,
+            "responses": {
+                "202": {
+                    "description": "verified and handed to the core",
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Published"}}
+                    },
+                },
+                "200": {
+                    "description": "a duplicate within the window: not published again",
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Duplicate"}}
+                    },
+                },
+                **_errors(400, 401, 404, 413, 503),
+            },
+        }
+    }
 
 
 def openapi_document() -> dict[str, Any]:
@@ -119,7 +162,10 @@ def openapi_document() -> dict[str, Any]:
             "/api/v1/openapi.json": {
                 "get": {
                     "summary": "This document",
-                    "responses": {"200": {"description": "the OpenAPI document"}},
+                    "responses": {
+                        "200": {"description": "the OpenAPI document"},
+                        **_errors(429),
+                    },
                 }
             },
             "/api/v1/messages": {
@@ -241,6 +287,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/hooks/{name}": _webhook(),
         },
         "components": {
             "responses": {
@@ -268,6 +315,14 @@ def openapi_document() -> dict[str, Any]:
                         "routed": {"type": "integer"},
                         "stored": {"type": "boolean"},
                         "durable": {"type": "boolean"},
+                    },
+                },
+                "Duplicate": {
+                    "type": "object",
+                    "required": ["duplicate", "id"],
+                    "properties": {
+                        "duplicate": {"const": True},
+                        "id": {"type": "string", "description": "the first delivery's message"},
                     },
                 },
                 "BatchItem": {

@@ -49,8 +49,12 @@ class Outbox:
 
     def write(self, data: bytes) -> None:
         self.written += len(data)
-        self._buf += data
-        self._wake.set()
+        buf = self._buf
+        if not buf:
+            # Only the first write into an empty buffer wakes the writer: with bytes
+            # already waiting it is awake, or sending and about to look again.
+            self._wake.set()
+        buf += data
 
     def finish(self) -> None:
         """Let the writer send what is buffered, then return."""

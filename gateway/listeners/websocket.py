@@ -4,9 +4,15 @@
 so the MQTT and STOMP handlers run unchanged over it: packets split across
 messages or several in one are reassembled by their own codecs. Pings are
 answered; a close from the peer is the end of the stream. When the protocol
-handler ends, the close code says why: 1000 normal, 1001 going away (shutdown),
-1002 protocol error (with the error as the reason), 1003 a text frame where
-MQTT needs binary, 1007 invalid UTF-8, 1009 a message over the size limit.
+handler ends, the close code says why: 1000 normal (reason "timeout" when the
+inner protocol's connect, keep-alive or heart-beat timer ran out), 1001 going
+away (shutdown), 1002 protocol error or refused CONNECT (with the error as the
+reason), 1003 a text frame where MQTT needs binary, 1007 invalid UTF-8, 1009 a
+message over the size limit; malformed frames get wsproto's code (1002 mostly).
+What arrived before a frame that broke the rules is handled and answered first.
+After its close frame the server reads on, dropping everything, until the peer
+answers the close (at most CLOSE_LINGER seconds), so that closing the socket
+with unread input does not reset the connection under the close frame.
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Mapping
 
+import h11
 import trio
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -27,11 +35,14 @@ from wsproto.events import Request as WSRequest
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from ..core import CloseReason as CoreCloseReason
 from ._serve import Connection, Handler
 from .http import HTTPError, Request
 
 READ_SIZE = 65536
 CLOSE_TIMEOUT = 5.0
+# How long, after our close frame, the peer has to answer it before the socket is closed.
+CLOSE_LINGER = 2.0
 # The peer went away, or the WebSocket is already closing: nothing more to send.
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, LocalProtocolError)
 
@@ -121,8 +132,12 @@ class WebSocketStream(trio.abc.Stream):
         self._send_lock = trio.StrictFIFOLock()
         self._message_size = 0
         self._closed = False
+        # True once wsproto could not parse the peer's frames: nothing more is parsed.
+        self._unparseable = False
         # Set when the peer broke the WebSocket rules: the close code and reason.
         self.failure: tuple[int, str] | None = None
+        # True if a read was cancelled: the handler's own timer, or a stop.
+        self.read_cancelled = False
 
     async def _send(self, data: bytes) -> None:
         async with self._send_lock:
@@ -150,31 +165,41 @@ class WebSocketStream(trio.abc.Stream):
         await self.close(CloseReason.NORMAL_CLOSURE)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        """The next data bytes; b"" once the WebSocket closed (or the peer broke a rule)."""
+        """The next data bytes; b"" once the WebSocket closed or the peer broke a rule.
+
+        What arrived before a frame that broke the rules is still handed over: the
+        packets in it are handled (and answered) before the connection closes.
+        """
         while True:
-            if self._closed:
+            if self._ended():
                 return b""
             received = bytearray()
             for event in self._ws.events():
                 if isinstance(event, BytesMessage | TextMessage):
                     if not self._take(event, received):
-                        return b""
+                        break
                 elif isinstance(event, Ping):
                     await self._send(self._ws.send(event.response()))
                 elif isinstance(event, CloseConnection):
                     await self._answer_close(event)
-                    return bytes(received)
+                    break
             if received:
                 return bytes(received)
-            data = await self._stream.receive_some(READ_SIZE)
+            if self._ended():
+                return b""
+            try:
+                data = await self._stream.receive_some(READ_SIZE)
+            except trio.Cancelled:
+                # The protocol handler's timer (connect, keep-alive, heart-beat) or a stop.
+                self.read_cancelled = True
+                raise
             if not data:
                 self._closed = True
                 return b""
-            try:
-                self._ws.receive_data(bytes(data))
-            except RemoteProtocolError as exc:  # pragma: no cover - wsproto reports via events
-                await self._fail(CloseReason.PROTOCOL_ERROR, str(exc))
-                return b""
+            self._ws.receive_data(bytes(data))
+
+    def _ended(self) -> bool:
+        return self._closed or self.failure is not None
 
     def _take(self, event: BytesMessage | TextMessage, received: bytearray) -> bool:
         if self._binary_only and isinstance(event, TextMessage):
@@ -194,36 +219,47 @@ class WebSocketStream(trio.abc.Stream):
         return True
 
     async def _answer_close(self, event: CloseConnection) -> None:
-        if self._ws.state.name == "OPEN":
-            # wsproto reports a frame it cannot parse (bad UTF-8, bad opcode...) as a
-            # close event while the connection is still open: we are the ones closing.
+        if self._ws.state is ConnectionState.OPEN:
+            # wsproto reports a frame it cannot parse (bad UTF-8, bad opcode, unmasked...)
+            # as a close event while the connection is still open: we are the ones closing,
+            # once the handler has flushed its answers to what came before.
             self.failure = (event.code, event.reason or "malformed frame")
-            await self.close(event.code, event.reason or "")
+            self._unparseable = True
             return
         self._log("ws.closed_by_peer", code=event.code, reason=event.reason)
-        if self._ws.state.name == "REMOTE_CLOSING":
-            with contextlib.suppress(
-                trio.BrokenResourceError, trio.ClosedResourceError, LocalProtocolError
-            ):
+        if self._ws.state is ConnectionState.REMOTE_CLOSING:
+            with contextlib.suppress(*_GONE):
                 await self._send(self._ws.send(event.response()))
         self._closed = True
 
-    async def _fail(self, code: int, reason: str) -> None:
-        self.failure = (code, reason)
-        await self.close(code, reason)
-
     async def close(self, code: int = CloseReason.NORMAL_CLOSURE, reason: str = "") -> None:
         """Send a close frame (once) with ``code`` and a reason cut to the 123-byte limit."""
-        if self._ws.state.name not in ("OPEN", "REMOTE_CLOSING"):
-            self._closed = True
-            return
         self._closed = True
+        if self._ws.state not in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+            return
         short = reason.encode("utf-8")[:123].decode("utf-8", "ignore")
         try:
             with trio.move_on_after(CLOSE_TIMEOUT):
                 await self._send(self._ws.send(CloseConnection(code=code, reason=short or None)))
         except _GONE:
             pass
+
+    async def wait_closed(self) -> None:
+        """After our close frame, read (and drop) what the peer still sends until its own
+        close frame or EOF, for at most CLOSE_LINGER seconds. Closing the socket with unread
+        input would reset the connection, and the peer could lose our close frame."""
+        with trio.move_on_after(CLOSE_LINGER):
+            while self._ws.state is not ConnectionState.CLOSED:
+                try:
+                    data = await self._stream.receive_some(READ_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+                if not data:
+                    return
+                if not self._unparseable:
+                    self._ws.receive_data(bytes(data))
+                    for _event in self._ws.events():
+                        pass  # its close frame moves the state to CLOSED
 
     async def aclose(self) -> None:
         await self.close()
@@ -240,13 +276,21 @@ async def serve_websocket(
     handlers: Mapping[str, Handler],
     max_message: int,
 ) -> None:
-    """Accept the upgrade and run the chosen protocol's handler over it."""
+    """Accept the upgrade and run the chosen protocol's handler over it.
+
+    Raises HTTPError (and nothing is sent) when the handshake cannot be accepted.
+    """
     protocol, subprotocol = choose_subprotocol(path_protocol, offered_subprotocols(request))
     ws = WSConnection(ConnectionType.SERVER)
-    ws.initiate_upgrade_connection(request.raw_headers, request.path)
-    for event in ws.events():
-        if not isinstance(event, WSRequest):  # pragma: no cover - wsproto's first event
-            raise HTTPError(400, "bad_upgrade", "not a WebSocket handshake")
+    try:
+        # wsproto (and h11 under it) check the handshake again: a Host header, which
+        # HTTP/1.0 may omit, as a host name...
+        ws.initiate_upgrade_connection(request.raw_headers, request.path)
+        events = list(ws.events())
+    except (RemoteProtocolError, h11.ProtocolError, UnicodeError) as exc:
+        raise HTTPError(400, "bad_upgrade", f"not a WebSocket handshake: {exc}") from None
+    if not any(isinstance(event, WSRequest) for event in events):  # pragma: no cover
+        raise HTTPError(400, "bad_upgrade", "not a WebSocket handshake")
     await stream.send_all(ws.send(AcceptConnection(subprotocol=subprotocol)))
     if trailing:
         ws.receive_data(trailing)
@@ -263,17 +307,35 @@ async def serve_websocket(
         await handlers[protocol](wss, conn)
     finally:
         with trio.CancelScope(shield=True):
-            await _close_for(wss, conn)
+            code, reason = close_code(wss, conn)
+            await wss.close(code, reason)
+    await wss.wait_closed()
 
 
-async def _close_for(wss: WebSocketStream, conn: Connection) -> None:
+# Sessions that refused their peer's CONNECT stop with these reasons (mqtt_session.py,
+# stomp_session.py), after their CONNACK or ERROR frame: the close says why as well.
+_REFUSED_CONNECT = {
+    "connect refused": "CONNECT refused",
+    "version": "no common STOMP version",
+}
+_SHUTDOWN = ("shutdown", CoreCloseReason.SHUTDOWN)
+
+
+def close_code(wss: WebSocketStream, conn: Connection) -> tuple[int, str]:
+    """The close code and reason once the protocol handler has ended (logged if refused)."""
     if wss.failure is not None:
         code, reason = wss.failure
         conn.log.warning("ws.refused", code=int(code), reason=reason)
-    elif conn.protocol_error is not None:
-        code, reason = CloseReason.PROTOCOL_ERROR, conn.protocol_error
-    elif conn.stop_reason is not None and conn.stop_reason in ("shutdown",):
-        code, reason = CloseReason.GOING_AWAY, "server shutting down"
-    else:
-        code, reason = CloseReason.NORMAL_CLOSURE, ""
-    await wss.close(code, reason)
+        return code, reason
+    if conn.protocol_error is not None:
+        return CloseReason.PROTOCOL_ERROR, conn.protocol_error
+    stop = conn.stop_reason
+    if isinstance(stop, str) and stop in _REFUSED_CONNECT:
+        return CloseReason.PROTOCOL_ERROR, _REFUSED_CONNECT[stop]
+    if stop in _SHUTDOWN:
+        return CloseReason.GOING_AWAY, "server shutting down"
+    if stop is None and wss.read_cancelled:
+        # The handler's own timer ran out (connect, keep-alive, heart-beat): an MQTT 5
+        # client got DISCONNECT 0x8D, a STOMP client an ERROR frame.
+        return CloseReason.NORMAL_CLOSURE, "timeout"
+    return CloseReason.NORMAL_CLOSURE, ""

@@ -20,7 +20,10 @@ from gateway.codecs.mqtt import MQTTProtocolError, ReasonCode
 from gateway.core import Broker, Kind, Message
 from gateway.listeners.mqtt import _refuse
 from tests.core.fakes import Clock
-from tests.listeners.mqtt_harness import Client
+from tests.listeners.mqtt_harness import Client, plain_fast_path
+
+# Every test runs twice: PUBLISHes as events, then plain QoS 0 ones on the listener's fast path.
+pytestmark = pytest.mark.usefixtures(plain_fast_path.__name__)
 
 P = mqtt.Properties
 NO_PROPERTIES = mqtt.NO_PROPERTIES
@@ -100,8 +103,7 @@ def answer_to(c: Client, data: bytes) -> tuple[MQTTProtocolError, list[mqtt.Pack
 
 
 def _handle_all(c: Client) -> None:
-    while (event := c.server.next_event()) is not mqtt.NEED_DATA:
-        c.session.handle(event)  # type: ignore[arg-type]
+    c.handle_all()
 
 
 def fresh(broker: Broker, clock: Clock) -> Client:

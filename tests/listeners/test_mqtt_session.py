@@ -7,8 +7,12 @@ import pytest
 from gateway.codecs import mqtt
 from gateway.codecs.mqtt import ReasonCode
 from gateway.core import Broker, Message
+from gateway.store import MemoryStore
 from tests.core.fakes import Clock
-from tests.listeners.mqtt_harness import Client
+from tests.listeners.mqtt_harness import Client, plain_fast_path
+
+# Every test runs twice: PUBLISHes as events, then plain QoS 0 ones on the listener's fast path.
+pytestmark = pytest.mark.usefixtures(plain_fast_path.__name__)
 
 P = mqtt.Properties
 
@@ -397,3 +401,28 @@ def test_publish_to_an_unknown_queue_without_auto_create_is_refused_0x90(clock: 
     assert isinstance(ack, mqtt.PubAck)
     assert ack.reason_code == mqtt.ReasonCode.TOPIC_NAME_INVALID
     assert "typo" not in broker.queues
+
+
+class _FullStore(MemoryStore):
+    """A store that cannot write (disk full)."""
+
+    @property
+    def available(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_publish_while_the_store_cannot_write_is_never_acknowledged_as_safe(
+    clock: Clock, version: int
+) -> None:
+    broker = Broker(store=_FullStore(), clock=clock)
+    c = client(broker, clock)
+    c.connect("p", version=version)
+    c.send(mqtt.Publish(topic="t", payload=b"m", qos=1, packet_id=4))
+    if version == 5:
+        [ack] = c.received()
+        assert isinstance(ack, mqtt.PubAck)
+        assert ack.reason_code == mqtt.ReasonCode.QUOTA_EXCEEDED
+    else:  # 3.1.1 cannot refuse: no PUBACK, the connection closes and the client resends
+        assert c.received() == []
+        assert c.stopped

@@ -1,6 +1,6 @@
 """MQTT codec (3.1, 3.1.1 and 5.0): packets, properties, framing and state."""
 
-from .connection import CLOSED, NEED_DATA, MQTTConnection, Role, State
+from .connection import CLOSED, NEED_DATA, PAUSED, MQTTConnection, PlainPublishHandler, Role, State
 from .errors import ConnectReturnCode, MQTTProtocolError, ReasonCode
 from .packets import (
     NO_PROPERTIES,
@@ -31,6 +31,7 @@ __all__ = [
     "CLOSED",
     "NEED_DATA",
     "NO_PROPERTIES",
+    "PAUSED",
     "Auth",
     "ConnAck",
     "Connect",
@@ -42,6 +43,7 @@ __all__ = [
     "PacketType",
     "PingReq",
     "PingResp",
+    "PlainPublishHandler",
     "Properties",
     "PropertyId",
     "PubAck",

@@ -10,6 +10,7 @@ a server learns it from the CONNECT it receives, a client from the CONNECT it se
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum, auto
 from typing import Final
 
@@ -27,13 +28,14 @@ from .packets import (
     PubRec,
     PubRel,
 )
-from .serialize import PACKET_TYPES, decode_packet, decode_publish, encode_packet
+from .serialize import _TOPICS, PACKET_TYPES, decode_packet, decode_publish, encode_packet
 from .wire import MAX_REMAINING_LENGTH, decode_varint
 
 
 class _Sentinel(Enum):
     NEED_DATA = auto()
     CLOSED = auto()
+    PAUSED = auto()
 
 
 NEED_DATA: Final = _Sentinel.NEED_DATA
@@ -41,6 +43,9 @@ NEED_DATA: Final = _Sentinel.NEED_DATA
 
 CLOSED: Final = _Sentinel.CLOSED
 """The peer ended the stream cleanly between packets."""
+
+PAUSED: Final = _Sentinel.PAUSED
+"""``on_plain_publish`` asked to stop reading; ``next_event()`` goes on when called again."""
 
 Event = Packet | _Sentinel
 
@@ -96,18 +101,33 @@ MAX_PACKET_SIZE = 1 + 4 + MAX_REMAINING_LENGTH
 # Compacting the receive buffer costs a copy; do it only once this much is consumed.
 _COMPACT_AT = 65536
 
+PlainPublishHandler = Callable[[str, bytes, bytes, bool], bool]
+"""``handler(topic, payload, packet, retain)``, see ``MQTTConnection.on_plain_publish``:
+``packet`` is the whole PUBLISH as received; False asks to stop after this one."""
+
 
 class MQTTConnection:
-    """One side of an MQTT connection: framing, direction and ordering rules."""
+    """One side of an MQTT connection: framing, direction and ordering rules.
+
+    ``on_plain_publish``, when set, is the QoS 0 hot path: ``next_event`` hands it
+    every plain QoS 0 PUBLISH (QoS 0 without DUP, a topic name without alias that
+    an earlier PUBLISH already had decoded and validated, and in MQTT 5 an empty
+    property block) as ``(topic, payload, packet, retain)`` instead of returning a
+    ``Publish``, and returns ``PAUSED`` when it returns False. Everything else, and
+    any packet in doubt, is decoded (or refused) the general way, in order.
+    """
 
     __slots__ = (
         "_allowed_in",
         "_auth_method",
         "_buf",
         "_eof",
+        "_last_raw",
+        "_last_topic",
         "_pos",
         "_session_expiry",
         "max_packet_size",
+        "on_plain_publish",
         "protocol_level",
         "role",
         "state",
@@ -125,6 +145,10 @@ class MQTTConnection:
         # From the MQTT 5 CONNECT, for the rules on later DISCONNECT and AUTH packets.
         self._session_expiry = 0
         self._auth_method: str | None = None
+        self.on_plain_publish: PlainPublishHandler | None = None
+        # The topic of the last plain PUBLISH, raw and decoded (_take_plain_publishes).
+        self._last_raw = b""
+        self._last_topic = ""
 
     def receive_data(self, data: bytes | bytearray) -> None:
         if data:
@@ -133,7 +157,7 @@ class MQTTConnection:
             self._eof = True
 
     def next_event(self) -> Event:
-        """Return the next complete packet, ``NEED_DATA`` or ``CLOSED``."""
+        """Return the next complete packet, ``NEED_DATA``, ``CLOSED`` or ``PAUSED``."""
         buf = self._buf
         pos = self._pos
         end = len(buf)
@@ -145,6 +169,14 @@ class MQTTConnection:
                 self.state = State.CLOSED
                 return CLOSED
             return NEED_DATA
+        if buf[pos] & 0xFE == 0x30 and self.on_plain_publish is not None:
+            # QoS 0 PUBLISHes, the hot path: as many as there are, then what follows.
+            if self._take_plain_publishes(self.on_plain_publish):
+                return PAUSED
+            pos = self._pos
+            end = len(buf)
+            if pos >= end:
+                return self.next_event()  # NEED_DATA, or CLOSED at the end of the stream
         if self.state is State.AWAIT_CONNECT and self.role is Role.SERVER and buf[pos] != 0x10:
             # Refuse at the first byte: waiting for a length that garbage announces could stall.
             raise MQTTProtocolError("first packet is not CONNECT", ReasonCode.PROTOCOL_ERROR)
@@ -197,6 +229,78 @@ class MQTTConnection:
             raise
         self._check_order(PACKET_TYPES[type_byte >> 4], packet)
         return packet
+
+    def _take_plain_publishes(self, handler: PlainPublishHandler) -> bool:
+        """Hand ``handler`` each plain QoS 0 PUBLISH at the front of the buffer, in order.
+
+        Stops at the first packet that is anything else, incomplete, or in any doubt
+        (a topic not seen yet, a long or non-minimal length, the size limit), which
+        the general decoding then takes or refuses: a packet taken here gives
+        ``handler`` exactly what that decoding would have put in its ``Publish``.
+        Returns True if ``handler`` asked to stop.
+        """
+        if self.state is not State.CONNECTED:
+            return False
+        buf = self._buf
+        pos = self._pos
+        end = len(buf)
+        v5 = self.protocol_level == 5
+        limit = self.max_packet_size
+        topics = _TOPICS
+        last_raw = self._last_raw
+        last_topic = self._last_topic
+        stopped = False
+        try:
+            while pos + 4 <= end:
+                first = buf[pos]
+                if first != 0x30 and first != 0x31:
+                    break
+                length = buf[pos + 1]
+                body = pos + 2
+                if length & 0x80:
+                    second = buf[pos + 2]
+                    if second & 0x80 or not second:  # 3-4 byte or non-minimal: the general way
+                        break
+                    length = (length & 0x7F) | (second << 7)
+                    body = pos + 3
+                body_end = body + length
+                if body_end > end or body_end - pos > limit or length < 2:
+                    break
+                topic_end = body + 2 + ((buf[body] << 8) | buf[body + 1])
+                if topic_end > body_end or topic_end == body + 2:
+                    break
+                payload_at = topic_end
+                if v5:
+                    if topic_end == body_end or buf[topic_end]:
+                        break  # properties (or none at all, malformed): the general way
+                    payload_at += 1
+                size = topic_end - body - 2
+                if size == len(last_raw) and buf.startswith(last_raw, body + 2):
+                    topic = last_topic
+                else:
+                    raw = bytes(buf[body + 2 : topic_end])
+                    found = topics.get(raw)
+                    if found is None:
+                        break  # not seen yet: next_event decodes and validates it
+                    topic = last_topic = found
+                    last_raw = raw
+                packet = bytes(buf[pos:body_end])
+                payload = packet[payload_at - pos :]
+                pos = body_end
+                if not handler(topic, payload, packet, first == 0x31):
+                    stopped = True
+                    break
+        finally:
+            self._last_raw = last_raw
+            self._last_topic = last_topic
+            if pos >= end:
+                del buf[:]
+                pos = 0
+            elif pos >= _COMPACT_AT:
+                del buf[:pos]
+                pos = 0
+            self._pos = pos
+        return stopped
 
     def _short(self) -> Event:
         if self._eof:

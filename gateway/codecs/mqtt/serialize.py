@@ -203,6 +203,13 @@ _TOPICS: dict[bytes, str] = {}
 _TOPIC_CACHE_LIMIT = 4096
 
 
+def _remember_topic(raw: bytes, topic: str) -> None:
+    """Keep a valid topic name by its raw bytes (``_TOPICS``)."""
+    if len(_TOPICS) >= _TOPIC_CACHE_LIMIT:
+        _TOPICS.clear()
+    _TOPICS[raw] = topic
+
+
 def decode_packet(type_byte: int, body: bytes, version: int = 4) -> Packet:
     """Decode one packet from its first byte and its body (the remaining length bytes)."""
     ptype = PACKET_TYPES[type_byte >> 4]
@@ -345,9 +352,7 @@ def decode_publish(flags: int, body: bytes, version: int) -> Publish:
         if topic is None:
             topic = decode_utf8(raw)
             validate_topic_name(topic)
-            if len(_TOPICS) >= _TOPIC_CACHE_LIMIT:
-                _TOPICS.clear()
-            _TOPICS[raw] = topic
+            _remember_topic(raw, topic)
         if not qos:
             return Publish(topic=topic, payload=body[end:], retain=bool(flags & 1))
         if end + 2 > n:
@@ -370,9 +375,15 @@ def decode_publish(flags: int, body: bytes, version: int) -> Publish:
     if dup and qos == 0:
         raise MQTTProtocolError("DUP set on a QoS 0 PUBLISH")
     r = Reader(body)
-    topic = r.string()
     if version == 5:
-        return _decode_publish5(r, topic, qos, dup, bool(flags & 1))
+        raw = r.binary()
+        topic = _TOPICS.get(raw) or decode_utf8(raw)
+        publish = _decode_publish5(r, topic, qos, dup, bool(flags & 1))
+        if topic and raw not in _TOPICS:
+            # Valid: from now on MQTTConnection.on_plain_publish may have such PUBLISHes.
+            _remember_topic(raw, topic)
+        return publish
+    topic = r.string()
     validate_topic_name(topic)
     packet_id = _packet_id(r) if qos else None
     return Publish(

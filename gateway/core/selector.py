@@ -25,7 +25,6 @@ from .selector_parse import (
     MAX_DEPTH,
     MAX_IN_ITEMS,
     MAX_LENGTH,
-    NUMERIC_FIELDS,
     Arith,
     Between,
     Compare,
@@ -300,7 +299,7 @@ def _document(message: Message) -> object:
     if len(payload) <= MAX_JSON_BYTES and is_json(message.content_type, payload):
         try:
             document = json.loads(payload)
-        except (ValueError, RecursionError):
+        except (ValueError, RecursionError, TypeError):
             document = _NOT_JSON
     _last_document = (message, document)
     return document
@@ -335,16 +334,23 @@ def _correlation_id(message: Message, redelivered: bool) -> object:
     return None if value is None else value.decode("utf-8", "replace")
 
 
+def _milliseconds(seconds: float) -> int | None:
+    try:
+        return int(seconds * 1000)
+    except (OverflowError, ValueError):  # infinity, NaN
+        return None
+
+
 def _expiration(message: Message, redelivered: bool) -> object:
     expiry = message.expiry
-    return 0 if expiry is None else int(expiry * 1000)
+    return 0 if expiry is None else _milliseconds(expiry)
 
 
 _FIELD_GETTERS: Final[dict[str, Fn]] = {
     "destination": lambda m, r: m.destination,
     "priority": lambda m, r: m.priority,
     "message_id": lambda m, r: str(m.message_id),
-    "timestamp": lambda m, r: int(m.timestamp * 1000),
+    "timestamp": lambda m, r: _milliseconds(m.timestamp),
     "correlation_id": _correlation_id,
     "reply_to": lambda m, r: m.reply_to,
     "delivery_mode": lambda m, r: "PERSISTENT" if m.qos else "NON_PERSISTENT",
@@ -522,9 +528,6 @@ def _compare_literal(op: str, left: Node, literal: object) -> Fn:
     if isinstance(left, Field) and left.name in _INT_ATTRIBUTES:
         read = operator.attrgetter(_INT_ATTRIBUTES[left.name])
         return lambda m, r: test(read(m), literal)
-    if isinstance(left, Field) and left.name in NUMERIC_FIELDS:
-        field = _FIELD_GETTERS[left.name]
-        return lambda m, r: test(field(m, r), literal)
     if isinstance(left, Header):
         name = left.name
 

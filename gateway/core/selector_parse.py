@@ -624,11 +624,12 @@ class _Parser:
             if token.value in ("+", "-"):
                 operand = self.expression(_SIGN)
                 _require_value(operand, f"unary '{token.value}'")
-                if token.value == "+":
-                    return operand
-                if isinstance(operand, Literal) and not isinstance(operand.value, bool):
+                if isinstance(operand, Literal):
                     assert isinstance(operand.value, int | float)
-                    return Literal(-operand.value, token.pos)
+                    value = -operand.value if token.value == "-" else operand.value
+                    return Literal(value, token.pos)
+                if token.value == "+":  # a number, or NULL: an arithmetic of one term
+                    return Arith(operand, (), token.pos, _depth(token.pos, operand))
                 return Negate(operand, token.pos, _depth(token.pos, operand))
         if kind == "end":
             raise SelectorError("unexpected end of selector", token.pos)

@@ -188,6 +188,12 @@ def test_standard_fields_of_a_bare_message() -> None:
     assert matches("destination = 'jobs' AND JMSType IS NULL", bare)
 
 
+def test_times_that_are_not_finite_are_null() -> None:
+    msg = message(expiry=float("inf"), timestamp=float("nan"))
+    assert truth("JMSExpiration > 0", msg) == "U"
+    assert matches("JMSExpiration IS NULL AND JMSTimestamp IS NULL", msg)
+
+
 def test_redelivered_is_the_argument() -> None:
     assert matches("redelivered", redelivered=True)
     assert matches("JMSRedelivered = TRUE", redelivered=True)
@@ -382,6 +388,9 @@ def test_numeric_coercion_of_header_values() -> None:
         ("-n = -5", "T"),
         ("- -n = 5", "T"),
         ("+n = 5", "T"),
+        ("+n = '5'", "T"),  # a number now: compared numerically
+        ("+word IS NULL", "T"),  # not a number: NULL
+        ("+flag IS NULL", "T"),
         ("n * 2 = 10", "T"),
         ("n + f = 2.5", "T"),
         ("e / 4 = 250", "T"),

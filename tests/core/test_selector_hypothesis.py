@@ -137,6 +137,7 @@ def num_expr(depth: int) -> st.SearchStrategy[Tree]:
         leaf,
         st.tuples(st.just("arith"), st.sampled_from("+-*/"), inner, inner),
         st.tuples(st.just("neg"), inner),
+        st.tuples(st.just("pos"), inner),
     )
 
 
@@ -199,6 +200,8 @@ def render(tree: Tree) -> str:
         return f"({render(tree[2])}) {tree[1]} ({render(tree[3])})"
     if kind == "neg":
         return f"-({render(tree[1])})"
+    if kind == "pos":
+        return f"+({render(tree[1])})"
     if kind == "cmp":
         return f"({render(tree[2])}) {tree[1]} ({render(tree[3])})"
     if kind == "between":
@@ -436,6 +439,8 @@ def evaluate(tree: Tree, message: Message, redelivered: bool) -> object:
     if kind == "neg":
         a = ref_number(evaluate(tree[1], message, redelivered))
         return None if a is None else -a
+    if kind == "pos":
+        return ref_number(evaluate(tree[1], message, redelivered))
     if kind == "cmp":
         left, right = (
             evaluate(tree[2], message, redelivered),

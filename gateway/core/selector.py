@@ -276,7 +276,7 @@ def like_matcher(pattern: str, escape: str | None = None) -> Callable[[str], boo
 _NOT_JSON: Final = object()
 _JSON_START = re.compile(rb"[ \t\r\n]*[\[{]")
 # The last message whose payload was parsed, and the result: the selectors of one
-# fan-out share one parse. Holds one message alive until the next parse.
+# fan-out share one parse. Holds that one message alive until the next parse.
 _last_document: tuple[Message | None, object] = (None, _NOT_JSON)
 
 
@@ -295,12 +295,12 @@ def _document(message: Message) -> object:
     if cached[0] is message:
         return cached[1]
     payload = message.payload
-    document: object = _NOT_JSON
-    if len(payload) <= MAX_JSON_BYTES and is_json(message.content_type, payload):
-        try:
-            document = json.loads(payload)
-        except (ValueError, RecursionError, TypeError):
-            document = _NOT_JSON
+    if len(payload) > MAX_JSON_BYTES or not is_json(message.content_type, payload):
+        return _NOT_JSON
+    try:
+        document = json.loads(payload)
+    except (ValueError, RecursionError, TypeError):
+        document = _NOT_JSON
     _last_document = (message, document)
     return document
 
@@ -356,10 +356,10 @@ _FIELD_GETTERS: Final[dict[str, Fn]] = {
     "delivery_mode": lambda m, r: "PERSISTENT" if m.qos else "NON_PERSISTENT",
     "persistent": lambda m, r: m.qos > 0,
     "expiration": _expiration,
-    "redelivered": lambda m, r: r,
+    "redelivered": lambda m, r: bool(r),
     "content_type": lambda m, r: m.content_type,
     "qos": lambda m, r: m.qos,
-    "retain": lambda m, r: m.retain,
+    "retain": lambda m, r: bool(m.retain),
 }
 # Plain integer attributes, read without a call.
 _INT_ATTRIBUTES: Final = {"priority": "priority", "qos": "qos"}

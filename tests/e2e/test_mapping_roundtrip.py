@@ -9,8 +9,8 @@ as code (SENDS x SHOWS), and ``Seen`` is what each subscriber shows, read back i
 Two cases per pair: a topic with a binary (non-UTF-8) payload and a topic reply-to, and a
 queue with a UTF-8 text payload and a queue reply-to. Request/reply across protocols is
 tested in test_cross_protocol.py (MQTT 5 <-> STOMP) and test_http_api.py (HTTP requesters).
-The tests marked xfail are mapping bugs, each described in its reason (docs/mapping.md,
-"Known bugs").
+The tests at the end hold the rules for what a protocol cannot carry (docs/mapping.md,
+"Headers a protocol cannot carry").
 """
 
 from __future__ import annotations
@@ -507,10 +507,7 @@ UNENCODABLE = {
 
 @pytest.mark.parametrize(
     "case",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=reason))
-        for name, (_, _, reason) in UNENCODABLE.items()
-    ],
+    [pytest.param(name, id=name) for name in UNENCODABLE],
 )
 async def test_a_header_stomp_cannot_carry_does_not_break_the_publisher(
     http_gateway: Gateway, case: str
@@ -538,12 +535,6 @@ async def test_a_header_stomp_cannot_carry_does_not_break_the_publisher(
                 assert not client.disconnected.is_set()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MQTT 5 correlation data holding a 0x00 byte is decoded and written raw into the "
-    "STOMP correlation-id header; the NUL ends the MESSAGE frame early, so the subscriber gets "
-    "a truncated frame (empty body) followed by garbage",
-)
 async def test_nul_in_correlation_data_keeps_stomp_framing(http_gateway: Gateway) -> None:
     with trio.fail_after(NET_TIMEOUT):
         async with contextlib.AsyncExitStack() as stack:
@@ -559,18 +550,7 @@ async def test_nul_in_correlation_data_keeps_stomp_framing(http_gateway: Gateway
 
 @pytest.mark.parametrize(
     "pub",
-    [
-        pytest.param(
-            pub,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=f"{pub}: a text/* content type sets Message.text without checking the "
-                "payload is UTF-8, so MQTT 5 subscribers get payload format indicator 1 on a "
-                "non-UTF-8 payload (an MQTT 5 publisher doing the same is refused with 0x99)",
-            ),
-        )
-        for pub in ("stomp", "http")
-    ],
+    [pytest.param(pub, id=pub) for pub in ("stomp", "http")],
 )
 async def test_text_content_type_on_binary_payload_is_not_marked_utf8(
     http_gateway: Gateway, pub: str
@@ -592,12 +572,6 @@ async def test_text_content_type_on_binary_payload_is_not_marked_utf8(
             assert properties_dict(message.properties).get("PayloadFormatIndicator") != 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="message_json builds `headers` with dict(pairs), so of repeated names the LAST "
-    "value wins, while core lookups, selectors and STOMP subscribers (first header counts) "
-    "see the FIRST",
-)
 async def test_repeated_header_names_show_the_first_value_in_json(
     http_gateway: Gateway,
 ) -> None:
@@ -615,13 +589,6 @@ async def test_repeated_header_names_show_the_first_value_in_json(
             assert (await sse.message()).data["headers"]["a"] == "1"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core headers named like STOMP's own (reply-to, expires, persistent, "
-    "correlation-id, priority, content-type) are appended to the MESSAGE as they are; when "
-    "the message lacks that field the STOMP client reads the user property as the field "
-    "(here a QoS 0 message shows persistent:true, a reply-to and expires:1, i.e. expired)",
-)
 async def test_user_properties_named_like_stomp_headers_do_not_pose_as_them(
     http_gateway: Gateway,
 ) -> None:
@@ -639,12 +606,6 @@ async def test_user_properties_named_like_stomp_headers_do_not_pose_as_them(
             assert frame.get("expires") is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="request/reply: the reply's correlation id goes into the X-Msg-Correlation-Id "
-    "response header unchecked; a non-ASCII one (accepted from the request's UTF-8 header) "
-    "makes h11 raise UnicodeEncodeError, the connection crashes and curl gets an empty reply",
-)
 async def test_request_reply_with_a_non_ascii_correlation_id(http_gateway: Gateway) -> None:
     with trio.fail_after(NET_TIMEOUT):
         async with contextlib.AsyncExitStack() as stack:

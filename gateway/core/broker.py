@@ -69,6 +69,10 @@ class PublishResult(msgspec.Struct, frozen=True):
 
 
 _ACCEPTED_ONE: Final = PublishResult(Status.ACCEPTED, 1)
+# Read per publish: an enum member read through its class costs ~90 ns on Python 3.11.
+_QUEUE_KIND: Final = Kind.QUEUE
+# The common outcomes, shared: accepted by 0 to 63 queues, none congested.
+_ACCEPTED: Final = tuple(PublishResult(Status.ACCEPTED, n) for n in range(64))
 
 
 @dataclass(frozen=True, slots=True)
@@ -756,7 +760,7 @@ class Broker:
             # The store cannot write (disk full): acknowledging would be a lie.
             stats.refused += 1
             return PublishResult(Status.REFUSED, 0, "store-unavailable")
-        if message.kind is Kind.QUEUE:
+        if message.kind is _QUEUE_KIND:
             queue = self.queues.get(message.destination)
             if queue is None:
                 name = message.destination
@@ -793,6 +797,7 @@ class Broker:
         routed = 0
         congested: list[Queue] | None = None
         publisher = message.origin.client_id
+        qos, retain, expiry = message.qos, message.retain, message.expiry
         for route in routes:
             if (
                 route.no_local
@@ -802,10 +807,10 @@ class Broker:
                 continue
             entry = Delivery(  # positional: the cheapest way to build one
                 message,
-                route.qos if route.qos < message.qos else message.qos,
-                message.retain and route.retain_as_published,
+                route.qos if route.qos < qos else qos,
+                retain and route.retain_as_published,
                 route.subscription_ids,
-                message.expiry,
+                expiry,
             )
             queue = route.queue
             why = queue.put(entry)
@@ -819,8 +824,8 @@ class Broker:
         if refused is not None:
             stats.refused += 1
             return PublishResult(Status.REFUSED, routed, refused, pressure)
-        if routed == 1 and not pressure:
-            return _ACCEPTED_ONE
+        if not pressure and routed < 64:
+            return _ACCEPTED[routed]
         return PublishResult(Status.ACCEPTED, routed, congested=pressure)
 
     def _retain(self, message: Message) -> None:

@@ -135,6 +135,18 @@ class Consumer:
         # The connection's window (MQTT receive maximum) is shared by all its consumers.
         return not session.consumers or session.in_flight() < session.window
 
+    def send_qos0(self, entry: Delivery, sink: Sink) -> None:
+        """``send`` for a consumer without ``ack_all`` and an entry at QoS 0."""
+        entry.count += 1
+        entry.consumer = self
+        entry.tag = tag = self._next_tag
+        self._next_tag = tag + 1
+        if self.subscription_ids:
+            entry.subscription_ids = self.subscription_ids
+        if entry.retain and not self.retain_as_published:
+            entry.retain = False
+        sink.deliver(entry, 0)
+
     def send(self, entry: Delivery) -> None:
         """Hand ``entry`` to the sink; the caller has checked ``can_take``."""
         sink = self.sink

@@ -196,7 +196,7 @@ class Queue:
                 if sink is not None and sink.writable():
                     stats.enqueued += 1
                     stats.delivered += 1
-                    only.send(entry)
+                    only.send_qos0(entry, sink)
                 else:
                     self.broker.discard(self, entry, "offline" if sink is None else "slow-consumer")
                 return None
@@ -237,16 +237,16 @@ class Queue:
     def _make_room(self, entry: Delivery) -> bool:
         policy = self.policy
         max_length, max_bytes = policy.max_length, policy.max_bytes
-        if max_length is None and max_bytes is None:
-            return True
+        if (max_length is None or self.depth < max_length) and (
+            max_bytes is None or self.bytes + entry.size <= max_bytes
+        ):
+            return True  # room to spare: the usual case, without the closure below
 
         def full() -> bool:
             return (max_length is not None and self.depth + 1 > max_length) or (
                 max_bytes is not None and self.bytes + entry.size > max_bytes
             )
 
-        if not full():
-            return True
         if policy.overflow is Overflow.REJECT_PUBLISH:
             return False
         # drop-head: the oldest entry of the lowest priority goes first.

@@ -102,6 +102,14 @@ def fields_from_headers(headers: Mapping[str, str]) -> dict[str, Any]:
     return fields
 
 
+def _utf8(payload: bytes) -> bool:
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def build_message(
     kind: Kind,
     destination: str,
@@ -126,7 +134,7 @@ def build_message(
         priority=fields.get("priority", 4),
         expiry=None if not expiry_in else now + expiry_in,
         content_type=content_type,
-        text=is_text(content_type),
+        text=is_text(content_type) and _utf8(payload),
         correlation_id=None if correlation is None else str(correlation).encode(),
         reply_to=fields.get("reply_to"),
         timestamp=now,
@@ -156,7 +164,10 @@ def message_json(message: Message, **extra: Any) -> dict[str, Any]:
     if message.content_type is not None:
         body["content_type"] = message.content_type
     if message.headers:
-        body["headers"] = dict(header_pairs(message.headers))
+        first: dict[str, str] = {}
+        for name, value in header_pairs(message.headers):
+            first.setdefault(name, value)  # the first of a repeated name counts, as in the core
+        body["headers"] = first
     if message.correlation_id is not None:
         body["correlation_id"] = message.correlation_id.decode("utf-8", "replace")
     if message.reply_to is not None:
@@ -178,7 +189,9 @@ def response_headers(message: Message) -> list[tuple[str, str]]:
         ("X-Msg-Destination", address(message)),
     ]
     if message.correlation_id is not None:
-        headers.append(("X-Msg-Correlation-Id", message.correlation_id.decode("utf-8", "replace")))
+        correlation = message.correlation_id.decode("utf-8", "replace")
+        if correlation.isprintable() and correlation.isascii():  # else HTTP cannot carry it
+            headers.append(("X-Msg-Correlation-Id", correlation))
     if message.priority != 4:
         headers.append(("X-Msg-Priority", str(message.priority)))
     if message.expiry is not None:

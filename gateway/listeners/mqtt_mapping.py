@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import math
+from typing import Final
 
 from ..codecs import mqtt
 from ..codecs.mqtt import MQTTProtocolError, ReasonCode
@@ -24,6 +25,9 @@ from ..core import Headers, Kind, Message, Origin, header_pairs
 
 QUEUE_PREFIX = "$queue/"
 NO_PROPERTIES = mqtt.NO_PROPERTIES
+# An enum member read through its class costs about 90 ns on Python 3.11: per message, aliases.
+_QUEUE: Final = Kind.QUEUE
+_TOPIC: Final = Kind.TOPIC
 
 
 def queue_name(topic: str) -> str | None:
@@ -44,14 +48,14 @@ def to_message(
 ) -> Message:
     """A core message from a PUBLISH or a will (properties are empty for 3.1.1)."""
     name = queue_name(topic)
-    kind, destination = (Kind.QUEUE, name) if name is not None else (Kind.TOPIC, topic)
+    kind, destination = (_QUEUE, name) if name is not None else (_TOPIC, topic)
     if properties is NO_PROPERTIES:
         return Message(
             destination=destination,
             kind=kind,
             payload=payload,
             qos=qos,
-            retain=retain and kind is Kind.TOPIC,
+            retain=retain and kind is _TOPIC,
             timestamp=now,
             origin=origin,
         )
@@ -75,7 +79,7 @@ def to_message(
         kind=kind,
         payload=payload,
         qos=qos,
-        retain=retain and kind is Kind.TOPIC,
+        retain=retain and kind is _TOPIC,
         headers=headers,
         priority=priority,
         expiry=None if interval is None else now + interval,
@@ -89,7 +93,7 @@ def to_message(
 
 
 def topic_of(message: Message) -> str:
-    return QUEUE_PREFIX + message.destination if message.kind is Kind.QUEUE else message.destination
+    return QUEUE_PREFIX + message.destination if message.kind is _QUEUE else message.destination
 
 
 def properties_of(

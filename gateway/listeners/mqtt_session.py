@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from typing import Final
 
 import msgspec
 
@@ -41,6 +42,8 @@ SHARE_PREFIX = "$share/"
 _NO_ACK = -1
 DISCONNECT_REASONS = REASON_CODES[mqtt.PacketType.DISCONNECT]
 NEVER_EXPIRES = 0xFFFFFFFF
+# An enum member read through its class costs about 90 ns on Python 3.11: per message, an alias.
+_ACCEPTED: Final = Status.ACCEPTED
 _V3_SUBACK_FAILURE = 0x80
 
 # Fan-out hands every subscriber the same Message in turn, so remembering the
@@ -363,7 +366,7 @@ class MQTTSession:
         result = self.broker.publish(message)
         if result.congested:
             self.congested.update(result.congested)
-        if result.status is not Status.ACCEPTED:
+        if result.status is not _ACCEPTED:
             self.log.warning("mqtt.publish.refused", topic=topic, reason=result.reason, qos=0)
         return not self.congested
 
@@ -378,7 +381,7 @@ class MQTTSession:
         result = self.broker.publish(message)
         if result.congested:
             self.congested.update(result.congested)
-        if result.status is not Status.ACCEPTED:
+        if result.status is not _ACCEPTED:
             # 3.1.1 has no negative acknowledgement: the refusal is logged, never silent.
             self.log.warning(
                 "mqtt.publish.refused", topic=topic, reason=result.reason, qos=packet.qos
@@ -614,12 +617,13 @@ class MQTTSession:
     def _allocate_pid(self) -> int:
         inflight = self._inflight
         pid = self._next_pid
-        for _ in range(65535):
-            if pid not in inflight:
-                break
-            pid = pid % 65535 + 1
-        else:  # pragma: no cover - the credit window keeps us far below 65535
-            raise RuntimeError("no free packet identifier")
+        if pid in inflight:
+            for _ in range(65535):
+                if pid not in inflight:
+                    break
+                pid = pid % 65535 + 1
+            else:  # pragma: no cover - the credit window keeps us far below 65535
+                raise RuntimeError("no free packet identifier")
         self._next_pid = pid % 65535 + 1
         return pid
 

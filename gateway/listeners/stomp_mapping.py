@@ -127,12 +127,20 @@ def to_message(
         priority=priority,
         expiry=expiry,
         content_type=content_type,
-        text=content_type is not None and content_type.startswith("text/"),
+        text=content_type is not None and content_type.startswith("text/") and _utf8(frame.body),
         correlation_id=correlation,
         reply_to=None if reply_to is None else neutral_reply_to(reply_to),
         timestamp=now,
         origin=origin,
     )
+
+
+def _utf8(payload: bytes) -> bool:
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _int(value: str, name: str, low: int, high: int | None) -> int:
@@ -145,8 +153,24 @@ def _int(value: str, name: str, low: int, high: int | None) -> int:
     return number
 
 
-def message_headers(message: Message) -> list[tuple[str, str]]:
-    """The headers a MESSAGE frame carries for ``message`` (after the delivery ones)."""
+def carriable(name: str, value: str, version: str) -> bool:
+    """Whether STOMP ``version`` can carry this header intact: NUL ends a frame in every
+    version, and 1.0 (no escapes) cannot carry LF, nor ':' in a name, nor a trailing CR."""
+    if not name or "\x00" in name or "\x00" in value:
+        return False
+    if version == "1.2":
+        return True
+    if value.endswith("\r"):
+        return False
+    return version == "1.1" or (":" not in name and "\n" not in name and "\n" not in value)
+
+
+def message_headers(message: Message, version: str = "1.2") -> list[tuple[str, str]]:
+    """The headers a MESSAGE frame carries for ``message`` (after the delivery ones).
+
+    A message header named like one of STOMP's own (``persistent``, ``reply-to``...)
+    is left out rather than read as that field, and so is one the negotiated
+    version cannot carry (docs/mapping.md)."""
     headers = [("destination", stomp_destination(message))]
     if message.qos:
         headers.append(("persistent", "true"))
@@ -160,6 +184,11 @@ def message_headers(message: Message) -> list[tuple[str, str]]:
         headers.append(("reply-to", stomp_reply_to(message.reply_to)))
     if message.content_type is not None:
         headers.append(("content-type", message.content_type))
-    headers.extend(header_pairs(message.headers))
+    headers = [(k, v) for k, v in headers if carriable(k, v, version)]
+    headers.extend(
+        (name, value)
+        for name, value in header_pairs(message.headers)
+        if name not in STANDARD and carriable(name, value, version)
+    )
     headers.append(("content-length", str(len(message.payload))))
     return headers

@@ -435,7 +435,7 @@ class STOMPSession:
                     sub.unacked[ack_id] = delivery
             headers.append(("redelivered", "true" if delivery.redelivered else "false"))
             headers.append(("x-delivery-count", str(delivery.count)))
-            headers.extend(message_headers(delivery.message))
+            headers.extend(message_headers(delivery.message, self.version))
             frame = Frame(command="MESSAGE", headers=tuple(headers), body=delivery.message.payload)
             self.send(self.codec.send(frame))
 

@@ -71,10 +71,13 @@ clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
 
 # Broker comparison (docs/benchmarks.md): installs matplotlib and py-spy into .venv, the
-# mosquitto Debian package when missing, amqtt into its own venv, then compare + report.
+# mosquitto Debian package when missing, amqtt and coilmq (a STOMP broker, for the STOMP
+# comparison) into their own venvs, then compare + report.
 # Quick look: make bench BENCH_ARGS="--reps 1 --seconds 2"
 BENCH_ARGS  ?=
 AMQTT_VENV  := bench/.venv-amqtt
+COILMQ_VENV := bench/.venv-coilmq
+COILMQ_REQ  := coilmq==1.1.0
 
 .PHONY: bench bench-deps
 
@@ -90,3 +93,7 @@ bench-deps: $(VENV)/.installed
 	  $(PYTHON) -m venv $(AMQTT_VENV) && \
 	  $(AMQTT_VENV)/bin/python -m pip install --quiet --upgrade pip && \
 	  $(AMQTT_VENV)/bin/python -m pip install --quiet amqtt; }
+	@test -x $(COILMQ_VENV)/bin/coilmq || { \
+	  $(PYTHON) -m venv $(COILMQ_VENV) && \
+	  $(COILMQ_VENV)/bin/python -m pip install --quiet --upgrade pip && \
+	  $(COILMQ_VENV)/bin/python -m pip install --quiet '$(COILMQ_REQ)'; }

@@ -1,6 +1,6 @@
 """``python -m bench``: run, compare and report broker benchmarks.
 
-    python -m bench run SCENARIO --system gateway|mosquitto|amqtt|rabbitmq-stomp|external [...]
+    python -m bench run SCENARIO --system gateway|mosquitto|amqtt|rabbitmq-stomp|coilmq|external
     python -m bench compare [SCENARIO|PRESET ...] [--systems ...] [--reps N] [--seconds S]
     python -m bench report [--input bench/results/latest.json]
 
@@ -47,6 +47,9 @@ def _record(
     snapshot = getattr(args, "gateway_snapshot", None)
     if system == "gateway":
         rec["gateway_revision"] = snapshot[1] if snapshot else systems.gateway_revision()
+    quiet = getattr(args, "quiet", None)
+    if quiet is not None:
+        rec["quiet_wait_s"], rec["quiet_pct"] = systems.wait_quiet(quiet, args.quiet_timeout)
     started = time.monotonic()
     profile = getattr(args, "profile", None)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -79,6 +82,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = [
         "seconds", "warmup", "drain", "publishers", "subscribers", "qos", "payload", "window",
         "rate", "subscriptions", "sub_connections", "connections", "procs", "prefetch",
+        "heartbeat",
     ]  # fmt: skip
     out = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if getattr(args, "open_loop", None) is not None:
@@ -130,7 +134,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out_path = RESULTS / f"compare-{stamp}.json"
     # Every gateway run of the comparison runs this copy of gateway/, not the work tree,
     # which someone may be editing meanwhile.
-    args.gateway_snapshot = systems.snapshot_gateway() if "gateway" in args.systems else None
+    args.gateway_snapshot = (
+        systems.snapshot_gateway(args.gateway_rev) if "gateway" in args.systems else None
+    )
     try:
         return _compare(args, presets, overrides, out_path, report)
     finally:
@@ -222,7 +228,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--system",
         required=True,
-        choices=[*systems.SYSTEMS, *systems.EXTERNAL_SYSTEMS, "external"],
+        choices=[*systems.SYSTEMS, *systems.STOMP_SYSTEMS, *systems.EXTERNAL_SYSTEMS, "external"],
     )
     _add_common(run)
     run.add_argument("--publishers", type=int)
@@ -237,6 +243,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--connections", type=int, help="idle: connections to open")
     run.add_argument("--procs", type=int, help="idle: generator processes")
     run.add_argument("--prefetch", type=int, help="stomp-queue: the consumer's prefetch-count")
+    run.add_argument(
+        "--heartbeat",
+        type=int,
+        help="STOMP: offer heart-beat:MS,0 and send EOLs at the negotiated interval (default 0)",
+    )
     run.add_argument("--host", default="127.0.0.1", help="external: broker host")
     run.add_argument("--port", type=int, help="external: broker port")
     run.add_argument("--pid", type=int, help="external: broker PID, to read its CPU and RSS")
@@ -250,6 +261,25 @@ def parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="scenarios on each system in turn, with ratios")
     cmp.add_argument("names", nargs="*", help="scenarios or presets (default: all)")
     cmp.add_argument("--systems", nargs="+", default=list(systems.SYSTEMS))
+    cmp.add_argument(
+        "--quiet",
+        type=float,
+        metavar="PCT",
+        help="before each run, wait until the machine uses less than PCT %% of a core "
+        "(a machine shared with other work; see --quiet-timeout)",
+    )
+    cmp.add_argument(
+        "--quiet-timeout",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="the longest wait for --quiet, per run (default 120)",
+    )
+    cmp.add_argument(
+        "--gateway-rev",
+        metavar="REV",
+        help="run gateway/ as committed in this git revision (default: the work tree as it is)",
+    )
     _add_common(cmp)
     cmp.set_defaults(func=cmd_compare)
 

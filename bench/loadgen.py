@@ -1,7 +1,8 @@
 """Load generator workers: one OS process per publisher, subscriber or idle-connection holder.
 
 Started with multiprocessing's ``spawn`` by :class:`WorkerGroup`. Every worker speaks raw
-MQTT 3.1.1 over a plain TCP socket with :mod:`bench.mqttwire`; nothing imports the gateway.
+MQTT 3.1.1 over a plain TCP socket with :mod:`bench.mqttwire` (STOMP workers: STOMP 1.2
+with :mod:`bench.stompwire`); nothing imports the gateway.
 
 Coordination is through shared memory (no locks: each slot has one writer):
 
@@ -48,7 +49,7 @@ STALL_NS = 500_000_000  # a closed-loop publisher writes off a gap that has not 
 COALESCE_BELOW = 16384
 SUB_COALESCE = {0: 0.002, 1: 0.0002, 2: 0.0002}
 PUB_COALESCE = 0.0002
-STOMP_VHOST = "/"  # the CONNECT host header (RabbitMQ's virtual host)
+STOMP_VHOST = "/"  # the CONNECT host header (RabbitMQ's virtual host); coilmq: its FQDN
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ class PubSpec:
     kind: str = "pub"
     proto: str = "mqtt"  # "stomp": topics[0] is the destination; SEND frames
     stomp_headers: tuple[tuple[str, str], ...] = ()  # extra SEND headers
+    stomp_host: str = STOMP_VHOST  # the CONNECT host header
+    heartbeat: int = 0  # STOMP: the client's heart-beat offer cx, ms (cy is always 0)
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,11 @@ class SubSpec:
     ack: str = "auto"  # STOMP: auto or client-individual (ACK each MESSAGE)
     prefetch: int = 0  # STOMP: prefetch-count (0: not sent)
     stomp_headers: tuple[tuple[str, str], ...] = ()  # extra SUBSCRIBE headers
+    stomp_host: str = STOMP_VHOST  # the CONNECT host header
+    heartbeat: int = 0  # STOMP: the client's heart-beat offer cx, ms (cy is always 0)
+    # STOMP ACKs: "ack" (1.2: id = the MESSAGE's ack header) or "message-id" (coilmq,
+    # whose MESSAGE has no ack header: id = the subscription, plus message-id)
+    ack_by: str = "ack"
 
 
 @dataclass(frozen=True)
@@ -200,9 +208,16 @@ def _alive(sh: Shared, deadline_ns: int) -> bool:
     return now_ns() < deadline_ns and os.getppid() != 1
 
 
-def _wait_go(sh: Shared) -> int:
-    if not sh.go.wait(timeout=120):
-        raise WorkerError("never told to start")
+def _wait_go(sh: Shared, beat: Heartbeat | None = None) -> int:
+    if beat is None or not beat.interval:
+        if not sh.go.wait(timeout=120):
+            raise WorkerError("never told to start")
+    else:  # STOMP with heart-beats: keep the connection alive while the others get ready
+        give_up = now_ns() + 120_000_000_000
+        while not sh.go.wait(timeout=beat.interval / 4e9):
+            if now_ns() > give_up:
+                raise WorkerError("never told to start")
+            beat.tick(now_ns())
     t0 = int(sh.ctl[T0])
     delay = (t0 - now_ns()) / 1e9
     if delay > 0:
@@ -530,12 +545,41 @@ def _stomp_expect(
         buf += data
 
 
-def stomp_connect(host: str, port: int, vhost: str, timeout: float = 30.0) -> socket.socket:
+class Heartbeat:
+    """The client side of STOMP heart-beating: an EOL whenever nothing was written for the
+    negotiated interval. ``interval`` 0 (what ``heart-beat:0,0`` negotiates with every
+    broker here) makes :meth:`tick` a single comparison. Call :meth:`wrote` after writing
+    and :meth:`tick` from the loop, only between whole frames (never inside one)."""
+
+    def __init__(self, sock: socket.socket, interval_ms: int) -> None:
+        self.sock = sock
+        self.interval = interval_ms * 1_000_000
+        self.due = now_ns() + self.interval
+        self.sent = 0
+
+    def wrote(self, now: int) -> None:
+        self.due = now + self.interval
+
+    def tick(self, now: int) -> None:
+        if self.interval and now >= self.due:
+            try:
+                if self.sock.send(b"\n") == 1:
+                    self.sent += 1
+                    self.due = now + self.interval
+            except BlockingIOError:
+                pass  # the broker is not reading: neither would it read the EOL
+
+
+def stomp_connect(
+    host: str, port: int, vhost: str, heartbeat: int = 0, timeout: float = 30.0
+) -> tuple[socket.socket, Heartbeat]:
+    """Connect and CONNECT (offering ``heart-beat:HEARTBEAT,0``): the socket and its
+    heart-beat timer, set to the interval negotiated from the CONNECTED frame."""
     sock = socket.create_connection((host, port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.sendall(sw.connect(vhost))
-    _stomp_expect(sock, b"", b"CONNECTED", timeout)
-    return sock
+    sock.sendall(sw.connect(vhost, heartbeat=(heartbeat, 0)))
+    head, _ = _stomp_expect(sock, b"", b"CONNECTED", timeout)
+    return sock, Heartbeat(sock, sw.client_heartbeat_ms(head, heartbeat))
 
 
 def _stomp_error(data: bytes) -> WorkerError:
@@ -551,9 +595,9 @@ def run_stomp_publisher(index: int, spec: PubSpec, sh: Shared) -> dict[str, Any]
     if not spec.open_loop:
         per_batch = min(per_batch, max(1, spec.window // 2))
     batch = one * per_batch
-    sock = stomp_connect(spec.host, spec.port, STOMP_VHOST)
+    sock, beat = stomp_connect(spec.host, spec.port, spec.stomp_host, spec.heartbeat)
     sh.state[index] = 1
-    t0 = _wait_go(sh)
+    t0 = _wait_go(sh, beat)
     end = t0 + int((spec.warmup + spec.seconds) * 1e9)
     hard = int(sh.ctl[DEADLINE])
     sock.setblocking(False)
@@ -590,6 +634,9 @@ def run_stomp_publisher(index: int, spec: PubSpec, sh: Shared) -> dict[str, Any]
         )
         if writable:
             _write(sock, out)
+            beat.wrote(now)
+        elif not out:
+            beat.tick(now)
         if readable:
             data = sock.recv(RECV_SIZE)
             if not data:
@@ -606,6 +653,8 @@ def run_stomp_publisher(index: int, spec: PubSpec, sh: Shared) -> dict[str, Any]
     error = None
     while not sh.ctl[STOP] and _alive(sh, hard):
         if not select.select([sock], [], [], 0.05)[0]:
+            if not out:
+                beat.tick(now_ns())
             continue
         data = sock.recv(RECV_SIZE)
         if not data:
@@ -614,11 +663,17 @@ def run_stomp_publisher(index: int, spec: PubSpec, sh: Shared) -> dict[str, Any]
             error = str(_stomp_error(data))
             break
     _stomp_close(sock)
-    return {"sent": queued, "acked": None, "written_off": allowance, "error": error}
+    return {
+        "sent": queued,
+        "acked": None,
+        "written_off": allowance,
+        "error": error,
+        "heartbeats_sent": beat.sent,
+    }
 
 
 def run_stomp_subscriber(index: int, spec: SubSpec, sh: Shared) -> dict[str, Any]:
-    sock = stomp_connect(spec.host, spec.port, STOMP_VHOST)
+    sock, beat = stomp_connect(spec.host, spec.port, spec.stomp_host, spec.heartbeat)
     sock.sendall(
         sw.subscribe(
             "0", spec.filters[0], spec.ack, spec.prefetch, "sub-0", dict(spec.stomp_headers)
@@ -626,12 +681,17 @@ def run_stomp_subscriber(index: int, spec: SubSpec, sh: Shared) -> dict[str, Any
     )
     _head, tail = _stomp_expect(sock, b"", b"RECEIPT", 120)
     sock.settimeout(None)
+    beat.wrote(now_ns())
     sh.state[index] = 1
-    t0 = _wait_go(sh)
+    t0 = _wait_go(sh, beat)
     win_start = t0 + int(spec.warmup * 1e9)
     win_end = win_start + int(spec.seconds * 1e9)
     hard = int(sh.ctl[DEADLINE])
     acking = spec.ack != "auto"
+    if spec.ack_by == "message-id":
+        ack_header, ack_frame = b"\nmessage-id:", sw.ack_message_id(b"0")
+    else:
+        ack_header, ack_frame = b"\nack:", sw.ack
     acks: list[bytes] = []
     samples: list[int] = []
     coalesce = 0.0 if spec.sample == "all" else SUB_COALESCE[1 if acking else 0]
@@ -639,6 +699,7 @@ def run_stomp_subscriber(index: int, spec: SubSpec, sh: Shared) -> dict[str, Any
     closed = False
     while not sh.ctl[STOP] and _alive(sh, hard):
         if not select.select([sock], [], [], 0.1)[0]:
+            beat.tick(now_ns())
             continue
         data = sock.recv(RECV_SIZE)
         if not data:
@@ -648,7 +709,7 @@ def run_stomp_subscriber(index: int, spec: SubSpec, sh: Shared) -> dict[str, Any
         buf = tail + data if tail else data
         sample = spec.sample != "none" and win_start <= t <= win_end
         stamps: list[int] | None = [] if sample and len(samples) < MAX_SAMPLES else None
-        pos, n, other = sw.scan(buf, 0, acks if acking else None, stamps)
+        pos, n, other = sw.scan(buf, 0, acks if acking else None, stamps, ack_header)
         if other is not None and other.startswith(b"ERROR"):
             raise _stomp_error(buf)
         tail = buf[pos:]
@@ -657,12 +718,20 @@ def run_stomp_subscriber(index: int, spec: SubSpec, sh: Shared) -> dict[str, Any
         if stamps:
             samples.append(t - stamps[0])
         if acks:
-            sock.sendall(b"".join(sw.ack(a) for a in acks))
+            sock.sendall(b"".join(ack_frame(a) for a in acks))
             acks.clear()
+            beat.wrote(t)
+        else:
+            beat.tick(t)
         if coalesce and len(data) < COALESCE_BELOW:
             time.sleep(coalesce)
     _stomp_close(sock)
-    return {"received": received, "samples": samples, "closed_by_broker": closed}
+    return {
+        "received": received,
+        "samples": samples,
+        "closed_by_broker": closed,
+        "heartbeats_sent": beat.sent,
+    }
 
 
 def _stomp_close(sock: socket.socket) -> None:

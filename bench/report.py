@@ -225,6 +225,7 @@ def detail_table(doc: dict[str, Any]) -> str:
         "lat_p50_ms",
         "lat_p99_ms",
         "loadgen_cpu_s",
+        "other_cpu_pct",
     )
     rows = []
     for p in doc["presets"]:
@@ -245,9 +246,30 @@ def detail_table(doc: dict[str, Any]) -> str:
         "p50 ms",
         "p99 ms",
         "load-gen CPU s",
+        "other CPU %",
         "failed",
     ]
     return _table(header, rows)
+
+
+def contention(doc: dict[str, Any]) -> str:
+    """A sentence on how busy the rest of the machine was during the measured windows (the
+    runs' ``other_cpu_pct``), when that is worth saying."""
+    values = [r["other_cpu_pct"] for r in doc.get("runs", []) if r.get("other_cpu_pct") is not None]
+    if not values:
+        return ""
+    median = statistics.median(values)
+    if median < 10:
+        return ""
+    busy = sum(1 for v in values if v >= 50)
+    return (
+        f" **The machine was shared:** while these runs measured, the rest of it (other"
+        f" people's work, and the harness) used a median {fmt(median)} % of one core (of"
+        f' {fmt(len(values))} measured runs, {fmt(busy)} had 50 % or more; "other CPU %"'
+        " below), so the load generator and the broker got less than the whole machine:"
+        " msg/s is noisy, and msg/CPU s moves too, since a broker woken for fewer messages"
+        " at a time spends more CPU per message. Compare ratios from such runs with care."
+    )
 
 
 def gateway_revisions(doc: dict[str, Any]) -> list[str]:
@@ -310,56 +332,74 @@ def text_tables(doc: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+STOMP_NAMES = {GW: "gateway", "rabbitmq-stomp": "RabbitMQ-STOMP", "coilmq": "coilmq"}
+STOMP_SHORT = {"rabbitmq-stomp": "RabbitMQ", "coilmq": "coilmq"}
+
+
+def stomp_systems(doc: dict[str, Any]) -> list[str]:
+    """The STOMP systems of a comparison, the gateway first (RabbitMQ-STOMP, coilmq)."""
+    known = [s for s in STOMP_NAMES if s in doc.get("systems", [])]
+    return known + [s for s in doc.get("systems", []) if s not in known and s != "external"]
+
+
 def stomp_table(doc: dict[str, Any]) -> str:
-    """STOMP rows: the gateway against RabbitMQ's STOMP plugin (per broker CPU second)."""
+    """STOMP rows: the gateway against RabbitMQ's STOMP plugin and coilmq (per broker CPU
+    second, and per second); a system that does not run a scenario is n/a."""
     meds = _medians(doc)
-    rmq = "rabbitmq-stomp"
+    systems = stomp_systems(doc)
+    others = [s for s in systems if s != GW]
     rows = []
     for p in [p for p in doc["presets"] if p in STOMP_PRESETS]:
-        gw, rb = meds.get((p, GW)), meds.get((p, rmq))
 
-        def cell(m: dict[str, Any] | None, key: str, system: str, p: str = p) -> str:
+        def cell(s: str, key: str, p: str = p) -> str:
+            m = meds.get((p, s))
             if m is None:
-                return _flag(None, p, system)
+                return _flag(None, p, s)
             return fmt(m.get(key)) + (_flag(m) if key == "msgs_per_s" else "")
 
-        rows.append(
-            [
-                p,
-                cell(gw, "msgs_per_s", GW),
-                cell(rb, "msgs_per_s", rmq),
-                cell(gw, "msgs_per_cpu_s", GW),
-                cell(rb, "msgs_per_cpu_s", rmq),
-                ratio((gw or {}).get("msgs_per_cpu_s"), (rb or {}).get("msgs_per_cpu_s"))
-                if rb
-                else "n/a",
-                ratio((gw or {}).get("msgs_per_s"), (rb or {}).get("msgs_per_s")) if rb else "n/a",
-                cell(gw, "loss_pct", GW),
-                cell(rb, "loss_pct", rmq),
-                cell(gw, "lat_p50_ms", GW),
-                cell(rb, "lat_p50_ms", rmq),
-                "n/a",
-                "n/a",
-                "not measured",
-            ]
-        )
-    header = [
-        "scenario",
-        "gateway msg/s",
-        "RabbitMQ-STOMP msg/s",
-        "gateway msg/CPU s",
-        "RabbitMQ-STOMP msg/CPU s",
-        "gw/RabbitMQ per CPU s",
-        "gw/RabbitMQ msg/s",
-        "gateway loss %",
-        "RabbitMQ loss %",
-        "gateway p50 ms",
-        "RabbitMQ p50 ms",
-        "mosquitto",
-        "amqtt",
-        "coilmq",
-    ]
+        def gw_over(s: str, key: str, p: str = p) -> str:
+            m, g = meds.get((p, s)), meds.get((p, GW))
+            return ratio((g or {}).get(key), m.get(key)) if m else "n/a"
+
+        row = [p]
+        row += [cell(s, "msgs_per_s") for s in systems]
+        row += [cell(s, "msgs_per_cpu_s") for s in systems]
+        if GW in systems:
+            row += [gw_over(s, "msgs_per_cpu_s") for s in others]
+            row += [gw_over(s, "msgs_per_s") for s in others]
+        rows.append(row)
+    name = STOMP_NAMES.get
+    header = ["scenario"]
+    header += [f"{name(s, s)} msg/s" for s in systems]
+    header += [f"{name(s, s)} msg/CPU s" for s in systems]
+    if GW in systems:
+        header += [f"gw/{STOMP_SHORT.get(s, s)} per CPU s" for s in others]
+        header += [f"gw/{STOMP_SHORT.get(s, s)} msg/s" for s in others]
     return _table(header, rows)
+
+
+def stomp_target(doc: dict[str, Any]) -> str:
+    """The issue's target, "STOMP fan-in >= 1.0x coilmq" per broker CPU second: judged on
+    the fan-in rows coilmq completed."""
+    meds = _medians(doc)
+    lines = []
+    for p in ("stomp-fanin", "stomp-fanin-4k"):
+        g, c = meds.get((p, GW)), meds.get((p, "coilmq"))
+        if not g or not c:
+            continue
+        if c.get("failed") == c.get("reps") or not c.get("msgs_per_cpu_s"):
+            lines.append(f"`{p}`: coilmq failed every run (see below), so no ratio")
+            continue
+        r = float(g["msgs_per_cpu_s"]) / float(c["msgs_per_cpu_s"])
+        lines.append(
+            f"`{p}`: gateway / coilmq = **{r:.3g}x** per broker CPU second "
+            f"({'met' if r >= 1.0 else 'not met'}; {fmt(g['msgs_per_cpu_s'])} against "
+            f"{fmt(c['msgs_per_cpu_s'])} msg/CPU s)"
+        )
+    if not lines:
+        return ""
+    head = "Target **STOMP fan-in >= 1.0x coilmq** (messages per broker CPU second):"
+    return "\n".join([head, "", *(f"- {line}" for line in lines)])
 
 
 # ---------------------------------------------------------------------------- chart
@@ -414,10 +454,11 @@ def chart(doc: dict[str, Any], path: Path, stomp_doc: dict[str, Any] | None = No
         for i, s in enumerate(ssys):
             ys = [smeds.get((p, s), {}).get("msgs_per_cpu_s") or 0 for p in stomp]
             xs = [x + (i - (len(ssys) - 1) / 2) * sw for x in range(len(stomp))]
-            ax3.bar(xs, ys, sw, label=s, color={**colors, "rabbitmq-stomp": "#ff7f0e"}.get(s))
+            stomp_colors = {**colors, "rabbitmq-stomp": "#ff7f0e", "coilmq": "#9467bd"}
+            ax3.bar(xs, ys, sw, label=s, color=stomp_colors.get(s))
         ax3.set_xticks(range(len(stomp)), stomp, rotation=30, ha="right")
         ax3.set_ylabel("messages delivered per broker CPU second")
-        ax3.set_title("STOMP: higher is better")
+        ax3.set_title("STOMP: higher is better (median)")
         ax3.legend()
         ax3.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -444,8 +485,8 @@ def stomp_section(stomp_doc: dict[str, Any] | None, source: Path | None, repo: P
     if not stomp_doc:
         return (
             "Not measured yet: run `python -m bench compare stomp-fanin stomp-queue "
-            "mqtt-to-stomp --systems gateway rabbitmq-stomp` (RabbitMQ's STOMP plugin "
-            "must be listening on 127.0.0.1:61613)."
+            "mqtt-to-stomp --systems gateway rabbitmq-stomp coilmq` (RabbitMQ's STOMP "
+            "plugin must be listening on 127.0.0.1:61613)."
         )
     versions = stomp_doc.get("versions", {})
     rmq = versions.get("rabbitmq-stomp", "not in this comparison")
@@ -458,8 +499,13 @@ def stomp_section(stomp_doc: dict[str, Any] | None, source: Path | None, repo: P
         overrides=", ".join(f"{k}={v}" for k, v in stomp_doc.get("overrides", {}).items())
         or "none",
         table=stomp_table(stomp_doc),
+        contention=contention(stomp_doc),
+        target=stomp_target(stomp_doc),
+        detail=detail_table(stomp_doc),
         gateway=versions.get("gateway", "?"),
         rabbitmq=rmq,
+        coilmq=versions.get("coilmq", "not in this comparison"),
+        coilmq_python=versions.get("python (coilmq venv)", "?"),
     )
 
 
@@ -486,6 +532,7 @@ def write(
     )
     text = TEMPLATE.format(
         shortened=shortened,
+        contention=contention(doc),
         generated=time.strftime("%Y-%m-%d %H:%M"),
         source=src,
         started=doc.get("started", "?"),
@@ -512,7 +559,7 @@ def write(
 
 STOMP_TEMPLATE = """\
 From {source}, the comparison started {started} (medians of {reps} runs; overrides:
-{overrides}):
+{overrides}).{contention}
 
 ```sh
 {command}
@@ -520,14 +567,29 @@ From {source}, the comparison started {started} (medians of {reps} runs; overrid
 
 {table}
 
+{target}
+
+The scenarios and systems:
+
 - `stomp-fanin`: 4 STOMP producers SEND 64-byte non-persistent bodies (with
   `content-length`) to `/topic/bench`, 1 subscriber with `ack:auto`, closed loop (at
   most 5,000 messages ahead of the subscriber).
 - `stomp-queue`: 1 producer SENDs to a queue of this run only (`/queue/bench-ID`, with
   `durable:false`, `auto-delete:true`, `exclusive:false` so RabbitMQ leaves nothing
-  behind; the gateway carries them as plain headers), 1 consumer with
-  `ack:client-individual` and `prefetch-count:100` that ACKs every MESSAGE by its `ack`
-  id (one write of ACK frames per read); at most 1,000 messages ahead.
+  behind; the gateway and coilmq carry them as plain headers), 1 consumer with
+  `ack:client-individual` and `prefetch-count:100` that ACKs every MESSAGE (one write of
+  ACK frames per read); at most 1,000 messages ahead.
+- `stomp-fanin-4k`, `stomp-queue-4k`: the same with at most 35 (fan-in: 35 x 114-byte
+  SEND = 3,990 bytes) or 23 (queue: 23 x 174 bytes = 4,002 bytes) messages ahead, for every
+  system alike: the most coilmq can take (below). In `stomp-queue-4k` the consumer also has
+  `prefetch-count:1` on every system: one message unacknowledged at a time, which is what
+  coilmq's one acknowledged mode (`ack:client`) does, so all three do the same tracked
+  work per message. The round trip (the subscriber's 2 ms nap after a short read in
+  fan-in, 0.2 ms when acking, the publishers' 2 ms poll) then bounds every system far
+  under what the gateway or RabbitMQ reach on their own, and each broker is mostly idle
+  (CPU % below), so msg/CPU s there is dominated by per-wake-up costs (one read and one
+  write per message in `stomp-queue-4k`) that a busy broker amortises over bigger reads.
+  These rows are where gateway / coilmq is measured.
 - `mqtt-to-stomp` (gateway only): 4 MQTT QoS 0 publishers to `a/b`, 1 STOMP subscriber
   of `/topic/a.b`: the gateway's protocol bridging; RabbitMQ's MQTT plugin is not
   measured here.
@@ -539,16 +601,59 @@ From {source}, the comparison started {started} (medians of {reps} runs; overrid
   `utime + stime` over the node's `beam.smp` processes (`pgrep -f beam.smp`, with their
   children) from `/proc`: everything the node does meanwhile (idle, it used about 0.3 %
   of a core here), including its schedulers' busy-waiting under load, which counts as
-  CPU time. RabbitMQ spreads the work over both cores (about 170 % CPU in stomp-fanin)
-  where the gateway is one process at about 100 % of one core, so msg/s favours neither
-  simply, and the load generator shares the same 2 cores.
-- Mosquitto and amqtt do not speak STOMP (n/a). coilmq (a Python STOMP broker) was not
-  measured.
+  CPU time. RabbitMQ spreads the work over both cores (up to about 170 % CPU in
+  stomp-fanin on a quiet machine) where the gateway is one process at up to 100 % of one
+  core, so msg/s favours neither simply, and the load generator shares the same 2 cores.
+- **coilmq**: `{coilmq}` from PyPI (pinned), in its own virtual environment
+  `bench/.venv-coilmq` (`{coilmq_python}`; `make bench-deps` creates it with `python3 -m
+  venv` + `pip install coilmq==1.1.0`), started fresh for every run like the gateway, as
+  `bench/.venv-coilmq/bin/coilmq -c coilmq.cfg -b 127.0.0.1 -p PORT` on a free port and
+  stopped with SIGINT after. `coilmq.cfg` writes out its defaults: the in-memory queue
+  store (`coilmq.store.memory.MemoryQueue`), its default schedulers, no authenticator; it
+  has no queue or in-flight limits to set and logs at INFO (start-up lines and errors;
+  per-frame lines are DEBUG) to a file. It runs a thread per connection (socketserver's
+  `ThreadingMixIn`) under one GIL; its CPU is the process's `utime + stime` (all threads).
+  What the load generator does differently for it, each found in its source
+  (`coilmq/protocol/adaptor.py`, `coilmq/util/frames.py`, `coilmq/queue.py`) and checked
+  on the wire:
+  - its STOMP 1.2 CONNECT must carry `host:` equal to the broker machine's
+    `socket.getfqdn()` (else ERROR "Virtual hosting is not supported"), so the generator
+    sends that host to coilmq (`/`, RabbitMQ's vhost, to the others);
+  - it answers `heart-beat:100,100` to the generator's `heart-beat:0,0`, but by the
+    STOMP negotiation a client that offers 0 sends none, and coilmq only checks clients
+    that offered to send (those it silently unsubscribes after twice the interval without
+    data). The generator computes the negotiated interval from CONNECTED (0 here) and
+    would send an EOL at it when idle (`--heartbeat MS` offers one); for coilmq that must
+    stay 0: its parser stops at an EOL between frames (`parse_headers` reads the empty
+    line as an empty buffer and never moves past it), so every later frame on that
+    connection is ignored;
+  - its parser fails on a frame split between two of its 4,096-byte reads (a header cut
+    in two raises `ValueError` or `BodyNotTerminated`, which ends the connection's
+    thread): with more than 4 KiB of frames unread on a connection it drops the
+    connection. It does in `stomp-fanin` and `stomp-queue` within the first second
+    (failed runs, n/a ratios), hence the `-4k` rows;
+  - it does not implement `ack:client-individual` (nor `prefetch-count`): only
+    `ack:client` is tracked, one message outstanding until its ACK; any other mode is
+    delivered as `ack:auto`, and the ACKs a `client-individual` consumer sends then pile
+    up unread until they, too, overflow one 4,096-byte read and coilmq drops the consumer
+    (seen here under load). So coilmq's consumer subscribes with `ack:client` (with one
+    message outstanding it means what `client-individual` does), and as its MESSAGE
+    frames have no `ack` header it ACKs with the headers coilmq's 1.2 ACK handler reads,
+    `id` (its subscription id) and `message-id`.
+- Mosquitto and amqtt do not speak STOMP (n/a).
 - Load generator: `bench/stompwire.py` (CONNECT with `accept-version:1.2`, `host`,
   `login`/`passcode`, `heart-beat:0,0`; SEND frames encoded once and time-stamped per
   batch like the MQTT ones; the subscriber counts MESSAGE frames by finding the end of
   the headers, reading `content-length` and checking the NUL after the body, without
-  parsing the rest) in the same worker processes as MQTT (`bench/loadgen.py`).
+  parsing the rest) in the same worker processes as MQTT (`bench/loadgen.py`). The
+  gateway and RabbitMQ get byte for byte the frames they got before coilmq was added.
+
+All STOMP figures:
+
+{detail}
+
+"other CPU %" is what the rest of the machine used meanwhile (other work on this shared
+2-core machine and the harness), in % of one core: the closer to 0, the cleaner the run.
 """
 
 SCENARIO_ROWS = [
@@ -595,7 +700,7 @@ SCENARIO_ROWS = [
 ]
 
 TEMPLATE = """\
-# Benchmarks: the gateway against Mosquitto and amqtt
+# Benchmarks: the gateway against Mosquitto and amqtt (MQTT), RabbitMQ and coilmq (STOMP)
 
 <!-- Generated by `python -m bench report` from {source}: edit bench/report.py, not this file. -->
 
@@ -606,7 +711,7 @@ Generated {generated} from the comparison started {started} ({elapsed} s in all)
 python -m bench report
 ```
 
-Each figure is the median of {reps} runs; parameter overrides: {overrides}.{shortened}
+Each figure is the median of {reps} runs; parameter overrides: {overrides}.{shortened}{contention}
 Every system is started fresh for every run. The headline is **messages delivered per
 second of broker CPU time** (`utime + stime` from `/proc/PID/stat` over the measured
 window): on a small, noisy machine where the load generator shares the cores with the
@@ -650,7 +755,7 @@ last CONNACK.
 read: with a closed loop it is about the window divided by the rate (queueing by design),
 so compare it only between systems, not with the latency scenario.
 
-## STOMP: the gateway against RabbitMQ's STOMP plugin
+## STOMP: the gateway against RabbitMQ's STOMP plugin and coilmq
 
 {stomp}
 
@@ -666,13 +771,14 @@ so compare it only between systems, not with the latency scenario.
 
 Broker settings, the same in spirit for all three:
 
-- **gateway**: `compare` copies `gateway/` once when it starts and runs every gateway run
-  from that copy (on `PYTHONPATH`), so the figures are of one version even while the work
-  tree is being edited; `run` uses the work tree. The revision is in each run's JSON line
-  (`gateway_revision`). Started as `python -m gateway run -c gateway.toml
-  --listen mqtt=127.0.0.1:PORT --data-dir DIR --log-level warning`; the TOML sets
-  `log_level = "warning"`, `log_format = "json"`, `sys_interval = 0` (no `$SYS`),
-  `max_queued_messages = 100000`, `drain_timeout = 1.0` and, on the listener,
+- **gateway**: `compare` copies `gateway/` once when it starts (with `--gateway-rev REV`,
+  as committed in that revision: the work tree is shared with other people's uncommitted
+  edits) and runs every gateway run from that copy (on `PYTHONPATH`), so the figures are
+  of one version even while the work tree is being edited; `run` uses the work tree. The
+  revision is in each run's JSON line (`gateway_revision`). Started as `python -m gateway
+  run -c gateway.toml --listen mqtt=127.0.0.1:PORT --data-dir DIR --log-level warning`; the
+  TOML sets `log_level = "warning"`, `log_format = "json"`, `sys_interval = 0` (no
+  `$SYS`), `max_queued_messages = 100000`, `drain_timeout = 1.0` and, on the listener,
   `max_inflight = 100`. Since the STOMP scenarios were added, the TOML also has a STOMP
   listener (`heartbeat = 0`) on a second free port, idle in MQTT runs (MQTT comparisons
   made before that ran without it).
@@ -707,10 +813,14 @@ make bench BENCH_ARGS="--reps 1 --seconds 2" # quick look (about 5 minutes)
 
 `make bench` installs matplotlib and py-spy into `.venv`, the `mosquitto` Debian
 package when `/usr/sbin/mosquitto` is missing (with apt-get as root, else it prints the
-command) and amqtt into its own venv `bench/.venv-amqtt` (`python3 -m venv` +
-`pip install amqtt`), then runs `python -m bench compare $(BENCH_ARGS)` and
-`python -m bench report`. `compare` takes scenario or preset names (default: all) and
-`--systems`, `--reps`, `--seconds`, `--warmup`, `--drain`. Every run prints one JSON line;
+command), amqtt into its own venv `bench/.venv-amqtt` (`python3 -m venv` +
+`pip install amqtt`) and coilmq into `bench/.venv-coilmq` (`pip install coilmq==1.1.0`),
+then runs `python -m bench compare $(BENCH_ARGS)` and `python -m bench report`
+(`make bench-deps` installs only). `compare` takes scenario or preset names (default: all
+MQTT presets) and `--systems`, `--reps`, `--seconds`, `--warmup`, `--drain`;
+`--gateway-rev REV` runs `gateway/` as committed in a git revision instead of the work
+tree, and `--quiet PCT` waits before each run (at most `--quiet-timeout`, 120 s) until
+the rest of the machine uses less than PCT % of a core. Every run prints one JSON line;
 each scenario and system then a line of medians (`"kind": "median"`). Results go to
 `bench/results/compare-STAMP.json` and `bench/results/latest.json` (gitignored), which
 `report` reads. `run` takes the scenario's own parameters too (`--publishers`,

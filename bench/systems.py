@@ -9,6 +9,10 @@ through /proc, and stopped after.
 - ``rabbitmq-stomp``: RabbitMQ's STOMP plugin, already running on 127.0.0.1:61613; never
   started, stopped or configured here. CPU and RSS: the sum over its ``beam.smp``
   processes.
+- ``coilmq``: the PyPI STOMP broker (pinned, ``COILMQ_REQ``), from its own virtual
+  environment ``bench/.venv-coilmq``, started with its ``coilmq`` command and an INI
+  configuration on a free port (STOMP scenarios only). Its STOMP 1.2 CONNECT wants
+  ``host`` to be this machine's ``socket.getfqdn()`` (``Running.stomp_host``).
 - ``external``: a broker someone else started (``--host``/``--port``, and ``--pid`` to
   have its CPU and memory read).
 
@@ -27,15 +31,22 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
+
+_N = TypeVar("_N", int, float)
 
 REPO = Path(__file__).resolve().parent.parent
 AMQTT_VENV = REPO / "bench" / ".venv-amqtt"
+COILMQ_VENV = REPO / "bench" / ".venv-coilmq"
+# The generator relies on 1.1.0's handling of host, heart-beat and ACK (docs/benchmarks.md).
+COILMQ_REQ = "coilmq==1.1.0"
 MOSQUITTO = "/usr/sbin/mosquitto"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-SYSTEMS = ("gateway", "mosquitto", "amqtt")
+SYSTEMS = ("gateway", "mosquitto", "amqtt")  # what `compare` runs by default (MQTT)
+STOMP_SYSTEMS = ("coilmq",)  # started here like SYSTEMS, STOMP scenarios only
 # Already running, never started or stopped here: RabbitMQ's STOMP plugin.
 RABBITMQ_STOMP = ("127.0.0.1", 61613)
 EXTERNAL_SYSTEMS = ("rabbitmq-stomp",)
@@ -62,17 +73,22 @@ class Running:
     profile: Path | None = None
     settings: dict[str, object] = field(default_factory=dict)
     stomp_port: int | None = None  # its STOMP listener, if it has one
+    stomp_host: str = "/"  # the STOMP CONNECT host header (RabbitMQ: the virtual host)
     extra_pids: tuple[int, ...] = ()  # more processes measured with ``pid`` (RabbitMQ)
 
     def cpu_seconds(self) -> float | None:
         if self.pid is None:
             return None
-        return sum(tree_cpu_seconds(p) for p in (self.pid, *self.extra_pids))
+        return tree_cpu_seconds(self.pid) + sum(
+            _gone_is_0(tree_cpu_seconds, p) for p in self.extra_pids
+        )
 
     def rss_bytes(self) -> int | None:
         if self.pid is None:
             return None
-        return sum(tree_rss_bytes(p) for p in (self.pid, *self.extra_pids))
+        return tree_rss_bytes(self.pid) + sum(
+            _gone_is_0(tree_rss_bytes, p) for p in self.extra_pids
+        )
 
     def alive(self) -> bool:
         return self.proc is None or self.proc.poll() is None
@@ -85,6 +101,14 @@ class Running:
 
 
 # ---------------------------------------------------------------------------- /proc
+
+
+def _gone_is_0(read: Callable[[int], _N], pid: int) -> _N | int:
+    """``read(pid)``, or 0 for a process that has exited meanwhile."""
+    try:
+        return read(pid)
+    except OSError:
+        return 0
 
 
 def _stat_fields(pid: int) -> list[str]:
@@ -129,6 +153,31 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds the whole machine spent busy (all cores, not idle or iowait) since boot,
+    from the ``cpu`` line of /proc/stat."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/stat") as fh:
+            f = [int(x) for x in fh.readline().split()[1:]]
+        return (sum(f[:8]) - f[3] - f[4]) / CLK_TCK  # user..steal, less idle and iowait
+    return None
+
+
+def wait_quiet(below_pct: float, timeout: float, sample: float = 2.0) -> tuple[float, float]:
+    """Wait until the machine (everything: no broker or generator of ours runs now) used
+    less than ``below_pct`` % of one core over ``sample`` seconds, or ``timeout`` passed:
+    (seconds waited, the last sample's %). For a machine shared with other people's work."""
+    start = time.monotonic()
+    while True:
+        a = machine_busy_seconds()
+        time.sleep(sample)
+        b = machine_busy_seconds()
+        pct = 100 * (b - a) / sample if a is not None and b is not None else 0.0
+        waited = time.monotonic() - start
+        if pct < below_pct or waited >= timeout:
+            return round(waited, 1), round(pct, 1)
 
 
 def nofile_limit(pid: int) -> int | None:
@@ -265,6 +314,39 @@ plugins:
     return [str(exe), "-c", str(conf)], settings
 
 
+def coilmq_bin() -> Path:
+    return COILMQ_VENV / "bin" / "coilmq"
+
+
+def _coilmq_cmd(work: Path, port: int) -> tuple[list[str], dict[str, object]]:
+    # coilmq's defaults (coilmq/config/defaults.cfg) written out: in-memory queue store,
+    # its default schedulers, no authenticator. It has no queue or in-flight limits and no
+    # $SYS; one thread per connection. Logging: INFO to stdout (the log file), which is
+    # start-up lines and errors only (per-frame lines are DEBUG).
+    settings: dict[str, object] = {
+        "qstore.factory": "coilmq.store.memory.MemoryQueue",
+        "auth": "none",
+        "log": "INFO",
+    }
+    conf = work / "coilmq.cfg"
+    conf.write_text(
+        f"""[coilmq]
+listen_addr = 127.0.0.1
+listen_port = {port}
+qstore.factory = coilmq.store.memory.MemoryQueue
+scheduler.subscriber_priority_factory = coilmq.scheduler.FavorReliableSubscriberScheduler
+scheduler.queue_priority_factory = coilmq.scheduler.RandomQueueScheduler
+"""
+    )
+    exe = coilmq_bin()
+    if not exe.exists():
+        raise BrokerError(
+            f"{exe} not found: python3 -m venv {COILMQ_VENV} && "
+            f"{COILMQ_VENV}/bin/pip install '{COILMQ_REQ}' (or `make bench-deps`)"
+        )
+    return [str(exe), "-c", str(conf), "-b", "127.0.0.1", "-p", str(port)], settings
+
+
 def ensure_profiler(kind: str) -> list[str]:
     """The command prefix that runs the gateway under a profiler, installing it if need be."""
     bindir = Path(gateway_python()).parent
@@ -313,10 +395,15 @@ def started(
         raise BrokerError("--profile is for the gateway only")
     work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     port = free_port()
-    builders = {"gateway": _gateway_cmd, "mosquitto": _mosquitto_cmd, "amqtt": _amqtt_cmd}
+    builders = {
+        "gateway": _gateway_cmd,
+        "mosquitto": _mosquitto_cmd,
+        "amqtt": _amqtt_cmd,
+        "coilmq": _coilmq_cmd,
+    }
     if name not in builders:
         raise BrokerError(f"unknown system {name!r}")
-    stomp_port = free_port() if name == "gateway" else None
+    stomp_port = free_port() if name == "gateway" else port if name == "coilmq" else None
     if name == "gateway":
         cmd, settings = _gateway_cmd(work, port, stomp_port or 0)
     else:
@@ -342,9 +429,11 @@ def started(
             env=_env(gateway_src) if name == "gateway" else None,
         )
     run = Running(name, host, port, proc.pid, proc, work, log, out_file, settings, stomp_port)
+    if name == "coilmq":
+        run.stomp_host = socket.getfqdn()  # what its STOMP 1.2 CONNECT insists on
     try:
         wait_listening(run)
-        if stomp_port:
+        if stomp_port and stomp_port != port:
             wait_listening(replace(run, port=stomp_port))
         if profile == "py-spy":  # measure the gateway, not the sampler
             kids = children(proc.pid)
@@ -356,9 +445,15 @@ def started(
 
 
 def beam_pids() -> tuple[int, ...]:
-    """The RabbitMQ node's ``beam.smp`` processes (``pgrep -f beam.smp``)."""
+    """The RabbitMQ node's ``beam.smp`` processes: ``pgrep -f beam.smp`` less any match that
+    is not one (a shell or ``grep`` whose command line names it) or has gone meanwhile."""
     out = subprocess.run(["pgrep", "-f", "beam.smp"], capture_output=True, text=True, check=False)
-    return tuple(int(p) for p in out.stdout.split() if int(p) != os.getpid())
+    pids = []
+    for p in map(int, out.stdout.split()):
+        with contextlib.suppress(OSError):
+            if p != os.getpid() and Path(f"/proc/{p}/comm").read_text().strip() == "beam.smp":
+                pids.append(p)
+    return tuple(pids)
 
 
 def rabbitmq_stomp() -> Running:
@@ -392,7 +487,7 @@ def stop(run: Running, timeout: float = 20.0) -> None:
     if proc is None or proc.poll() is not None:
         return
     target = run.pid if run.pid and run.pid != proc.pid else proc.pid
-    sig = signal.SIGINT if run.name in ("amqtt", "gateway") else signal.SIGTERM
+    sig = signal.SIGINT if run.name in ("amqtt", "gateway", "coilmq") else signal.SIGTERM
     with contextlib.suppress(ProcessLookupError):
         os.kill(target, sig)
     try:
@@ -440,15 +535,33 @@ def gateway_revision() -> str:
     return commit + (" + uncommitted changes in gateway/" if dirty else "")
 
 
-def snapshot_gateway() -> tuple[Path, str]:
+def snapshot_gateway(rev: str | None = None) -> tuple[Path, str]:
     """Copy gateway/ as it is now, so that every run of a comparison runs the same code
-    even while the work tree moves on: (directory to put on PYTHONPATH, its revision)."""
-    revision = gateway_revision()
+    even while the work tree moves on: (directory to put on PYTHONPATH, its revision).
+    With ``rev``, gateway/ as committed in that git revision instead (``git archive``):
+    figures of a commit, whatever others have left uncommitted in a shared work tree."""
     root = Path(tempfile.mkdtemp(prefix="bench-gateway-src-"))
-    shutil.copytree(
-        REPO / "gateway", root / "gateway", ignore=shutil.ignore_patterns("__pycache__")
+    if rev is None:
+        revision = gateway_revision()
+        shutil.copytree(
+            REPO / "gateway", root / "gateway", ignore=shutil.ignore_patterns("__pycache__")
+        )
+        return root, revision
+    git = ["git", "-C", str(REPO)]
+    commit = subprocess.run(
+        [*git, "rev-parse", "--short", "--verify", f"{rev}^{{commit}}"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
-    return root, revision
+    if commit.returncode:
+        shutil.rmtree(root, ignore_errors=True)
+        raise BrokerError(f"--gateway-rev {rev!r}: {commit.stderr.strip()}")
+    archive = subprocess.run(
+        [*git, "archive", commit.stdout.strip(), "gateway"], capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(root)], input=archive.stdout, check=True)
+    return root, commit.stdout.strip() + " (gateway/ as committed)"
 
 
 def versions(
@@ -459,6 +572,14 @@ def versions(
     extra = {}
     if "rabbitmq-stomp" in systems:
         extra["rabbitmq-stomp"] = stomp_server(*RABBITMQ_STOMP) + " (STOMP plugin, already running)"
+    if "coilmq" in systems:
+        py = str(COILMQ_VENV / "bin" / "python")
+        if coilmq_bin().exists():
+            ver = "import importlib.metadata as m; print(m.version('coilmq'))"
+            extra["coilmq"] = "coilmq " + _first_line([py, "-c", ver])
+            extra["python (coilmq venv)"] = _first_line([py, "--version"])
+        else:
+            extra["coilmq"] = "missing"
     return {
         **extra,
         "gateway": f"{gw} (commit {revision})",

@@ -1,14 +1,21 @@
 """The broker benchmark harness runs end to end against the gateway (tiny parameters;
-nothing about speed is asserted). Needs neither Mosquitto nor amqtt."""
+nothing about speed is asserted). Needs neither Mosquitto nor amqtt; the coilmq run is
+skipped when its venv (bench/.venv-coilmq, `make bench-deps`) is missing."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
+
+import pytest
+
+from bench import loadgen, report, scenarios, stompwire, systems
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -79,3 +86,158 @@ def test_stomp_fanin_on_the_gateway_prints_a_json_line(tmp_path: Path) -> None:
     assert (run["bench"], run["scenario"], run["system"]) == ("stomp", "stomp-fanin", "gateway")
     assert run["msgs_per_cpu_s"] > 0
     assert run["received"] + run["lost"] == run["expected"] == run["sent"] > 0
+
+
+@pytest.mark.skipif(not systems.coilmq_bin().exists(), reason="no bench/.venv-coilmq")
+def test_stomp_fanin_4k_on_coilmq_prints_a_json_line(tmp_path: Path) -> None:
+    _, run = bench_run(
+        tmp_path,
+        "stomp-fanin-4k",
+        "--system",
+        "coilmq",
+        "--reps",
+        "1",
+        "--seconds",
+        "1",
+        "--warmup",
+        "0.5",
+        "--drain",
+        "5",
+    )
+    assert (run["preset"], run["system"], run["params"]["window"]) == (
+        "stomp-fanin-4k",
+        "coilmq",
+        35,
+    )
+    assert run["msgs_per_cpu_s"] > 0
+    assert run["received"] == run["expected"] == run["sent"] > 0
+
+
+def test_the_4k_presets_keep_coilmqs_read_size() -> None:
+    """coilmq's parser fails on a frame split between two 4,096-byte reads: the -4k
+    presets keep the SEND frames in flight on a connection within one read."""
+    queue = {"durable": "false", "auto-delete": "true", "exclusive": "false"}
+    frames = {
+        "stomp-fanin-4k": stompwire.send("/topic/bench", stompwire.payload(64)),
+        "stomp-queue-4k": stompwire.send("/queue/bench-0123456789ab", stompwire.payload(64), queue),
+    }
+    for preset, frame in frames.items():
+        scenario, fixed = scenarios.PRESETS[preset]
+        params = scenarios.params_for(scenario, fixed, {})
+        assert params.window * len(frame) <= scenarios.COILMQ_READ
+        assert (params.window + 1) * len(frame) > scenarios.COILMQ_READ  # no smaller than need be
+
+
+def test_coilmq_runs_the_stomp_scenarios_only() -> None:
+    assert scenarios.supports("stomp-fanin", "coilmq")
+    assert scenarios.supports("stomp-queue", "coilmq")
+    assert not scenarios.supports("mqtt-to-stomp", "coilmq")
+    assert not scenarios.supports("fanin", "coilmq")
+    assert scenarios.supports("stomp-fanin", "gateway")
+    assert not scenarios.supports("qos2", "rabbitmq-stomp")
+
+
+@pytest.mark.parametrize(
+    ("connected", "cx", "interval"),
+    [
+        (b"CONNECTED\nversion:1.2\nheart-beat:100,100\n\n", 0, 0),  # coilmq's answer to 0,0
+        (b"CONNECTED\nversion:1.2\nheart-beat:100,1000\n\n", 500, 1000),
+        (b"CONNECTED\nversion:1.2\nheart-beat:0,300\n\n", 500, 500),
+        (b"CONNECTED\nversion:1.2\nheart-beat:100,0\n\n", 500, 0),
+        (b"CONNECTED\nversion:1.2\n\n", 500, 0),
+    ],
+)
+def test_client_heartbeat_is_what_connect_and_connected_negotiate(
+    connected: bytes, cx: int, interval: int
+) -> None:
+    assert stompwire.client_heartbeat_ms(connected, cx) == interval
+
+
+def test_heartbeat_timer_sends_an_eol_only_when_idle_for_the_interval() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        b.setblocking(False)
+        beat = loadgen.Heartbeat(a, 20)
+        beat.tick(loadgen.now_ns())
+        with pytest.raises(BlockingIOError):
+            b.recv(10)
+        time.sleep(0.03)
+        beat.wrote(loadgen.now_ns())  # something was written: not idle
+        beat.tick(loadgen.now_ns())
+        with pytest.raises(BlockingIOError):
+            b.recv(10)
+        time.sleep(0.03)
+        beat.tick(loadgen.now_ns())
+        assert b.recv(10) == b"\n"
+        assert beat.sent == 1
+        off = loadgen.Heartbeat(a, 0)  # heart-beat:0,0
+        off.tick(loadgen.now_ns() + 10**12)
+        assert off.sent == 0
+
+
+def test_scan_collects_ack_ids_or_message_ids() -> None:
+    def message(i: int) -> bytes:
+        headers = {"destination": "/q", "message-id": f"m{i}", "content-length": "64"}
+        return stompwire.frame("MESSAGE", {**headers, "ack": f"a{i}"}, stompwire.payload(64))
+
+    buf = b"".join(message(i) for i in range(3))
+    by_ack: list[bytes] = []
+    by_id: list[bytes] = []
+    assert stompwire.scan(buf, 0, by_ack)[:2] == (len(buf), 3)
+    assert stompwire.scan(buf, 0, by_id, None, b"\nmessage-id:")[:2] == (len(buf), 3)
+    assert (by_ack, by_id) == ([b"a0", b"a1", b"a2"], [b"m0", b"m1", b"m2"])
+    assert stompwire.ack_message_id(b"0")(b"m1") == b"ACK\nid:0\nmessage-id:m1\n\n\x00"
+
+
+def test_stomp_table_has_a_ratio_per_other_system() -> None:
+    def med(preset: str, system: str, per_cpu: float, failed: int = 0) -> dict[str, Any]:
+        return {
+            "preset": preset,
+            "system": system,
+            "msgs_per_s": per_cpu / 2,
+            "msgs_per_cpu_s": per_cpu,
+            "failed": failed,
+            "reps": 3,
+        }
+
+    doc = {
+        "systems": ["gateway", "rabbitmq-stomp", "coilmq"],
+        "presets": ["stomp-fanin", "stomp-fanin-4k", "mqtt-to-stomp"],
+        "medians": [
+            med("stomp-fanin", "gateway", 100_000),
+            med("stomp-fanin", "rabbitmq-stomp", 25_000),
+            {**med("stomp-fanin", "coilmq", 0), "msgs_per_cpu_s": None, "failed": 3},
+            med("stomp-fanin-4k", "gateway", 80_000),
+            med("stomp-fanin-4k", "rabbitmq-stomp", 20_000),
+            med("stomp-fanin-4k", "coilmq", 40_000),
+            med("mqtt-to-stomp", "gateway", 110_000),
+        ],
+    }
+    lines = report.stomp_table(doc).splitlines()
+    assert "gw/RabbitMQ per CPU s | gw/coilmq per CPU s" in lines[0]
+    assert lines[3].startswith("| stomp-fanin-4k |")
+    assert "| 4x | 2x |" in lines[3]
+    assert "n/a" in lines[4]  # mqtt-to-stomp: the gateway only
+    target = report.stomp_target(doc)
+    assert "`stomp-fanin`: coilmq failed every run" in target
+    assert "`stomp-fanin-4k`: gateway / coilmq = **2x** per broker CPU second (met;" in target
+
+
+@pytest.mark.parametrize("system", ["gateway", "rabbitmq-stomp", "coilmq"])
+def test_stomp_queue_4k_specs_per_system(system: str) -> None:
+    """The same load everywhere; coilmq gets its FQDN as host, ack:client (its one
+    acknowledged mode) and ACKs by message-id. Nothing else differs."""
+    scenario, fixed = scenarios.PRESETS["stomp-queue-4k"]
+    params = scenarios.params_for(scenario, fixed, {})
+    host = "broker.example" if system == "coilmq" else "/"
+    broker = systems.Running(system, "127.0.0.1", 1, None, stomp_port=2, stomp_host=host)
+    specs, copies = scenarios.stomp_specs(scenario, params, broker)
+    sub, pub = specs
+    assert isinstance(sub, loadgen.SubSpec)
+    assert isinstance(pub, loadgen.PubSpec)
+    assert (copies, params.prefetch, pub.window, sub.prefetch) == (1, 1, 23, 1)
+    assert sub.stomp_host == pub.stomp_host == host
+    assert (sub.heartbeat, pub.heartbeat) == (0, 0)
+    coilmq = system == "coilmq"
+    assert sub.ack == ("client" if coilmq else "client-individual")
+    assert sub.ack_by == ("message-id" if coilmq else "ack")

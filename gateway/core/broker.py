@@ -33,6 +33,7 @@ from .headers import Headers, header_pairs
 from .message import Kind, Message
 from .queue import Queue, QueuePolicy
 from .retained import RetainedStore
+from .selector import Selector
 from .session import NEVER, Session, SubscribeOptions, Will
 from .stats import BrokerStats, QueueSnapshot
 from .topics import InvalidFilter, TopicTrie, check_filter
@@ -85,6 +86,8 @@ class _Route:
     no_local: bool
     retain_as_published: bool
     subscription_ids: tuple[int, ...]
+    # None: every message; else the message must match one of the subscriptions' selectors.
+    selector: Callable[[Message], bool] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -597,6 +600,8 @@ class Broker:
         if not group or not sep or "+" in group or "#" in group:
             raise InvalidFilter(f"shared subscription needs $share/GROUP/FILTER: {share!r}")
         check_filter(topic_filter)
+        if options.selector is not None:
+            raise InvalidFilter("selectors are not supported on shared subscriptions (yet)")
         queue = self.queues.get(share)
         if queue is None:
             queue = self.queues[share] = Queue(
@@ -675,10 +680,16 @@ class Broker:
         qos: int = 1,
         window: int = 65535,
         ack_all: bool = False,
+        selector: Selector | None = None,
     ) -> Consumer:
-        """Make ``session`` a competing consumer of queue ``queue_name`` (created on first use)."""
+        """Make ``session`` a competing consumer of queue ``queue_name`` (created on first use).
+
+        With a ``selector`` it takes only the messages the selector matches; the others
+        stay queued for other consumers (JMS)."""
         queue = self.queues.get(queue_name) or self.declare_queue(queue_name)
-        return self._attach(session, queue, qos=qos, window=window, ack_all=ack_all)
+        return self._attach(
+            session, queue, qos=qos, window=window, ack_all=ack_all, selector=selector
+        )
 
     def cancel(self, session: Session, queue_name: str, *, requeue: bool = True) -> bool:
         """Stop consuming. Unacked deliveries go back to the queue (JMS), or with
@@ -700,17 +711,24 @@ class Broker:
         qos: int,
         window: int = 65535,
         ack_all: bool = False,
+        selector: Selector | None = None,
     ) -> Consumer:
         consumer = session.consumers.get(queue.name)
         if consumer is not None:
             consumer.qos = qos  # subscribing again updates the options
+            if consumer.selector != selector:
+                consumer.selector = selector
+                queue.selectors_changed()
+                queue.dispatch()
             if consumer.closed:
                 consumer.closed = False
                 if consumer.sink is not None:
                     queue.attach(consumer)
             return consumer
         window = min(window, session.consumer.window)
-        consumer = Consumer(queue, session, qos=qos, window=window, ack_all=ack_all)
+        consumer = Consumer(
+            queue, session, qos=qos, window=window, ack_all=ack_all, selector=selector
+        )
         session.consumers[queue.name] = consumer
         consumer.sink = session.sink
         if consumer.sink is not None:
@@ -805,6 +823,8 @@ class Broker:
                 and route.session.client_id == publisher
             ):
                 continue
+            if route.selector is not None and not route.selector(message):
+                continue
             entry = Delivery(  # positional: the cheapest way to build one
                 message,
                 route.qos if route.qos < qos else qos,
@@ -848,7 +868,18 @@ class Broker:
         routes: list[_Route] = []
         for binding in self._trie.match(topic):
             if binding.session is None:
-                routes.append(_Route(None, binding.queue, 2, False, True, ()))
+                selector = binding.options.selector
+                routes.append(
+                    _Route(
+                        None,
+                        binding.queue,
+                        2,
+                        False,
+                        True,
+                        (),
+                        None if selector is None else selector.matches,
+                    )
+                )
             else:
                 per_session.setdefault(binding.session, []).append(binding.options)
         for session, options in per_session.items():
@@ -861,6 +892,7 @@ class Broker:
                     all(o.no_local for o in options),
                     any(o.retain_as_published for o in options),
                     ids,
+                    _any_selector(options),
                 )
             )
         self._routes[topic] = routes
@@ -915,3 +947,15 @@ class _Offline:
 
     def close(self, reason: CloseReason) -> None:  # pragma: no cover - never
         pass
+
+
+def _any_selector(options: list[SubscribeOptions]) -> Callable[[Message], bool] | None:
+    """A session's overlapping subscriptions deliver a message if any of them takes it:
+    None when one of them has no selector, else a test that one selector matches."""
+    selectors = [o.selector for o in options]
+    if any(selector is None for selector in selectors):
+        return None
+    matchers = tuple(selector.matches for selector in selectors if selector is not None)
+    if len(matchers) == 1:
+        return matchers[0]
+    return lambda message: any(matches(message) for matches in matchers)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Protocol
 import msgspec
 
 from .message import Message
+from .selector import Selector
 
 if TYPE_CHECKING:
     from .queue import Queue
@@ -87,6 +88,7 @@ class Consumer:
         "qos",
         "queue",
         "retain_as_published",
+        "selector",
         "session",
         "sink",
         "subscription_ids",
@@ -102,9 +104,13 @@ class Consumer:
         qos: int = 1,
         window: int = 65535,
         ack_all: bool = False,
+        selector: Selector | None = None,
     ) -> None:
         self.queue = queue
         self.session = session
+        # A JMS message selector: this consumer takes only the entries it matches;
+        # the others stay in the queue for other consumers.
+        self.selector = selector
         self.qos = qos
         self.window = window
         self.ack_all = ack_all
@@ -121,6 +127,11 @@ class Consumer:
         if self.ack_all:
             return max(1, min(entry_qos, self.qos))
         return entry_qos if entry_qos < self.qos else self.qos
+
+    def wants(self, entry: Delivery) -> bool:
+        """Whether this consumer's selector (if any) matches ``entry``."""
+        selector = self.selector
+        return selector is None or selector.matches(entry.message, redelivered=entry.count > 0)
 
     def can_take(self, entry_qos: int) -> bool:
         """Attached, writable, and with credit if this delivery will need an ack."""

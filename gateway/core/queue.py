@@ -102,6 +102,7 @@ class Queue:
         # One FIFO lane per priority, made on first use: most queues only ever use one.
         self._lanes: list[deque[Delivery] | None] = [None] * PRIORITIES
         self._rr = 0
+        self.selective = False  # some consumer has a selector
         # Publisher backpressure: past the high-water mark (half the length limit)
         # a queue with a consumer online asks publishers to pause until it is back
         # under the low-water mark; one that stays full past their patience is
@@ -154,12 +155,18 @@ class Queue:
 
     def attach(self, consumer: Consumer) -> None:
         self.consumers.append(consumer)
+        self.selectors_changed()
         self.dispatch()
+
+    def selectors_changed(self) -> None:
+        """Recompute whether some consumer filters (the slower, scanning dispatch)."""
+        self.selective = any(consumer.selector is not None for consumer in self.consumers)
 
     def detach(self, consumer: Consumer, *, keep_inflight: bool = False) -> None:
         """Remove ``consumer``; its unacked entries go back to the queue unless kept for it."""
         if consumer in self.consumers:
             self.consumers.remove(consumer)
+            self.selectors_changed()
         if self._waiters and not self.congested():
             self._relieve()  # its last draining consumer left: nobody to wait for
         if not keep_inflight and consumer.unacked:
@@ -167,6 +174,18 @@ class Queue:
             consumer.unacked.clear()
             self.requeue(entries)
         self.dispatch()
+
+    def _pick_for(self, entry: Delivery) -> Consumer | None:
+        """A consumer that can take ``entry`` and whose selector matches it (round robin)."""
+        consumers = self.consumers
+        n = len(consumers)
+        start = self._rr
+        for i in range(n):
+            consumer = consumers[(start + i) % n]
+            if consumer.can_take(entry.qos) and consumer.wants(entry):
+                self._rr = (start + i + 1) % n
+                return consumer
+        return None
 
     def _pick(self, qos: int) -> Consumer | None:
         consumers = self.consumers
@@ -214,8 +233,10 @@ class Queue:
             deadline = self.broker.now() + policy.ttl
             if entry.expires is None or deadline < entry.expires:
                 entry.expires = deadline
-        if self.depth == 0 and self.consumers:
-            consumer = self._pick(entry.qos)
+        # With selectors, entries waiting may be ones nobody wants: a new one can still
+        # go straight to a consumer it matches (older matching ones would have gone first).
+        if self.consumers and (self.depth == 0 or self.selective):
+            consumer = self._pick_for(entry) if self.selective else self._pick(entry.qos)
             if consumer is not None:
                 stats.enqueued += 1
                 stats.delivered += 1
@@ -298,6 +319,9 @@ class Queue:
         """Send ready entries, highest priority first, while some consumer can take them."""
         if not self.depth or not self.consumers:
             return
+        if self.selective:
+            self._dispatch_selective()
+            return
         now = self.broker.now()
         lanes = self._lanes
         stats = self.stats
@@ -322,6 +346,37 @@ class Queue:
             if entry.count:
                 stats.redelivered += 1
             consumer.send(entry)
+
+    def _dispatch_selective(self) -> None:
+        """Dispatch when consumers filter: an entry no consumer wants stays where it is,
+        and the entries behind it still go to the consumers they match (JMS)."""
+        now = self.broker.now()
+        stats = self.stats
+        for priority in range(PRIORITIES - 1, -1, -1):
+            lane = self._lanes[priority]
+            if not lane:
+                continue
+            kept: deque[Delivery] = deque()
+            while lane:
+                entry = lane.popleft()
+                if entry.expires is not None and entry.expires <= now:
+                    self._remove(entry)
+                    stats.expired += 1
+                    self.broker.discard(self, entry, "expired")
+                    continue
+                consumer = self._pick_for(entry)
+                if consumer is None:
+                    kept.append(entry)
+                    if not any(c.can_take(entry.qos) for c in self.consumers):
+                        kept.extend(lane)  # nobody has credit left: stop scanning
+                        lane.clear()
+                    continue
+                self._remove(entry)
+                stats.delivered += 1
+                if entry.count:
+                    stats.redelivered += 1
+                consumer.send(entry)
+            self._lanes[priority] = kept
 
     def ack(self, entry: Delivery) -> bool:
         consumer = entry.consumer

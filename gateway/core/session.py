@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from .delivery import Consumer, Delivery, Sink
 from .message import Message
+from .selector import Selector
 
 if TYPE_CHECKING:
     from .queue import Queue
@@ -28,6 +29,8 @@ class SubscribeOptions:
     retain_as_published: bool = False
     retain_handling: int = 0
     subscription_id: int | None = None
+    # Only messages it matches are delivered through this subscription (docs/selectors.md).
+    selector: Selector | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

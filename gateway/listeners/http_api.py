@@ -34,6 +34,7 @@ from ..core import (
     SubscribeOptions,
     check_filter,
 )
+from ..core.selector import Selector, SelectorError, compile_selector
 from ..store import MemoryStore
 from . import http_mapping as mapping
 from ._serve import Connection, Handler
@@ -169,6 +170,10 @@ class HTTPService:
         raise HTTPError(404, "not_found", f"no such endpoint: {request.path}")
 
     # -- time ----------------------------------------------------------------------
+
+    def pulls_of(self, queue: str) -> list[PullConsumer]:
+        """The pull consumers of ``queue`` (one per selector used)."""
+        return [pull for pull in self.pulls.values() if pull.queue == queue]
 
     def tick(self, now: float) -> None:
         """Return pulled messages whose visibility timeout passed (called every second)."""
@@ -386,11 +391,13 @@ async def topic_events(
         check_filter(topic_filter)
     except InvalidFilter as exc:
         raise HTTPError(400, "bad_filter", str(exc)) from None
+    selector = _selector(request)
     broker = service.broker
     sink = _EventSink()
     client_id = f"$http/sse/{request.conn.conn_id}/{next(service._exchanges)}"
     session, _ = broker.open_session(client_id, sink, clean=True)
-    broker.subscribe(session, topic_filter, SubscribeOptions(qos=0, retain_handling=2))
+    options = SubscribeOptions(qos=0, retain_handling=2, selector=selector)
+    broker.subscribe(session, topic_filter, options)
     keepalive = listener.sse_keepalive
     log = request.conn.log.bind(sse_filter=topic_filter)
     log.info("http.sse.opened")
@@ -423,6 +430,17 @@ async def topic_events(
     )
 
 
+def _selector(request: Request) -> Selector | None:
+    """The ``selector`` query parameter, compiled; 400 with the position when it is bad."""
+    text = request.query.get("selector")
+    if text is None or not text.strip():
+        return None
+    try:
+        return compile_selector(text)
+    except SelectorError as exc:
+        raise HTTPError(400, "bad_selector", str(exc)) from None
+
+
 def _query_number(request: Request, name: str, default: float, low: float, high: float) -> float:
     raw = request.query.get(name)
     if raw is None:
@@ -444,9 +462,11 @@ async def pull_messages(
     limit = int(_query_number(request, "max", 1, 1, MAX_PULL))
     wait = _query_number(request, "wait", 0, 0, listener.max_wait)
     visibility = _query_number(request, "visibility", listener.visibility_timeout, 0.001, 12 * 3600)
-    pull = service.pulls.get(name)
+    selector = _selector(request)
+    key = name if selector is None else f"{name}?{selector.text}"
+    pull = service.pulls.get(key)
     if pull is None:
-        pull = service.pulls[name] = PullConsumer(service.broker, name)
+        pull = service.pulls[key] = PullConsumer(service.broker, name, selector)
     items = await pull.pull(limit, wait, visibility)
     messages = [
         mapping.message_json(
@@ -473,8 +493,9 @@ async def ack_messages(
 ) -> Response:
     name = request.params["queue"]
     ids = _ack_ids(request)
-    pull = service.pulls.get(name)
-    unknown = ids if pull is None else pull.ack(ids)
+    unknown = ids
+    for pull in service.pulls_of(name):
+        unknown = pull.ack(unknown)
     return json_response(200, {"acked": len(ids) - len(unknown), "unknown": unknown})
 
 
@@ -483,8 +504,9 @@ async def release_messages(
 ) -> Response:
     name = request.params["queue"]
     ids = _ack_ids(request)
-    pull = service.pulls.get(name)
-    unknown = ids if pull is None else pull.release(ids)
+    unknown = ids
+    for pull in service.pulls_of(name):
+        unknown = pull.release(unknown)
     return json_response(200, {"released": len(ids) - len(unknown), "unknown": unknown})
 
 

@@ -18,9 +18,12 @@ from dataclasses import dataclass, field
 import trio
 
 from ..core import Broker, CloseReason, Delivery, Message
+from ..core.selector import Selector
 
 PULL_SESSION_PREFIX = "$http/pull/"
 _run = secrets.token_hex(4)
+# Delivery ids are unique in the process, whichever pull consumer handed them out.
+_delivery_ids = itertools.count(1)
 
 
 @dataclass(eq=False)
@@ -34,14 +37,17 @@ class _Waiter:
 class PullConsumer:
     """The core's sink for one queue's HTTP pulls."""
 
-    def __init__(self, broker: Broker, queue: str) -> None:
+    def __init__(self, broker: Broker, queue: str, selector: Selector | None = None) -> None:
         self.broker = broker
         self.queue = queue
         self.inflight: dict[str, tuple[Delivery, float]] = {}
         self._waiters: deque[_Waiter] = deque()
-        self._ids = itertools.count(1)
-        self.session, _ = broker.open_session(PULL_SESSION_PREFIX + queue, self, clean=True)
-        self.consumer = broker.consume(self.session, queue, qos=1, ack_all=True)
+        # Pullers with a selector share a consumer per selector, in a session of its own.
+        client_id = PULL_SESSION_PREFIX + queue
+        if selector is not None:
+            client_id += "?" + selector.text
+        self.session, _ = broker.open_session(client_id, self, clean=True)
+        self.consumer = broker.consume(self.session, queue, qos=1, ack_all=True, selector=selector)
 
     # -- the Sink interface ----------------------------------------------------------
 
@@ -51,7 +57,7 @@ class PullConsumer:
     def deliver(self, delivery: Delivery, qos: int) -> None:
         for waiter in self._waiters:
             if waiter.want > 0:
-                delivery_id = f"{_run}-{next(self._ids)}"
+                delivery_id = f"{_run}-{next(_delivery_ids)}"
                 self.inflight[delivery_id] = (delivery, trio.current_time() + waiter.visibility)
                 waiter.items.append((delivery_id, delivery))
                 waiter.want -= 1

@@ -34,6 +34,7 @@ from ..core import (
     SubscribeOptions,
     Will,
 )
+from ..core.selector import Selector, SelectorError, compile_selector
 from ..logging import get_logger
 from .mqtt_mapping import NO_PROPERTIES, properties_of, queue_name, to_message, topic_of
 
@@ -421,10 +422,20 @@ class MQTTSession:
         v5 = self.version == 5
         ids = packet.properties.subscription_identifiers
         sub_id = ids[0] if ids else None
-        codes = []
+        codes: list[int] = []
+        # MQTT 5: a user property "selector" filters every subscription of the packet.
+        selector, bad_selector = None, None
+        if v5:
+            selector, bad_selector = _subscription_selector(packet.properties.user_properties)
         # Retained messages the new subscriptions bring follow the SUBACK.
         self._held = []
         for topic_filter, options in packet.subscriptions:
+            if bad_selector is not None:
+                self.log.info(
+                    "mqtt.subscribe.refused", topic_filter=topic_filter, reason=bad_selector
+                )
+                codes.append(ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR)
+                continue
             qos = options & 3
             no_local = bool(options & 4)
             if no_local and topic_filter.startswith(SHARE_PREFIX):
@@ -434,7 +445,9 @@ class MQTTSession:
             try:
                 name = queue_name(topic_filter)
                 if name is not None:
-                    self.broker.consume(session, name, qos=qos, window=session.consumer.window)
+                    self.broker.consume(
+                        session, name, qos=qos, window=session.consumer.window, selector=selector
+                    )
                 else:
                     sub = SubscribeOptions(
                         qos=qos,
@@ -442,15 +455,20 @@ class MQTTSession:
                         retain_as_published=bool(options & 8),
                         retain_handling=(options >> 4) & 3 if v5 else 0,
                         subscription_id=sub_id,
+                        selector=selector,
                     )
                     self.broker.subscribe(session, topic_filter, sub)
                 codes.append(qos)
             except InvalidFilter as exc:
                 self.log.info("mqtt.subscribe.refused", topic_filter=topic_filter, reason=str(exc))
                 codes.append(ReasonCode.TOPIC_FILTER_INVALID if v5 else _V3_SUBACK_FAILURE)
-        self.send(
-            self.codec.send(mqtt.SubAck(packet_id=packet.packet_id, return_codes=tuple(codes)))
+        props = (
+            NO_PROPERTIES if bad_selector is None else mqtt.Properties(reason_string=bad_selector)
         )
+        suback = mqtt.SubAck(
+            packet_id=packet.packet_id, return_codes=tuple(codes), properties=props
+        )
+        self.send(self.codec.send(suback))
         self._release_held()
 
     def _release_held(self) -> None:
@@ -652,3 +670,19 @@ class MQTTSession:
         """The outbound buffer drained: let the core send what it held back."""
         if self.session is not None and self.session.sink is self:
             self.broker.resume(self.session)
+
+
+def _subscription_selector(
+    user_properties: tuple[tuple[str, str], ...],
+) -> tuple[Selector | None, str | None]:
+    """(the compiled selector, None) or (None, why it was refused) from SUBSCRIBE's user
+    properties; (None, None) when there is none."""
+    for name, value in user_properties:
+        if name == "selector":
+            if not value.strip():
+                return None, None
+            try:
+                return compile_selector(value), None
+            except SelectorError as exc:
+                return None, f"bad selector: {exc}"
+    return None, None

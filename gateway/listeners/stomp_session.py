@@ -28,6 +28,7 @@ from ..core import (
     SubscribeOptions,
     check_filter,
 )
+from ..core.selector import Selector, SelectorError, compile_selector
 from ..logging import get_logger
 from .stomp_mapping import TEMP_QUEUE, message_headers, parse_destination, to_message
 
@@ -50,6 +51,17 @@ class Subscription:
     queue: str | None = None  # a core queue name, for /queue, /temp-queue and durable ones
     topic_filter: str | None = None  # a core topic filter, for plain /topic subscriptions
     unacked: dict[int, Delivery] = field(default_factory=dict)
+    selector: Selector | None = None
+
+
+def _selector(text: str | None) -> Selector | None:
+    """The compiled ``selector`` header; a bad one is refused with its position."""
+    if text is None or not text.strip():
+        return None
+    try:
+        return compile_selector(text)
+    except SelectorError as exc:
+        raise StompError("bad selector", str(exc)) from None
 
 
 class STOMPSession:
@@ -271,8 +283,7 @@ class STOMPSession:
         sub_id = frame.get("id") or frame.get("destination", "")
         if sub_id in self.subscriptions:
             raise StompError("duplicate subscription", f"subscription id {sub_id!r} is in use")
-        if frame.get("selector") is not None:
-            raise StompError("selectors are not supported yet", "remove the selector header")
+        selector = _selector(frame.get("selector"))
         ack = frame.get("ack", "auto")
         if ack not in ACK_MODES:
             raise StompError("bad ack mode", f"ack:{ack}; use one of {', '.join(ACK_MODES)}")
@@ -280,8 +291,14 @@ class STOMPSession:
         kind, name = self._resolve(destination)
         window = self._prefetch(frame)
         number = self._next_number()
-        sub = Subscription(id=sub_id, destination=destination, ack=ack, number=number)
+        sub = Subscription(
+            id=sub_id, destination=destination, ack=ack, number=number, selector=selector
+        )
         durable = self._durable_name(frame, kind)
+        if durable is not None and selector is not None:
+            raise StompError(
+                "bad selector", "selectors on durable subscriptions are not supported yet"
+            )
         try:
             if kind is Kind.QUEUE or durable is not None:
                 if durable is not None:
@@ -306,9 +323,16 @@ class STOMPSession:
         qos = 0 if sub.ack == "auto" else 1
         if sub.queue is not None:
             self._by_queue[sub.queue] = sub
-            self.broker.consume(session, sub.queue, qos=qos, window=window, ack_all=qos == 1)
+            self.broker.consume(
+                session,
+                sub.queue,
+                qos=qos,
+                window=window,
+                ack_all=qos == 1,
+                selector=sub.selector,
+            )
         elif sub.topic_filter is not None:
-            options = SubscribeOptions(qos=qos, subscription_id=sub.number)
+            options = SubscribeOptions(qos=qos, subscription_id=sub.number, selector=sub.selector)
             self.broker.subscribe(session, sub.topic_filter, options)
 
     def _next_number(self) -> int:

@@ -254,7 +254,6 @@ async def test_prefetch_count_window(stomp: MakeClient, version: str) -> None:
         await consumer.ack(second)
 
 
-@pytest.mark.xfail(strict=True, reason="selectors come with the header-based filtering issue")
 async def test_selector_filters_messages(stomp: MakeClient) -> None:
     with trio.fail_after(NET_TIMEOUT):
         consumer = await stomp()

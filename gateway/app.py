@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import trio
 
-from .config import Config, ListenerConfig, QueueConfig
+from .config import Config, ListenerConfig, QueueConfig, build_router
 from .core import Broker, Overflow, QueuePolicy
 from .listeners import BoundAddress, StartupError, TCPServer
 from .listeners._serve import Handler
@@ -54,6 +54,7 @@ def build_broker(config: Config, store: Store | None = None) -> Broker:
         session_queue=QueuePolicy(max_length=config.gateway.max_queued_messages),
         queues=[(queue.name, queue_policy(queue)) for queue in config.queues],
         auto_create_queues=config.gateway.auto_create_queues,
+        router=build_router(config),
     )
 
 

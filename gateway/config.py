@@ -16,6 +16,8 @@ from typing import Literal
 
 import msgspec
 
+from .core.routing import RouteError, Router, RouteRule
+
 Protocol = Literal["mqtt", "stomp", "http"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["auto", "json", "console"]
@@ -134,11 +136,41 @@ class WebhookConfig(_Base, frozen=True):
         return parse_duration(self.dedupe_window)
 
 
+class RouteConfig(_Base, frozen=True):
+    """A ``[[routes]]`` table: a routing rule, evaluated in order (docs/routing.md)."""
+
+    match: str
+    name: str = ""
+    selector: str | None = None
+    copy_to: tuple[str, ...] = ()
+    divert_to: tuple[str, ...] = ()
+    set_headers: dict[str, str] = {}
+    remove_headers: tuple[str, ...] = ()
+    forward_to_bridge: str | None = None
+    drop: str | None = None
+    stop: bool = False
+
+    def rule(self) -> RouteRule:
+        return RouteRule(
+            match=self.match,
+            name=self.name,
+            selector=self.selector,
+            copy_to=self.copy_to,
+            divert_to=self.divert_to,
+            set_headers=tuple(self.set_headers.items()),
+            remove_headers=self.remove_headers,
+            forward_to_bridge=self.forward_to_bridge,
+            drop=self.drop,
+            stop=self.stop,
+        )
+
+
 class Config(_Base, frozen=True):
     gateway: GatewaySection = GatewaySection()
     listeners: tuple[ListenerConfig, ...] = ()
     queues: tuple[QueueConfig, ...] = ()
     webhooks: tuple[WebhookConfig, ...] = ()
+    routes: tuple[RouteConfig, ...] = ()
     source: str = "<defaults>"
 
 
@@ -209,6 +241,7 @@ def _validate(config: Config) -> None:
         raise ConfigError(src, "gateway.max_queued_messages", "must be at least 1")
     _validate_queues(config)
     _validate_webhooks(config)
+    _validate_routes(config)
     names: set[str] = set()
     for i, listener in enumerate(config.listeners):
         key = f"listeners[{i}]"
@@ -337,6 +370,49 @@ def _validate_webhooks(config: Config) -> None:
                 raise ConfigError(src, f"{key}.headers", f"{name!r} is not a header name")
             if name.lower() in ("webhook", "idempotency-key"):
                 raise ConfigError(src, f"{key}.headers", f"{name!r} is set by the gateway")
+
+
+# Bridges are not built yet: every forward_to_bridge names one that is not configured.
+CONFIGURED_BRIDGES: frozenset[str] = frozenset()
+
+
+def build_router(config: Config) -> Router | None:
+    """The compiled ``[[routes]]``, or None without any (then routing costs nothing).
+    Raises RouteError; ``load`` has already refused a configuration that would."""
+    if not config.routes:
+        return None
+    return Router(route.rule() for route in config.routes)
+
+
+def _validate_routes(config: Config) -> None:
+    src = config.source
+    try:
+        router = build_router(config)
+    except RouteError as exc:
+        raise ConfigError(src, f"routes[{exc.index}].{exc.key}", exc.problem) from None
+    if router is None:
+        return
+    declared = {item.name for item in config.queues}
+    for i, rule in enumerate(router.rules):
+        bridge = rule.forward_to_bridge
+        if bridge is not None and bridge not in CONFIGURED_BRIDGES:
+            raise ConfigError(
+                src,
+                f"routes[{i}].forward_to_bridge",
+                f"bridge {bridge!r} is not configured (bridges are not built yet)",
+            )
+        if config.gateway.auto_create_queues:
+            continue
+        for field in ("copy_to", "divert_to"):
+            for j, template in enumerate(getattr(rule, field)):
+                literal = template.literal
+                if literal and literal.startswith("$queue/") and literal[7:] not in declared:
+                    raise ConfigError(
+                        src,
+                        f"routes[{i}].{field}[{j}]",
+                        f"queue {literal[7:]!r} is not declared and "
+                        "gateway.auto_create_queues is off",
+                    )
 
 
 def _webhook_destination_problem(config: Config, destination: str) -> str | None:

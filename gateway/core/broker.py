@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 
@@ -37,6 +37,9 @@ from .selector import Selector
 from .session import NEVER, Session, SubscribeOptions, Will
 from .stats import BrokerStats, QueueSnapshot
 from .topics import InvalidFilter, TopicTrie, check_filter
+
+if TYPE_CHECKING:
+    from .routing import Router
 
 SHARE_PREFIX = "$share/"
 SESSION_QUEUE_PREFIX = "$session/"
@@ -107,6 +110,7 @@ class Broker:
         queues: Iterable[tuple[str, QueuePolicy]] = (),
         auto_create_queues: bool = True,
         durability: str = "sync",
+        router: Router | None = None,
     ) -> None:
         self.store: Store = store if store is not None else MemoryStore()
         self.now = clock
@@ -120,6 +124,8 @@ class Broker:
         # "sync": acknowledgements wait for the commit; "async": they do not;
         # "memory": nothing goes to the store. Queues may choose their own.
         self.durability = durability
+        # Routing rules (docs/routing.md): None when there are none, which costs nothing.
+        self.router = router
         self._trie: TopicTrie[object, _Binding] = TopicTrie()
         self._routes: dict[str, list[_Route]] = {}
         self._temp_ids = itertools.count(1)
@@ -770,8 +776,13 @@ class Broker:
 
     # -- publishing ----------------------------------------------------------------
 
-    def publish(self, message: Message) -> PublishResult:
-        """Route ``message`` now; never waits for a consumer."""
+    def publish(self, message: Message, *, rules: bool = True) -> PublishResult:
+        """Route ``message`` now; never waits for a consumer.
+
+        The routing rules run first, once: what they produce is published with
+        ``rules=False``, which skips them (a message is routed once per hop)."""
+        if rules and self.router is not None:
+            return self.router.dispatch(message, self)
         stats = self.stats
         stats.published += 1
         if message.qos and not self.store.available:

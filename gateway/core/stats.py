@@ -12,12 +12,25 @@ OTHER_TOPICS = "(other)"
 
 
 @dataclass(slots=True)
+class RouteStats:
+    """What the routing rules did (docs/routing.md); their drops are in ``drops``."""
+
+    matched: Counter[str] = field(default_factory=Counter)  # per rule name
+    copied: int = 0
+    diverted: int = 0
+    forwarded: int = 0
+    # Actions left out: missing-value, invalid-destination, no-bridge.
+    skipped: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(slots=True)
 class BrokerStats:
     published: int = 0
     unrouted: int = 0
     refused: int = 0
     drops: Counter[str] = field(default_factory=Counter)
     topics: dict[str, int] = field(default_factory=dict)
+    routes: RouteStats = field(default_factory=RouteStats)
 
     def count_topic(self, topic: str) -> None:
         topics = self.topics

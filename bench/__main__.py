@@ -2,6 +2,8 @@
 
     python -m bench run SCENARIO --system gateway|mosquitto|amqtt|rabbitmq-stomp|coilmq|external
     python -m bench compare [SCENARIO|PRESET ...] [--systems ...] [--reps N] [--seconds S]
+    python -m bench compare durable-qos1 durable-qos1-online --systems gateway \
+        gateway-memory gateway-async mosquitto mosquitto-persist     # the cost of durability
     python -m bench report [--input bench/results/latest.json]
 
 Every run prints one JSON line; each scenario/system then prints a JSON line of medians
@@ -35,8 +37,13 @@ def _record(
     rep: int,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
+    bench = "mqtt"
+    if scenario in sc.STOMP_SCENARIOS:
+        bench = "stomp"
+    elif scenario in sc.DURABLE_SCENARIOS:
+        bench = "durable"
     rec: dict[str, Any] = {
-        "bench": "stomp" if scenario in sc.STOMP_SCENARIOS else "mqtt",
+        "bench": bench,
         "kind": "run",
         "preset": preset,
         "scenario": scenario,
@@ -45,7 +52,7 @@ def _record(
         "params": params.relevant(scenario),
     }
     snapshot = getattr(args, "gateway_snapshot", None)
-    if system == "gateway":
+    if systems.is_gateway(system):
         rec["gateway_revision"] = snapshot[1] if snapshot else systems.gateway_revision()
     quiet = getattr(args, "quiet", None)
     if quiet is not None:
@@ -62,9 +69,12 @@ def _record(
             profile=profile,
             profile_out=RESULTS / f"profile-{preset}-{stamp}-rep{rep}",
             gateway_src=snapshot[0] if snapshot else None,
+            max_queued=sc.max_queued(scenario),
         ) as broker:
             rec["broker_pid"] = broker.pid
             rec["port"] = broker.port
+            if broker.settings:
+                rec["settings"] = broker.settings
             rec.update(sc.run_one(scenario, params, broker))
             if not broker.alive():
                 rec["error"] = f"{system} exited during the run: {broker.log_tail(5)}"
@@ -82,7 +92,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = [
         "seconds", "warmup", "drain", "publishers", "subscribers", "qos", "payload", "window",
         "rate", "subscriptions", "sub_connections", "connections", "procs", "prefetch",
-        "heartbeat",
+        "heartbeat", "lead",
     ]  # fmt: skip
     out = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if getattr(args, "open_loop", None) is not None:
@@ -135,7 +145,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     # Every gateway run of the comparison runs this copy of gateway/, not the work tree,
     # which someone may be editing meanwhile.
     args.gateway_snapshot = (
-        systems.snapshot_gateway(args.gateway_rev) if "gateway" in args.systems else None
+        systems.snapshot_gateway(args.gateway_rev)
+        if any(systems.is_gateway(s) for s in args.systems)
+        else None
     )
     try:
         return _compare(args, presets, overrides, out_path, report)
@@ -190,13 +202,15 @@ def _compare(
         out_path.write_text(json.dumps(doc, indent=1))
     doc["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
     out_path.write_text(json.dumps(doc, indent=1))
-    # The report reads the latest MQTT and the latest STOMP comparison: a STOMP-only
-    # comparison does not replace the MQTT figures.
+    # The report reads the latest MQTT, STOMP and durability comparisons: a STOMP-only
+    # comparison does not replace the MQTT figures, nor a durability one either.
     latest = []
     if any(p in sc.MQTT_PRESETS for p in presets):
         latest.append(RESULTS / "latest.json")
     if any(p in sc.STOMP_PRESETS for p in presets):
         latest.append(RESULTS / "latest-stomp.json")
+    if any(p in sc.DURABLE_PRESETS for p in presets):
+        latest.append(RESULTS / "latest-durable.json")
     for path in latest:
         path.write_text(json.dumps(doc, indent=1))
     print(report.text_tables(doc))
@@ -214,7 +228,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     doc = json.loads(source.read_text())
     stomp_source = Path(args.stomp_input)
     stomp_doc = json.loads(stomp_source.read_text()) if stomp_source.exists() else None
-    md, png = report.write(doc, Path(args.out), source, stomp_doc, stomp_source)
+    durable_source = Path(args.durable_input)
+    durable_doc = json.loads(durable_source.read_text()) if durable_source.exists() else None
+    md, png = report.write(
+        doc, Path(args.out), source, stomp_doc, stomp_source, durable_doc, durable_source
+    )
     print(f"wrote {md} and {png}")
     return 0
 
@@ -228,7 +246,13 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--system",
         required=True,
-        choices=[*systems.SYSTEMS, *systems.STOMP_SYSTEMS, *systems.EXTERNAL_SYSTEMS, "external"],
+        choices=[
+            *systems.SYSTEMS,
+            *systems.DURABLE_SYSTEMS,
+            *systems.STOMP_SYSTEMS,
+            *systems.EXTERNAL_SYSTEMS,
+            "external",
+        ],
     )
     _add_common(run)
     run.add_argument("--publishers", type=int)
@@ -243,6 +267,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--connections", type=int, help="idle: connections to open")
     run.add_argument("--procs", type=int, help="idle: generator processes")
     run.add_argument("--prefetch", type=int, help="stomp-queue: the consumer's prefetch-count")
+    run.add_argument(
+        "--lead", type=int, help="durable-qos1-online: most messages ahead of the subscriber"
+    )
     run.add_argument(
         "--heartbeat",
         type=int,
@@ -289,6 +316,11 @@ def parser() -> argparse.ArgumentParser:
         "--stomp-input",
         default=str(RESULTS / "latest-stomp.json"),
         help="the STOMP comparison (its rows are added when the file exists)",
+    )
+    rep.add_argument(
+        "--durable-input",
+        default=str(RESULTS / "latest-durable.json"),
+        help="the durability comparison (its section is added when the file exists)",
     )
     rep.add_argument("--out", default=str(systems.REPO / "docs" / "benchmarks.md"))
     rep.set_defaults(func=cmd_report)

@@ -9,10 +9,13 @@ Coordination is through shared memory (no locks: each slot has one writer):
 - ``ctl[T0]``: the start time (``time.monotonic_ns``) that every worker counts from;
   ``ctl[STOP]``: set by the orchestrator when subscribers may stop reading;
   ``ctl[CHECK]``: idle holders count their still-open connections and leave;
-  ``ctl[DEADLINE]``: a hard end, past which every worker leaves whatever it is doing.
+  ``ctl[DEADLINE]``: a hard end, past which every worker leaves whatever it is doing;
+  ``ctl[RESUME]``: offline subscribers (``SubSpec.offline``) reconnect to their session.
 - ``counters[i]``: worker ``i``'s running figure (publishes written, PUBLISH frames
-  received, or connections held), read by the orchestrator and by closed-loop publishers.
-- ``state[i]``: 0 starting, 1 ready, 2 done (idle: all connections opened), -1 failed.
+  received, or connections held), read by the orchestrator and by closed-loop publishers;
+  ``acked[i]``: a tracked publisher's PUBACKs.
+- ``state[i]``: 0 starting, 1 ready, 2 done (idle: all connections opened; tracked
+  publishers: their last PUBACK is in), 3 (offline subscribers) reconnected, -1 failed.
 
 Publishers send for ``warmup + seconds`` after ``T0`` and stop by themselves; closed-loop
 publishers also keep the messages published but not yet received by every subscriber
@@ -30,6 +33,7 @@ import select
 import socket
 import struct
 import time
+from array import array
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,7 +43,7 @@ from typing import Any
 from . import mqttwire as w
 from . import stompwire as sw
 
-T0, STOP, CHECK, DEADLINE = 0, 1, 2, 3
+T0, STOP, CHECK, DEADLINE, RESUME = 0, 1, 2, 3, 4
 RECV_SIZE = 1 << 18
 MAX_SAMPLES = 200_000
 STALL_NS = 500_000_000  # a closed-loop publisher writes off a gap that has not moved for this
@@ -72,6 +76,13 @@ class PubSpec:
     stomp_headers: tuple[tuple[str, str], ...] = ()  # extra SEND headers
     stomp_host: str = STOMP_VHOST  # the CONNECT host header
     heartbeat: int = 0  # STOMP: the client's heart-beat offer cx, ms (cy is always 0)
+    # Tracked QoS 1 (durability scenarios): each payload starts with a sequence number
+    # (``pub_no`` in its top bits), each PUBLISH is time-stamped and its PUBACK matched by
+    # packet id; ``lead`` bounds the messages not yet received (0: ``window``), unless
+    # ``open_loop`` (then only ``window`` unacknowledged publishes bound it).
+    track: bool = False
+    pub_no: int = 0
+    lead: int = 0
 
 
 @dataclass(frozen=True)
@@ -94,6 +105,13 @@ class SubSpec:
     # STOMP ACKs: "ack" (1.2: id = the MESSAGE's ack header) or "message-id" (coilmq,
     # whose MESSAGE has no ack header: id = the subscription, plus message-id)
     ack_by: str = "ack"
+    # MQTT sessions: clean session 0 (``clean=False``) keeps the session across connections;
+    # ``offline``: subscribe, DISCONNECT, and reconnect (clean session 0) at ``ctl[RESUME]``;
+    # ``seqs``: record the sequence numbers of tracked publishes (``PubSpec.track``).
+    clean: bool = True
+    offline: bool = False
+    seqs: bool = False
+    discard: bool = False  # at the end, connect with clean session 1: the session is gone
 
 
 @dataclass(frozen=True)
@@ -119,6 +137,7 @@ class Shared:
     state: Any
     go: Any
     results: Any
+    acked: Any = None
     pub_slots: tuple[int, ...] = ()
     sub_slots: tuple[int, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
@@ -177,14 +196,23 @@ def read_frame(sock: socket.socket, buf: bytearray, deadline: float) -> tuple[in
 
 
 def mqtt_connect(host: str, port: int, client_id: str, timeout: float = 30.0) -> socket.socket:
+    return mqtt_session(host, port, client_id, True, timeout)[0]
+
+
+def mqtt_session(
+    host: str, port: int, client_id: str, clean: bool, timeout: float = 30.0
+) -> tuple[socket.socket, bool, bytes]:
+    """Connect with clean session ``clean``: (socket, CONNACK's session present flag, what
+    arrived after the CONNACK: a resumed session's first messages may share its read)."""
     sock = socket.create_connection((host, port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.sendall(w.connect(client_id))
-    first, body = read_frame(sock, bytearray(), time.monotonic() + timeout)
+    sock.sendall(w.connect(client_id, clean=clean))
+    buf = bytearray()
+    first, body = read_frame(sock, buf, time.monotonic() + timeout)
     if first >> 4 != w.CONNACK or len(body) < 2 or body[1] != 0:
         sock.close()
         raise WorkerError(f"CONNACK refused: {first:#x} {body.hex()}")
-    return sock
+    return sock, bool(body[0] & 1), bytes(buf)
 
 
 def mqtt_subscribe(sock: socket.socket, filters: Sequence[str], qos: int, timeout: float) -> None:
@@ -387,13 +415,155 @@ def _close(sock: socket.socket) -> None:
     sock.close()
 
 
+# ---------------------------------------------------------------------------- tracked QoS 1
+
+ACK_WAIT_NS = 10_000_000_000  # after publishing: the longest wait for the last PUBACKs
+MAX_ACK_SAMPLES = 4_000_000
+
+
+def mark(bits: dict[int, bytearray], seq: int) -> None:
+    """Set ``seq``'s bit: one bitmap per publisher (the sequence number's top bits)."""
+    owner, n = seq >> w.SEQ_SHIFT, seq & w.SEQ_MASK
+    b = bits.get(owner)
+    if b is None:
+        b = bits[owner] = bytearray()
+    i = n >> 3
+    if i >= len(b):
+        b.extend(bytes(max(i + 1 - len(b), 8192)))
+    b[i] |= 1 << (n & 7)
+
+
+def run_tracked_publisher(index: int, spec: PubSpec, sh: Shared) -> dict[str, Any]:
+    """QoS 1 with every message accounted for: each payload starts with its sequence
+    number, each PUBLISH is time-stamped when written and its PUBACK matched by packet id
+    (publish-to-PUBACK latency; the set of acknowledged sequence numbers). At most
+    ``window`` publishes are unacknowledged, and unless ``open_loop``, at most ``lead``
+    (or ``window``) ahead of the subscribers."""
+    if spec.qos != 1 or not 0 < spec.window <= 65000:
+        raise WorkerError("tracked publishing is QoS 1 with a window of 1..65000")
+    heads, pad = w.tracked_frames(spec.topics[0], spec.payload_size)
+    size = len(heads[1]) + 8 + len(pad)
+    per_batch = max(1, min(spec.window, spec.batch_bytes // size))
+    sock = mqtt_connect(spec.host, spec.port, spec.client_id)
+    sh.state[index] = 1
+    t0 = _wait_go(sh)
+    win_start = t0 + int(spec.warmup * 1e9)
+    end = win_start + int(spec.seconds * 1e9)
+    hard = int(sh.ctl[DEADLINE])
+    sock.setblocking(False)
+    base = spec.pub_no << w.SEQ_SHIFT
+    sent_at = [0] * 65536  # by packet id: when its PUBLISH was written (0: not in flight)
+    seq_of = [0] * 65536
+    acked_bits: dict[int, bytearray] = {}
+    samples = array("q")
+    lead_cap = spec.lead or spec.window
+    out: deque[list[Any]] = deque()
+    queued = acked = unexpected = allowance = 0
+    last_recv, stalled_since = -1, 0
+    tail = b""
+    ids: list[int] = []
+
+    def on_data(data: bytes, t: int) -> None:
+        nonlocal tail, acked, unexpected
+        buf = tail + data if tail else data
+        ids.clear()
+        pos, other = w.puback_ids(buf, 0, ids)
+        tail = buf[pos:]
+        unexpected += other
+        for pid in ids:
+            sent = sent_at[pid]
+            if not sent:
+                unexpected += 1  # a PUBACK for no publish in flight
+                continue
+            sent_at[pid] = 0
+            if win_start <= sent < end and len(samples) < MAX_ACK_SAMPLES:
+                samples.append(t - sent)
+            mark(acked_bits, seq_of[pid])
+            acked += 1
+        sh.acked[index] = acked
+
+    while True:
+        now = now_ns()
+        if now >= end or not _alive(sh, hard):
+            break
+        on_lead = False
+        if not out:
+            allowed = min(per_batch, spec.window - (queued - acked))
+            if not spec.open_loop and allowed >= 1:
+                sent_all = sum(sh.counters[i] for i in sh.pub_slots)
+                recv_all = sum(sh.counters[i] for i in sh.sub_slots)
+                lead = sent_all * spec.copies - recv_all - allowance
+                room = (lead_cap * spec.copies - lead) // max(1, spec.copies)
+                if room < 1:
+                    on_lead = True
+                    if recv_all != last_recv:
+                        last_recv, stalled_since = recv_all, now
+                    elif now - stalled_since > STALL_NS:
+                        allowance += lead
+                        stalled_since = now
+                allowed = min(allowed, room)
+            if allowed >= 1:
+                t = now_ns()
+                parts: list[bytes] = []
+                for k in range(queued, queued + allowed):
+                    pid = k % 65535 + 1
+                    sent_at[pid] = t
+                    seq_of[pid] = base | k
+                    parts += (heads[pid], w.seq_pack(base | k), pad)
+                out.append([memoryview(b"".join(parts)), allowed, 0])
+                queued += allowed
+                sh.counters[index] = queued
+        timeout = 0.002 if on_lead else 0.05
+        readable, writable, _ = select.select([sock], [sock] if out else [], [], timeout)
+        if writable:
+            _write(sock, out)
+        if readable:
+            data = sock.recv(RECV_SIZE)
+            if not data:
+                raise WorkerError("broker closed the publisher's connection")
+            on_data(data, now_ns())
+    flush_until = now_ns() + 2_000_000_000
+    while out and now_ns() < flush_until:
+        select.select([], [sock], [], 0.05)
+        _write(sock, out)
+    queued -= sum(pubs - written // size for _view, pubs, written in out)
+    sh.counters[index] = queued
+    # The last PUBACKs: what is acknowledged by now is what the broker must deliver.
+    ack_until = now_ns() + ACK_WAIT_NS
+    while acked < queued and now_ns() < ack_until and _alive(sh, hard):
+        if select.select([sock], [], [], 0.05)[0]:
+            data = sock.recv(RECV_SIZE)
+            if not data:
+                raise WorkerError("broker closed the publisher's connection")
+            on_data(data, now_ns())
+    sh.state[index] = 2
+    while not sh.ctl[STOP] and _alive(sh, hard):
+        if select.select([sock], [], [], 0.05)[0]:
+            data = sock.recv(RECV_SIZE)
+            if not data:
+                break
+            on_data(data, now_ns())
+    _close(sock)
+    return {
+        "sent": queued,
+        "acked": acked,
+        "acked_bits": {k: bytes(v) for k, v in acked_bits.items()},
+        "ack_samples": samples,
+        "unexpected": unexpected,
+        "written_off": allowance,
+    }
+
+
 # ---------------------------------------------------------------------------- subscriber
 
 
 def run_subscriber(index: int, spec: SubSpec, sh: Shared) -> dict[str, Any]:
-    sock = mqtt_connect(spec.host, spec.port, spec.client_id)
+    sock, _, _ = mqtt_session(spec.host, spec.port, spec.client_id, spec.clean)
     mqtt_subscribe(sock, spec.filters, spec.qos, timeout=120)
-    sock.settimeout(None)
+    if spec.offline:
+        _close(sock)  # DISCONNECT: the session (clean session 0) stays, offline
+    else:
+        sock.settimeout(None)
     sh.state[index] = 1
     t0 = _wait_go(sh)
     win_start = t0 + int(spec.warmup * 1e9)
@@ -406,16 +576,37 @@ def run_subscriber(index: int, spec: SubSpec, sh: Shared) -> dict[str, Any]:
     tail = b""
     out = bytearray()
     closed = False
-    while not sh.ctl[STOP] and _alive(sh, hard):
-        if not select.select([sock], [], [], 0.1)[0]:
-            continue
-        data = sock.recv(RECV_SIZE)
-        if not data:
-            closed = True
-            break
+    bits: dict[int, bytearray] = {}
+    present = None
+    resumed = last = 0
+    pending = b""
+    if spec.offline:
+        while not sh.ctl[RESUME] and not sh.ctl[STOP] and _alive(sh, hard):
+            time.sleep(0.005)
+        if sh.ctl[RESUME] and not sh.ctl[STOP]:
+            sock, present, pending = mqtt_session(spec.host, spec.port, spec.client_id, False)
+            sock.settimeout(None)
+            resumed = now_ns()
+            sh.state[index] = 3
+        else:
+            closed = True  # never reconnected
+    while not closed and not sh.ctl[STOP] and _alive(sh, hard):
+        if pending:  # frames that came with the CONNACK
+            data, pending = pending, b""
+        else:
+            if not select.select([sock], [], [], 0.1)[0]:
+                continue
+            data = sock.recv(RECV_SIZE)
+            if not data:
+                closed = True
+                break
         t = now_ns()
         buf = tail + data if tail else data
         pos = w.scan(buf, 0, counts, replies, out)
+        if spec.seqs:
+            for seq in w.publish_stamps(buf, 0, pos):
+                mark(bits, seq)
+            last = t
         if spec.sample != "none" and win_start <= t <= win_end and len(samples) < MAX_SAMPLES:
             if spec.sample == "all":
                 samples.extend(t - s for s in w.publish_stamps(buf, 0, pos))
@@ -434,7 +625,22 @@ def run_subscriber(index: int, spec: SubSpec, sh: Shared) -> dict[str, Any]:
         _close(sock)
     else:
         sock.close()
-    return {"received": counts[w.PUBLISH], "samples": samples, "closed_by_broker": closed}
+    if spec.discard:  # a broker that outlives the run (RabbitMQ) keeps no queue of ours
+        with contextlib.suppress(OSError, WorkerError):
+            _close(mqtt_session(spec.host, spec.port, spec.client_id, True, 10.0)[0])
+    result: dict[str, Any] = {
+        "received": counts[w.PUBLISH],
+        "samples": samples,
+        "closed_by_broker": (closed and not spec.offline) or bool(resumed and closed),
+    }
+    if spec.seqs:
+        result.update(
+            seq_bits={k: bytes(v) for k, v in bits.items()},
+            session_present=present,
+            resumed_ns=resumed or None,
+            last_ns=last or None,
+        )
+    return result
 
 
 # ---------------------------------------------------------------------------- idle
@@ -749,6 +955,8 @@ def _worker_main(index: int, spec: Spec, sh: Shared) -> None:
     try:
         if isinstance(spec, PubSpec):
             pub = run_stomp_publisher if spec.proto == "stomp" else run_publisher
+            if spec.track:
+                pub = run_tracked_publisher
             result = pub(index, spec, sh)
         elif isinstance(spec, SubSpec):
             sub = run_stomp_subscriber if spec.proto == "stomp" else run_subscriber
@@ -773,8 +981,9 @@ class WorkerGroup:
         n = len(specs)
         self.specs = list(specs)
         self.shared = Shared(
-            ctl=RawArray("q", 4),
+            ctl=RawArray("q", 5),
             counters=RawArray("q", n),
+            acked=RawArray("q", n),
             state=RawArray("q", n),
             go=self.ctx.Event(),
             results=self.ctx.Queue(),

@@ -7,6 +7,9 @@ Payloads start with an 8-byte placeholder (``STAMP``) that :func:`stamp` replace
 in C, with a little-endian ``time.monotonic_ns()`` for a whole pre-encoded batch at
 once; the rest of the payload is padding. ``CLOCK_MONOTONIC`` is one clock for every
 process on a Linux host, so a subscriber in another process can compute latency.
+Tracked QoS 1 publishes (the durability scenarios, :func:`tracked_frames`) carry a
+sequence number in those 8 bytes instead, and their latency is PUBLISH to PUBACK, matched
+by packet identifier (:func:`puback_ids`).
 """
 
 from __future__ import annotations
@@ -172,3 +175,51 @@ def publish_stamps(buf: bytes, pos: int, end: int) -> list[int]:
             stamps.append(read_stamp(buf, off))
         pos += hdr + rl
     return stamps
+
+
+# ---------------------------------------------------------------------------- tracked QoS 1
+
+# Sequence numbers: the publisher's number in the top 16 bits, its message count below.
+SEQ_SHIFT = 48
+SEQ_MASK = (1 << SEQ_SHIFT) - 1
+
+
+def tracked_frames(topic: str, payload_size: int, qos: int = 1) -> tuple[list[bytes], bytes]:
+    """(heads, padding): ``heads[pid]`` is a QoS ``qos`` PUBLISH of ``topic`` with packet
+    id ``pid`` (1..65535) up to its payload, whose first 8 bytes are then a little-endian
+    sequence number (:func:`seq_pack`) followed by ``padding``."""
+    pad = b"." * max(0, payload_size - 8)
+    body_len = len(_str(topic)) + 2 + 8 + len(pad)
+    fixed = bytes([0x30 | (qos << 1)]) + varint(body_len) + _str(topic)
+    heads = [b""] + [fixed + _H.pack(pid) for pid in range(1, 65536)]
+    return heads, pad
+
+
+seq_pack = _Q.pack
+
+
+def puback_ids(buf: bytes, pos: int, ids: list[int]) -> tuple[int, int]:
+    """Append the packet identifier of every complete PUBACK in ``buf`` from ``pos`` to
+    ``ids``: (where the first incomplete frame starts, frames of other types skipped)."""
+    end = len(buf)
+    other = 0
+    while end - pos >= 2:
+        b0 = buf[pos]
+        rl, hdr, shift = 0, 1, 0
+        while True:
+            if pos + hdr >= end:
+                return pos, other
+            b = buf[pos + hdr]
+            rl |= (b & 0x7F) << shift
+            hdr += 1
+            shift += 7
+            if not b & 0x80:
+                break
+        if pos + hdr + rl > end:
+            return pos, other
+        if b0 >> 4 == PUBACK and rl >= 2:
+            ids.append((buf[pos + hdr] << 8) | buf[pos + hdr + 1])
+        else:
+            other += 1
+        pos += hdr + rl
+    return pos, other

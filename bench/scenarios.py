@@ -9,6 +9,12 @@ after ``warmup`` seconds the broker's CPU time, the counters and the clock are r
 again ``seconds`` later: msg/s and messages per broker CPU second come from that window.
 Publishers then stop; subscribers get until everything arrived, or nothing moved for a
 while (bounded by ``drain``), and loss is counted over the whole run.
+
+Durability runs (``durable-qos1``, ``durable-qos1-online``; :func:`run_durable`): a QoS 1
+publisher whose every message carries a sequence number and whose every PUBLISH is timed
+to its PUBACK, and a persistent-session subscriber (clean session 0) that is away while
+the publisher runs (or online and acknowledging); loss is what was acknowledged to the
+publisher and never reached the subscriber.
 """
 
 from __future__ import annotations
@@ -21,10 +27,18 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 from . import loadgen as lg
-from .systems import Running, machine_busy_seconds, nofile_limit, process_cpu_seconds
+from .systems import (
+    MAX_QUEUED,
+    MAX_QUEUED_DURABLE,
+    Running,
+    machine_busy_seconds,
+    nofile_limit,
+    process_cpu_seconds,
+)
 
 MB = 1024 * 1024
 
@@ -47,6 +61,7 @@ class Params:
     procs: int = 2  # idle: processes holding the connections
     prefetch: int = 0  # stomp-queue: the consumer's prefetch-count (unacked messages)
     heartbeat: int = 0  # STOMP: the clients' heart-beat offer (cx, ms); 0: heart-beat:0,0
+    lead: int = 0  # durable-qos1-online: most messages ahead of the subscriber (0: window)
 
     def relevant(self, scenario: str) -> dict[str, Any]:
         keep = {
@@ -64,6 +79,8 @@ class Params:
                 drop.add("heartbeat")
             if scenario in STOMP_ONLY:
                 drop.add("qos")
+            if scenario not in DURABLE_SCENARIOS:
+                drop.add("lead")
             return {k: v for k, v in data.items() if k not in drop}
         return {k: data[k] for k in keep}
 
@@ -80,10 +97,20 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "stomp-fanin": {"publishers": 4, "subscribers": 1, "window": 5000},
     "stomp-queue": {"publishers": 1, "subscribers": 1, "window": 1000, "prefetch": 100},
     "mqtt-to-stomp": {"publishers": 4, "subscribers": 1, "qos": 0, "window": 5000},
+    "durable-qos1": {"publishers": 1, "subscribers": 1, "qos": 1, "window": 100},
+    "durable-qos1-online": {
+        "publishers": 1,
+        "subscribers": 1,
+        "qos": 1,
+        "window": 100,
+        "lead": 1000,
+    },
 }
 # STOMP on both ends; MQTT publishers to a STOMP subscriber (the gateway only).
 STOMP_ONLY = ("stomp-fanin", "stomp-queue")
 STOMP_SCENARIOS = (*STOMP_ONLY, "mqtt-to-stomp")
+# The cost of durability: a persistent-session subscriber, away (or online), QoS 1.
+DURABLE_SCENARIOS = ("durable-qos1", "durable-qos1-online")
 
 # The rows of the comparison: preset name -> (scenario, fixed parameters).
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -108,10 +135,17 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "stomp-fanin-4k": ("stomp-fanin", {"window": 35}),
     "stomp-queue-4k": ("stomp-queue", {"window": 23, "prefetch": 1}),
     "mqtt-to-stomp": ("mqtt-to-stomp", {}),
+    "durable-qos1": ("durable-qos1", {}),
+    # One publish at a time: the round trip alone (in sync mode, one commit each).
+    "durable-qos1-w1": ("durable-qos1", {"window": 1}),
+    "durable-qos1-online": ("durable-qos1-online", {}),
 }
 COILMQ_READ = 4096
-MQTT_PRESETS = [p for p, (s, _) in PRESETS.items() if s not in STOMP_SCENARIOS]
+MQTT_PRESETS = [
+    p for p, (s, _) in PRESETS.items() if s not in STOMP_SCENARIOS and s not in DURABLE_SCENARIOS
+]
 STOMP_PRESETS = [p for p, (s, _) in PRESETS.items() if s in STOMP_SCENARIOS]
+DURABLE_PRESETS = [p for p, (s, _) in PRESETS.items() if s in DURABLE_SCENARIOS]
 
 
 STOMP_ONLY_SYSTEMS = ("rabbitmq-stomp", "coilmq")
@@ -123,11 +157,18 @@ def supports(scenario: str, system: str) -> bool:
     the STOMP-only brokers."""
     if system == "external":
         return True
+    gateway = system.startswith("gateway")
     if scenario == "mqtt-to-stomp":
-        return system == "gateway"
+        return gateway
     if scenario in STOMP_ONLY:
-        return system in ("gateway", *STOMP_ONLY_SYSTEMS)
+        return gateway or system in STOMP_ONLY_SYSTEMS
     return system not in STOMP_ONLY_SYSTEMS
+
+
+def max_queued(scenario: str) -> int:
+    """The queue limit every broker gets for ``scenario``: the durability scenarios keep
+    everything published while their subscriber is away."""
+    return MAX_QUEUED_DURABLE if scenario in DURABLE_SCENARIOS else MAX_QUEUED
 
 
 def params_for(scenario: str, fixed: dict[str, Any], overrides: dict[str, Any]) -> Params:
@@ -497,7 +538,209 @@ def run_idle(p: Params, broker: Running) -> dict[str, Any]:
 def run_one(scenario: str, p: Params, broker: Running) -> dict[str, Any]:
     if scenario == "idle":
         return run_idle(p, broker)
+    if scenario in DURABLE_SCENARIOS:
+        return run_durable(scenario, p, broker)
     return run_flow(scenario, p, broker)
+
+
+def durable_specs(scenario: str, p: Params, host: str, port: int) -> list[lg.Spec]:
+    """A persistent-session QoS 1 subscriber per ``subscribers`` (MQTT 3.1.1 clean session
+    0, a client id of this run), away during publishing in ``durable-qos1``; tracked QoS 1
+    publishers, bounded by ``window`` unacknowledged publishes (and, online, by ``lead``
+    messages not yet received)."""
+    topic = "bench/durable"
+    run_id = uuid.uuid4().hex[:8]
+    offline = scenario == "durable-qos1"
+    subs: list[lg.Spec] = [
+        lg.SubSpec(
+            host,
+            port,
+            f"bench-durable-{run_id}-sub-{i}",
+            (topic,),
+            1,
+            "none",
+            p.warmup,
+            p.seconds,
+            clean=False,
+            offline=offline,
+            seqs=True,
+            discard=True,
+        )
+        for i in range(p.subscribers)
+    ]
+    pubs: list[lg.Spec] = [
+        lg.PubSpec(
+            host,
+            port,
+            f"bench-durable-{run_id}-pub-{i}",
+            (topic,),
+            qos=1,
+            payload_size=p.payload,
+            window=p.window,
+            open_loop=offline,
+            copies=p.subscribers,
+            warmup=p.warmup,
+            seconds=p.seconds,
+            track=True,
+            pub_no=i,
+            lead=p.lead,
+        )
+        for i in range(p.publishers)
+    ]
+    return [*subs, *pubs]
+
+
+def _popcount_missing(acked: dict[int, bytes], received: dict[int, bytes]) -> int:
+    """How many sequence numbers are set in ``acked`` and not in ``received``."""
+    missing = 0
+    for owner, bits in acked.items():
+        a = int.from_bytes(bits, "little")
+        r = int.from_bytes(received.get(owner, b""), "little")
+        missing += (a & ~r).bit_count()
+    return missing
+
+
+def _popcount(bits: dict[int, bytes]) -> int:
+    return sum(int.from_bytes(b, "little").bit_count() for b in bits.values())
+
+
+def _dir_mb(path: Path | None) -> float | None:
+    if path is None or not path.is_dir():
+        return None
+    total = 0
+    for f in path.rglob("*"):
+        with contextlib.suppress(OSError):
+            if f.is_file():
+                total += f.stat().st_size
+    return _mb(total)
+
+
+def run_durable(scenario: str, p: Params, broker: Running) -> dict[str, Any]:
+    """One durability run. Publishing: ``warmup`` + ``seconds``, measured over the last
+    ``seconds``: PUBACKed publishes per second and per broker CPU second, publish-to-PUBACK
+    percentiles (publishes written in the window). Publishers then wait for their last
+    PUBACKs. ``durable-qos1``: only then does the subscriber reconnect to its session and
+    drain it (measured too). Loss: acknowledged sequence numbers a subscriber never got."""
+    specs = durable_specs(scenario, p, broker.host, broker.port)
+    offline = scenario == "durable-qos1"
+    hard = 180 + p.warmup + p.seconds + p.drain + lg.ACK_WAIT_NS / 1e9
+    out: dict[str, Any] = {}
+    data_dir = broker.workdir / "data" if broker.workdir else None
+    with lg.WorkerGroup(specs, hard) as g:
+        pubs, subs = g.shared.pub_slots, g.shared.sub_slots
+        g.wait_state(1, timeout=150)
+        out["rss_start_mb"] = _mb(broker.rss_bytes())
+        cpu_go = broker.cpu_seconds()
+        t0 = g.go()
+        _sleep_until(t0 + int(p.warmup * 1e9), g, broker)
+
+        def snap() -> tuple[Any, ...]:
+            return (
+                lg.now_ns(),
+                broker.cpu_seconds(),
+                g.counter(pubs),
+                sum(int(g.shared.acked[i]) for i in pubs),
+                g.counter(subs),
+                _loadgen_cpu(g.pids),
+                machine_busy_seconds(),
+            )
+
+        a = snap()
+        _sleep_until(t0 + int((p.warmup + p.seconds) * 1e9), g, broker)
+        b = snap()
+        g.wait_state(2, timeout=30 + lg.ACK_WAIT_NS / 1e9, slots=pubs)  # last PUBACKs in
+        out["rss_mb"] = _mb(broker.rss_bytes())
+        out["store_mb"] = _dir_mb(data_dir)
+        sent = g.counter(pubs)
+        acked = sum(int(g.shared.acked[i]) for i in pubs)
+        resumed_at = lg.now_ns()
+        cpu_resume = broker.cpu_seconds()
+        if offline:
+            g.set(lg.RESUME)
+            g.wait_state(3, timeout=60, slots=subs)
+            resumed_at, cpu_resume = lg.now_ns(), broker.cpu_seconds()
+        expected = sent * len(subs)
+        last, moved = g.counter(subs), time.monotonic()
+        drain_end = time.monotonic() + p.drain
+        while last < expected and time.monotonic() < drain_end:
+            time.sleep(0.05)
+            now = g.counter(subs)
+            if now != last:
+                last, moved = now, time.monotonic()
+            elif time.monotonic() - moved > 2.0:
+                break
+        out["drain_s"] = round(p.drain - max(0.0, drain_end - time.monotonic()), 2)
+        cpu_end = broker.cpu_seconds()
+        g.set(lg.STOP)
+        sub_results = g.collect(subs, timeout=20)
+        pub_results = g.collect(pubs, timeout=20 + lg.ACK_WAIT_NS / 1e9)
+    window_s = (b[0] - a[0]) / 1e9
+    cpu = None if a[1] is None or b[1] is None else b[1] - a[1]
+    acked_window = b[3] - a[3]
+    errors = [r["error"] for r in [*pub_results, *sub_results] if r.get("error")]
+    acked_bits = [r.get("acked_bits") or {} for r in pub_results]
+    acked_all: dict[int, bytes] = {k: v for bits in acked_bits for k, v in bits.items()}
+    acked_final = sum(int(r.get("acked") or 0) for r in pub_results)
+    received = sum(int(r.get("received") or 0) for r in sub_results)
+    distinct = sum(_popcount(r.get("seq_bits") or {}) for r in sub_results)
+    lost = sum(_popcount_missing(acked_all, r.get("seq_bits") or {}) for r in sub_results)
+    expected_acked = acked_final * len(sub_results)
+    samples = sorted(s for r in pub_results for s in r.get("ack_samples") or [])
+    last_ns = max((r.get("last_ns") or 0 for r in sub_results), default=0)
+    drain_cpu = None if cpu_end is None or cpu_resume is None else cpu_end - cpu_resume
+    drain_wall = (last_ns - resumed_at) / 1e9 if last_ns > resumed_at else None
+    out.update(
+        window_s=round(window_s, 3),
+        copies=len(sub_results),
+        sent=sent,
+        acked=acked_final,
+        acked_at_resume=acked,
+        expected=expected_acked,
+        received=received,
+        received_distinct=distinct,
+        duplicates=received - distinct,
+        lost=lost,
+        loss_pct=round(100.0 * lost / expected_acked, 3) if expected_acked else None,
+        # Sent and never acknowledged (the broker owes nothing for those).
+        unacked=sum(int(r.get("sent") or 0) for r in pub_results) - acked_final,
+        msgs_per_s=round(acked_window / window_s, 1),
+        publishes_per_s=round((b[2] - a[2]) / window_s, 1),
+        delivered_per_s=round((b[4] - a[4]) / window_s, 1),
+        broker_cpu_s=None if cpu is None else round(cpu, 3),
+        broker_cpu_pct=None if cpu is None else round(100 * cpu / window_s, 1),
+        msgs_per_cpu_s=round(acked_window / cpu, 1) if cpu else None,
+        loadgen_cpu_s=round(b[5] - a[5], 3),
+        other_cpu_pct=round(100 * max(0.0, b[6] - a[6] - cpu - (b[5] - a[5])) / window_s, 1)
+        if cpu is not None and a[6] is not None and b[6] is not None
+        else None,
+        # Every acknowledged message stored and delivered: the whole run's broker CPU.
+        overall_msgs_per_cpu_s=round(received / (cpu_end - cpu_go), 1)
+        if cpu_go is not None and cpu_end is not None and cpu_end > cpu_go
+        else None,
+        puback_samples=len(samples),
+        puback_p50_ms=_ms(percentile(samples, 0.5)) if samples else None,
+        puback_p99_ms=_ms(percentile(samples, 0.99)) if samples else None,
+        puback_p999_ms=_ms(percentile(samples, 0.999)) if samples else None,
+        unexpected_frames=sum(int(r.get("unexpected") or 0) for r in pub_results),
+        written_off=sum(int(r.get("written_off") or 0) for r in pub_results),
+        closed_by_broker=sum(1 for r in sub_results if r.get("closed_by_broker")),
+    )
+    if offline:
+        present = [r.get("session_present") for r in sub_results]
+        out.update(
+            session_present=all(present),
+            drain_msgs_per_s=round(received / drain_wall, 1) if drain_wall else None,
+            drain_msgs_per_cpu_s=round(received / drain_cpu, 1) if drain_cpu else None,
+        )
+        if not all(present):
+            errors.append("the subscriber's session was not resumed (session present 0)")
+    if out["closed_by_broker"]:
+        errors.append(f"the broker closed {out['closed_by_broker']} subscriber connection(s)")
+    if errors:
+        out["error"] = "; ".join(sorted(set(errors)))
+    if cpu == 0:
+        out["error"] = (out.get("error", "") + " broker CPU not measurable").strip()
+    return out
 
 
 # ---------------------------------------------------------------------------- summaries
@@ -522,6 +765,16 @@ SUMMARY_FIELDS = (
     "rss_per_conn_kib",
     "cpu_us_per_connect",
     "rss_before_mb",
+    # durability
+    "puback_p50_ms",
+    "puback_p99_ms",
+    "puback_p999_ms",
+    "delivered_per_s",
+    "drain_msgs_per_s",
+    "drain_msgs_per_cpu_s",
+    "store_mb",
+    "lost",
+    "duplicates",
 )
 
 
@@ -538,6 +791,9 @@ def median_record(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for key in SUMMARY_FIELDS:
         values = [r[key] for r in runs if isinstance(r.get(key), int | float)]
         rec[key] = round(statistics.median(values), 3) if values else None
+    lost = [r["lost"] for r in runs if isinstance(r.get("lost"), int)]
+    if lost:
+        rec["lost_max"] = max(lost)  # "none lost" is a claim about every run
     errors = sorted({str(r["error"]) for r in runs if r.get("error")})
     if errors:
         rec["errors"] = errors

@@ -2,13 +2,25 @@
 through /proc, and stopped after.
 
 - ``gateway``: ``python -m gateway run`` from this repository (log level warning,
-  ``sys_interval = 0``, queue and in-flight limits as Mosquitto's below).
-- ``mosquitto``: the Debian binary with its own configuration file.
+  ``sys_interval = 0``, queue and in-flight limits as Mosquitto's below), with its
+  defaults otherwise: the durable store in mode ``sync`` (``store_fsync = true``) in a
+  fresh data directory under the run's temporary directory.
+- ``gateway-memory``, ``gateway-async``: the same with ``[gateway] durability =
+  "memory"`` (nothing written) or ``"async"`` (PUBACK at once, the commit follows).
+- ``mosquitto``: the Debian binary with its own configuration file (``persistence
+  false``).
+- ``mosquitto-persist``: the same with ``persistence true`` and a fresh
+  ``persistence_location`` per run; ``autosave_interval`` is left at its default (1800 s),
+  so Mosquitto writes its database every 30 minutes and at shutdown, never while a run
+  measures, and its PUBACK never waits for the disk.
 - ``amqtt``: the PyPI broker, from its own virtual environment ``bench/.venv-amqtt``,
   started with its ``amqtt`` command and a YAML configuration.
 - ``rabbitmq-stomp``: RabbitMQ's STOMP plugin, already running on 127.0.0.1:61613; never
   started, stopped or configured here. CPU and RSS: the sum over its ``beam.smp``
   processes.
+- ``rabbitmq-mqtt``: RabbitMQ's MQTT plugin, already running on 127.0.0.1:21883
+  (``BENCH_RABBITMQ_MQTT_PORT``; its default 1883 is Mosquitto's here), measured like
+  ``rabbitmq-stomp``: never started, stopped or configured here.
 - ``coilmq``: the PyPI STOMP broker (pinned, ``COILMQ_REQ``), from its own virtual
   environment ``bench/.venv-coilmq``, started with its ``coilmq`` command and an INI
   configuration on a free port (STOMP scenarios only). Its STOMP 1.2 CONNECT wants
@@ -46,13 +58,19 @@ COILMQ_REQ = "coilmq==1.1.0"
 MOSQUITTO = "/usr/sbin/mosquitto"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SYSTEMS = ("gateway", "mosquitto", "amqtt")  # what `compare` runs by default (MQTT)
+# Variants for the durability comparison, started here like SYSTEMS.
+DURABLE_SYSTEMS = ("gateway-memory", "gateway-async", "mosquitto-persist")
+GATEWAYS = {"gateway": None, "gateway-memory": "memory", "gateway-async": "async"}
 STOMP_SYSTEMS = ("coilmq",)  # started here like SYSTEMS, STOMP scenarios only
 # Already running, never started or stopped here: RabbitMQ's STOMP plugin.
 RABBITMQ_STOMP = ("127.0.0.1", 61613)
-EXTERNAL_SYSTEMS = ("rabbitmq-stomp",)
+RABBITMQ_MQTT = ("127.0.0.1", int(os.environ.get("BENCH_RABBITMQ_MQTT_PORT") or 21883))
+EXTERNAL_SYSTEMS = ("rabbitmq-stomp", "rabbitmq-mqtt")
 
 # Limits every broker gets, so that none drops messages the others would keep.
 MAX_QUEUED = 100_000
+# The durability scenarios store everything published while the subscriber is away.
+MAX_QUEUED_DURABLE = 10_000_000
 MAX_INFLIGHT = 100
 BROKER_NOFILE = 131_072
 
@@ -225,13 +243,28 @@ def gateway_python() -> str:
     return str(venv) if venv.exists() else sys.executable
 
 
-def _gateway_cmd(work: Path, port: int, stomp_port: int = 0) -> tuple[list[str], dict[str, object]]:
+def is_gateway(name: str) -> bool:
+    return name in GATEWAYS
+
+
+def _gateway_cmd(
+    work: Path,
+    port: int,
+    stomp_port: int = 0,
+    durability: str | None = None,
+    max_queued: int = MAX_QUEUED,
+) -> tuple[list[str], dict[str, object]]:
+    """``durability`` None keeps the gateway's default (sync). The data directory is
+    ``work/data``: fresh for every run (``work`` is a new temporary directory)."""
     settings: dict[str, object] = {
         "log_level": "warning",
         "sys_interval": 0,
-        "max_queued_messages": MAX_QUEUED,
+        "max_queued_messages": max_queued,
         "max_inflight": MAX_INFLIGHT,
+        "durability": durability or "default (sync)",
+        "data_dir": str(work / "data"),
     }
+    mode = f'durability = "{durability}"\n' if durability else ""
     conf = work / "gateway.toml"
     conf.write_text(
         f"""[gateway]
@@ -240,8 +273,8 @@ drain_timeout = 1.0
 log_level = "warning"
 log_format = "json"
 sys_interval = 0
-max_queued_messages = {MAX_QUEUED}
-
+max_queued_messages = {max_queued}
+{mode}
 [[listeners]]
 protocol = "mqtt"
 bind = "127.0.0.1:{port}"
@@ -259,19 +292,42 @@ heartbeat = 0
     return cmd, settings
 
 
-def _mosquitto_cmd(work: Path, port: int) -> tuple[list[str], dict[str, object]]:
+def _mosquitto_dir(path: Path) -> None:
+    """A directory Mosquitto can write: started as root, it runs as the user
+    ``mosquitto`` (its default ``user``), so the directory is given to that user."""
+    path.mkdir()
+    if os.geteuid() == 0:
+        with contextlib.suppress(KeyError, OSError):
+            import pwd
+
+            entry = pwd.getpwnam("mosquitto")
+            path.parent.chmod(0o711)  # mkdtemp's 0700 would keep it out
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+def _mosquitto_cmd(
+    work: Path, port: int, persist: bool = False, max_queued: int = MAX_QUEUED
+) -> tuple[list[str], dict[str, object]]:
     settings: dict[str, object] = {
-        "persistence": "false",
-        "max_queued_messages": MAX_QUEUED,
+        "persistence": "true" if persist else "false",
+        "max_queued_messages": max_queued,
         "max_inflight_messages": MAX_INFLIGHT,
         "sys_interval": 0,
     }
+    persistence = "persistence false"
+    if persist:
+        # autosave_interval: its default (1800 s; autosave_on_changes false), written out.
+        _mosquitto_dir(work / "data")
+        settings.update(persistence_location=f"{work / 'data'}/", autosave_interval=1800)
+        persistence = (
+            f"persistence true\npersistence_location {work / 'data'}/\nautosave_interval 1800"
+        )
     conf = work / "mosquitto.conf"
     conf.write_text(
         f"""listener {port} 127.0.0.1
 allow_anonymous true
-persistence false
-max_queued_messages {MAX_QUEUED}
+{persistence}
+max_queued_messages {max_queued}
 max_inflight_messages {MAX_INFLIGHT}
 max_connections -1
 sys_interval 0
@@ -381,6 +437,7 @@ def started(
     profile: str | None = None,
     profile_out: Path | None = None,
     gateway_src: Path | None = None,
+    max_queued: int = MAX_QUEUED,
 ) -> Iterator[Running]:
     """Start ``name`` fresh (or describe an external broker) and stop it afterwards."""
     if name == "external":
@@ -391,21 +448,24 @@ def started(
     if name == "rabbitmq-stomp":
         yield rabbitmq_stomp()
         return
-    if profile and name != "gateway":
+    if name == "rabbitmq-mqtt":
+        yield rabbitmq_mqtt()
+        return
+    if profile and not is_gateway(name):
         raise BrokerError("--profile is for the gateway only")
-    work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
-    port = free_port()
-    builders = {
-        "gateway": _gateway_cmd,
-        "mosquitto": _mosquitto_cmd,
+    builders: dict[str, Callable[[Path, int], tuple[list[str], dict[str, object]]]] = {
+        "mosquitto": lambda w, p: _mosquitto_cmd(w, p, False, max_queued),
+        "mosquitto-persist": lambda w, p: _mosquitto_cmd(w, p, True, max_queued),
         "amqtt": _amqtt_cmd,
         "coilmq": _coilmq_cmd,
     }
-    if name not in builders:
+    if name not in builders and not is_gateway(name):
         raise BrokerError(f"unknown system {name!r}")
-    stomp_port = free_port() if name == "gateway" else port if name == "coilmq" else None
-    if name == "gateway":
-        cmd, settings = _gateway_cmd(work, port, stomp_port or 0)
+    work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    port = free_port()
+    stomp_port = free_port() if is_gateway(name) else port if name == "coilmq" else None
+    if is_gateway(name):
+        cmd, settings = _gateway_cmd(work, port, stomp_port or 0, GATEWAYS[name], max_queued)
     else:
         cmd, settings = builders[name](work, port)
     out_file = None
@@ -426,7 +486,7 @@ def started(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=work,
-            env=_env(gateway_src) if name == "gateway" else None,
+            env=_env(gateway_src) if is_gateway(name) else None,
         )
     run = Running(name, host, port, proc.pid, proc, work, log, out_file, settings, stomp_port)
     if name == "coilmq":
@@ -468,6 +528,23 @@ def rabbitmq_stomp() -> Running:
     return run
 
 
+def rabbitmq_mqtt() -> Running:
+    """RabbitMQ's MQTT plugin, already running on ``RABBITMQ_MQTT``: measured like
+    :func:`rabbitmq_stomp`, never started or stopped."""
+    pids = beam_pids()
+    if not pids:
+        raise BrokerError("no beam.smp process: RabbitMQ is not running")
+    host, port = RABBITMQ_MQTT
+    run = Running("rabbitmq-mqtt", host, port, pids[0], extra_pids=pids[1:])
+    try:
+        wait_listening(run, timeout=5)
+    except BrokerError as exc:
+        raise BrokerError(
+            f"{exc}: enable RabbitMQ's MQTT plugin on {host}:{port} (docs/benchmarks.md)"
+        ) from None
+    return run
+
+
 def stomp_server(host: str, port: int) -> str:
     """The ``server`` header of a STOMP CONNECTED frame (RabbitMQ's version)."""
     try:
@@ -487,7 +564,8 @@ def stop(run: Running, timeout: float = 20.0) -> None:
     if proc is None or proc.poll() is not None:
         return
     target = run.pid if run.pid and run.pid != proc.pid else proc.pid
-    sig = signal.SIGINT if run.name in ("amqtt", "gateway", "coilmq") else signal.SIGTERM
+    gentle = run.name in ("amqtt", "coilmq") or is_gateway(run.name)
+    sig = signal.SIGINT if gentle else signal.SIGTERM
     with contextlib.suppress(ProcessLookupError):
         os.kill(target, sig)
     try:
@@ -572,6 +650,10 @@ def versions(
     extra = {}
     if "rabbitmq-stomp" in systems:
         extra["rabbitmq-stomp"] = stomp_server(*RABBITMQ_STOMP) + " (STOMP plugin, already running)"
+    if "rabbitmq-mqtt" in systems:
+        ver = _first_line(["rabbitmqctl", "version"])
+        host, port = RABBITMQ_MQTT
+        extra["rabbitmq-mqtt"] = f"RabbitMQ {ver} (MQTT plugin on {host}:{port}, already running)"
     if "coilmq" in systems:
         py = str(COILMQ_VENV / "bin" / "python")
         if coilmq_bin().exists():

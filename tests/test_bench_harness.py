@@ -9,13 +9,14 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench import loadgen, report, scenarios, stompwire, systems
+from bench import loadgen, mqttwire, report, scenarios, stompwire, systems
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -245,3 +246,140 @@ def test_stomp_queue_4k_specs_per_system(system: str) -> None:
     coilmq = system == "coilmq"
     assert sub.ack == ("client" if coilmq else "client-individual")
     assert sub.ack_by == ("message-id" if coilmq else "ack")
+
+
+# ---------------------------------------------------------------------------- durability
+
+
+def test_durable_qos1_on_the_gateway_loses_nothing(tmp_path: Path) -> None:
+    """The subscriber's session is away while the gateway (mode sync, a fresh data
+    directory) acknowledges; every acknowledged message reaches it when it returns."""
+    _, run = bench_run(
+        tmp_path,
+        "durable-qos1",
+        "--system",
+        "gateway",
+        "--reps",
+        "1",
+        "--seconds",
+        "1",
+        "--warmup",
+        "0.5",
+        "--drain",
+        "10",
+    )
+    assert (run["bench"], run["settings"]["durability"]) == ("durable", "default (sync)")
+    assert run["settings"]["data_dir"].startswith(tempfile.gettempdir())
+    assert run["acked"] > 0
+    assert run["session_present"] is True
+    assert run["delivered_per_s"] == 0  # away while publishing
+    assert run["lost"] == 0
+    assert run["received_distinct"] == run["acked"] == run["expected"]
+    assert run["msgs_per_s"] > 0
+    assert run["msgs_per_cpu_s"] > 0
+    assert 0 < run["puback_p50_ms"] <= run["puback_p99_ms"]
+    assert run["store_mb"] > 0  # written to the store
+
+
+def test_durable_qos1_online_on_gateway_memory(tmp_path: Path) -> None:
+    _, run = bench_run(
+        tmp_path,
+        "durable-qos1-online",
+        "--system",
+        "gateway-memory",
+        "--reps",
+        "1",
+        "--seconds",
+        "1",
+        "--warmup",
+        "0.5",
+        "--drain",
+        "10",
+    )
+    assert run["settings"]["durability"] == "memory"
+    assert run["params"]["lead"] == 1000
+    assert run["lost"] == 0
+    assert run["delivered_per_s"] > 0
+    assert run["received_distinct"] >= run["acked"] > 0
+
+
+def test_tracked_publishes_carry_their_sequence_numbers() -> None:
+    heads, pad = mqttwire.tracked_frames("bench/durable", 64)
+    seqs = [5, (3 << mqttwire.SEQ_SHIFT) | 7, 65536]
+    frames = b"".join(
+        heads[pid] + mqttwire.seq_pack(seq) + pad
+        for pid, seq in zip((1, 2, 65535), seqs, strict=True)
+    )
+    counts = [0] * 16
+    replies = bytearray()
+    assert mqttwire.scan(frames, 0, counts, mqttwire.SUB_REPLIES_QOS1, replies) == len(frames)
+    assert counts[mqttwire.PUBLISH] == 3
+    assert replies == b"\x40\x02\x00\x01" + b"\x40\x02\x00\x02" + b"\x40\x02\xff\xff"
+    assert mqttwire.publish_stamps(frames, 0, len(frames)) == seqs
+    assert len(heads[1]) + 8 + len(pad) == len(
+        mqttwire.publish("bench/durable", pad + bytes(8), qos=1, packet_id=1)
+    )
+
+
+def test_puback_ids_keeps_an_incomplete_frame_for_the_next_read() -> None:
+    buf = b"\x40\x02\x00\x01" + b"\x40\x02\xff\xfe" + b"\xd0\x00" + b"\x40\x02\x00"
+    ids: list[int] = []
+    pos, other = mqttwire.puback_ids(buf, 0, ids)
+    assert (ids, other, buf[pos:]) == ([1, 65534], 1, b"\x40\x02\x00")
+
+
+def test_loss_is_acknowledged_and_not_received() -> None:
+    acked: dict[int, bytearray] = {}
+    received: dict[int, bytearray] = {}
+    for n in range(100):
+        loadgen.mark(acked, n)
+        loadgen.mark(acked, (1 << mqttwire.SEQ_SHIFT) | n)
+        if n not in (7, 99):
+            loadgen.mark(received, n)
+        loadgen.mark(received, (1 << mqttwire.SEQ_SHIFT) | n)
+    loadgen.mark(received, 500)  # received and never acknowledged: not a loss
+    frozen = {k: bytes(v) for k, v in acked.items()}
+    got = {k: bytes(v) for k, v in received.items()}
+    assert scenarios._popcount_missing(frozen, got) == 2
+    assert scenarios._popcount(got) == 199
+
+
+def test_durability_tables_and_target() -> None:
+    def med(system: str, rate: float, per_cpu: float, p50: float) -> dict[str, Any]:
+        return {
+            "preset": "durable-qos1",
+            "system": system,
+            "msgs_per_s": rate,
+            "msgs_per_cpu_s": per_cpu,
+            "puback_p50_ms": p50,
+            "puback_p99_ms": p50 * 4,
+            "failed": 0,
+            "reps": 3,
+        }
+
+    doc = {
+        "systems": ["gateway", "gateway-memory", "mosquitto-persist", "rabbitmq-mqtt"],
+        "presets": ["durable-qos1"],
+        "medians": [
+            med("gateway", 40_000, 50_000, 2.0),
+            med("gateway-memory", 120_000, 150_000, 0.5),
+            med("mosquitto-persist", 80_000, 100_000, 1.0),
+            med("rabbitmq-mqtt", 5_000, 5_000, 10.0),
+        ],
+        "runs": [
+            {"preset": "durable-qos1", "system": s, "lost": lost, "expected": 1000}
+            for s, lost in [("gateway", 0)] * 3 + [("rabbitmq-mqtt", 1)]
+        ],
+    }
+    table = report.durable_table(doc)
+    assert (
+        "| `durable-qos1` | gateway (sync, the default) | 40,000 | 50,000 | 2 | 8 | 0 of 3,000 |"
+        in table
+    )
+    ratios = report.durable_ratios(doc).splitlines()
+    assert "| `durable-qos1` | gateway / gateway-memory | 0.333x | 0.333x | 4x | 4x |" in ratios
+    assert "| `durable-qos1` | gateway / mosquitto-persist | 0.5x | 0.5x | 2x | 2x |" in ratios
+    target = report.durable_target(doc)
+    assert "lost **0** of 3,000" in target
+    assert "**22.7x** (met;" in target  # 50,000 / 2,200
+    assert "RabbitMQ lost 1 of 1,000): **10x** per broker CPU second (met)" in target

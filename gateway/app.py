@@ -134,6 +134,8 @@ class Gateway:
         servers = [TCPServer(item, self._handler(item), drain) for item in self.config.listeners]
         try:
             for server in servers:
+                server.load_tls()  # every certificate is checked before any port opens
+            for server in servers:
                 self.bound.extend(await server.bind())
         except StartupError:
             for server in servers:
@@ -150,6 +152,12 @@ class Gateway:
                 address=_address(item),
                 tls=item.tls,
             )
+
+    def reload_tls(self, reason: str = "requested") -> int:
+        """Reload every TLS listener's certificate, key and CA bundle (SIGHUP); new
+        connections get them, open ones keep theirs. A listener whose files fail logs
+        ``tls.reload_failed`` and keeps its previous ones. Returns how many reloaded."""
+        return sum(server.tls.reload(reason) for server in self._servers if server.tls)
 
     async def _write(self, store: SQLiteStore, scope: trio.CancelScope) -> None:
         with scope:

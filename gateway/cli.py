@@ -79,12 +79,16 @@ def _raise_open_file_limit() -> int:
 
 async def _run(gateway: Gateway) -> None:
     # Signals are caught from before the first bind, so an early SIGINT still drains.
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    # SIGHUP reloads the TLS listeners' certificates and keys.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         await gateway.bind()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(gateway.run)
             async for signum in signals:
                 gateway.log.info("gateway.signal", signal=signal.Signals(signum).name)
+                if signum == signal.SIGHUP:
+                    gateway.reload_tls("SIGHUP")
+                    continue
                 gateway.stop()
                 break
 

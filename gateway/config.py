@@ -44,6 +44,21 @@ class _Base(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     pass
 
 
+ClientCerts = Literal["none", "optional", "required"]
+TLSVersion = Literal["1.2", "1.3"]
+
+
+class TLSConfig(_Base, frozen=True):
+    """A listener's ``tls = {...}`` table (docs/config.md, docs/security.md). Paths are
+    relative to the working directory, as ``data_dir``; the files are read at start-up."""
+
+    cert: str
+    key: str
+    ca: str | None = None
+    client_certs: ClientCerts = "none"
+    min_version: TLSVersion = "1.2"
+
+
 class ListenerConfig(_Base, frozen=True):
     protocol: Protocol
     bind: str
@@ -67,6 +82,7 @@ class ListenerConfig(_Base, frozen=True):
     sse_keepalive: float = 15.0
     visibility_timeout: float = 30.0
     max_wait: float = 20.0
+    tls: TLSConfig | None = None
 
     @property
     def label(self) -> str:
@@ -274,6 +290,8 @@ def _validate(config: Config) -> None:
         if not 1 <= listener.max_keep_alive <= 65535:
             raise ConfigError(src, f"{key}.max_keep_alive", "must be between 1 and 65535 seconds")
         _validate_http(src, key, listener)
+        if listener.tls is not None:
+            _validate_tls(src, f"{key}.tls", listener.tls)
         if listener.label in names:
             raise ConfigError(src, f"{key}.name", f"duplicate listener name {listener.label!r}")
         names.add(listener.label)
@@ -296,6 +314,26 @@ def _validate_http(src: str, key: str, listener: ListenerConfig) -> None:
         raise ConfigError(src, f"{key}.rate_burst", "must be 0 or more")
     if listener.visibility_timeout == 0:
         raise ConfigError(src, f"{key}.visibility_timeout", "must be more than 0 seconds")
+
+
+def _validate_tls(src: str, key: str, tls: TLSConfig) -> None:
+    for field in ("cert", "key", "ca"):
+        if getattr(tls, field) == "":
+            raise ConfigError(src, f"{key}.{field}", "must not be empty")
+    if tls.client_certs != "none" and tls.ca is None:
+        raise ConfigError(
+            src,
+            f"{key}.ca",
+            f"required with client_certs = {tls.client_certs!r}: the CA bundle that "
+            "client certificates are verified against",
+        )
+    if tls.client_certs == "none" and tls.ca is not None:
+        raise ConfigError(
+            src,
+            f"{key}.client_certs",
+            "ca is given but client certificates are not asked for: "
+            "set 'optional' or 'required' (or remove ca)",
+        )
 
 
 def _validate_queues(config: Config) -> None:

@@ -1,16 +1,20 @@
-"""Accepting TCP connections: binding, the per-connection nursery, deadlines and logs.
+"""Accepting TCP connections: binding, TLS, the per-connection nursery, deadlines and logs.
 
 One ``TCPServer`` per configured listener. It owns the listening sockets, a
 handler nursery holding one task per connection, and the drain on shutdown:
 stop accepting, ask every connection to finish, cancel what is left at the
 deadline. A connection's failure is caught and logged in its own frame and
-never reaches another connection.
+never reaches another connection. On a TLS listener each connection's task
+first completes the handshake, within the listener's ``connect_timeout``, and
+hands the protocol handler the ``trio.SSLStream``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +24,8 @@ import trio
 from ..config import ListenerConfig
 from ..core import Broker
 from ..logging import get_logger
+from .tls import PeerIdentity, TLSContextHolder, TLSError, handshake_failure, peer_identity
+from .tls import plain_text_guess as _plain_text_guess
 
 _conn_ids = itertools.count(1)
 
@@ -46,8 +52,11 @@ class Connection:
         "listener",
         "log",
         "peer",
+        "peer_cert",
+        "peer_identity",
         "protocol_error",
         "stop_reason",
+        "tls_version",
     )
 
     def __init__(self, conn_id: int, peer: str, protocol: str, listener: str) -> None:
@@ -59,6 +68,11 @@ class Connection:
         # Set by a protocol handler that refused its peer: WebSocket closes say why.
         self.protocol_error: str | None = None
         self._reader_scope: trio.CancelScope | None = None
+        # On a TLS listener: the negotiated version ("TLSv1.3"), and the client
+        # certificate once verified against the listener's CA (None without one).
+        self.tls_version: str | None = None
+        self.peer_cert: dict[str, Any] | None = None
+        self.peer_identity: PeerIdentity | None = None
 
     def reading(self) -> trio.CancelScope:
         """The cancel scope the handler reads under; ``stop`` cancels it."""
@@ -126,8 +140,20 @@ class TCPServer:
         self.connections: set[Connection] = set()
         self._listeners: list[trio.SocketListener] = []
         self._accepting = trio.CancelScope()
+        self.tls: TLSContextHolder | None = None
+
+    def load_tls(self) -> None:
+        """Build the listener's SSL context from its files; StartupError naming the file."""
+        if self.config.tls is None or self.tls is not None:
+            return
+        alpn = ("http/1.1",) if self.config.protocol == "http" else ()
+        try:
+            self.tls = TLSContextHolder(self.config.tls, self.config.label, alpn=alpn)
+        except TLSError as exc:
+            raise StartupError(f"listener {self.config.label!r}: {exc}") from None
 
     async def bind(self) -> list[BoundAddress]:
+        self.load_tls()
         host, port = self.config.address
         try:
             self._listeners = await trio.open_tcp_listeners(port, host=host, backlog=1024)
@@ -144,7 +170,13 @@ class TCPServer:
         for listener in self._listeners:
             sockname = listener.socket.getsockname()
             bound.append(
-                BoundAddress(self.config.protocol, self.config.label, sockname[0], sockname[1])
+                BoundAddress(
+                    self.config.protocol,
+                    self.config.label,
+                    sockname[0],
+                    sockname[1],
+                    tls=self.tls is not None,
+                )
             )
         return bound
 
@@ -189,13 +221,18 @@ class TCPServer:
                 continue
             handlers.start_soon(self._run_connection, stream)
 
-    async def _run_connection(self, stream: trio.SocketStream) -> None:
-        conn = Connection(
-            next(_conn_ids), _peer_name(stream), self.config.protocol, self.config.label
-        )
+    async def _run_connection(self, tcp: trio.SocketStream) -> None:
+        conn = Connection(next(_conn_ids), _peer_name(tcp), self.config.protocol, self.config.label)
         self.connections.add(conn)
         conn.log.debug("conn.opened", listener=self.config.label)
+        # What the handler reads and writes, and what is closed at the end.
+        stream: trio.abc.Stream = tcp
         try:
+            if self.tls is not None:
+                secured = await self._handshake(tcp, self.tls, conn)
+                if secured is None:
+                    return
+                stream = secured
             await self.handler(stream, conn)
         except BaseException as exc:
             # Cancellation (shutdown) may arrive together with the peer's reset in one
@@ -215,3 +252,57 @@ class TCPServer:
                 cleanup.shield = True
                 await stream.aclose()
             conn.log.debug("conn.closed")
+
+    async def _handshake(
+        self, tcp: trio.SocketStream, tls: TLSContextHolder, conn: Connection
+    ) -> trio.SSLStream[trio.SocketStream] | None:
+        """The TLS stream once the handshake is done within ``connect_timeout``; None
+        (logged as ``tls.handshake_failed``) if it failed, timed out or shutdown came."""
+        stream = trio.SSLStream(
+            tcp,
+            tls.current(),
+            server_side=True,
+            # HTTP/1.1 peers close without close_notify; HTTP framing says where bodies end.
+            https_compatible=self.config.protocol == "http",
+        )
+        timeout = self.config.connect_timeout
+        failure: str | None = None
+        looks_like: str | None = None
+        with conn.reading() as scope:
+            scope.deadline = trio.current_time() + timeout
+            try:
+                first = await tcp.socket.recv(8, socket.MSG_PEEK)
+                looks_like = _plain_text_guess(first)
+                if not first:
+                    failure = "the client closed the connection before the handshake"
+                elif looks_like is not None:
+                    failure = "plain text on a TLS port"
+                    # Take what was sent, so that the close is a FIN rather than a reset.
+                    with contextlib.suppress(trio.BrokenResourceError):
+                        await tcp.receive_some(65536)
+                else:
+                    await stream.do_handshake()
+            except (trio.BrokenResourceError, OSError) as exc:
+                failure = handshake_failure(exc)
+        if scope.cancelled_caught:
+            if conn.stop_reason is not None:
+                return None  # shutdown: not the peer's failure
+            failure = f"no handshake within {timeout:g} s (connect_timeout)"
+        if failure is not None:
+            extra = {} if looks_like is None else {"looks_like": looks_like}
+            conn.log.info("tls.handshake_failed", reason=failure, **extra)
+            return None
+        conn.tls_version = stream.version()
+        cert = stream.getpeercert()
+        der = stream.getpeercert(binary_form=True)
+        if cert and der:  # an empty dict: a certificate that was not verified
+            conn.peer_cert = cert
+            conn.peer_identity = peer_identity(cert, der)
+        cipher = stream.cipher()
+        conn.log.debug(
+            "tls.established",
+            version=conn.tls_version,
+            cipher=cipher[0] if cipher else None,
+            client_cn=conn.peer_identity.common_name if conn.peer_identity else None,
+        )
+        return stream

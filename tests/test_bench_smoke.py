@@ -17,6 +17,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
     [
         ["routing.py", "--subscriptions", "200", "--seconds", "0.02"],
         ["publish_cost.py", "--subscribers", "1", "10", "--seconds", "0.02"],
+        ["selector_cost.py", "--seconds", "0.02", "--rounds", "1", "--subscribers", "10"],
     ],
     ids=lambda argv: argv[0],
 )

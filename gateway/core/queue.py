@@ -103,6 +103,11 @@ class Queue:
         self._lanes: list[deque[Delivery] | None] = [None] * PRIORITIES
         self._rr = 0
         self.selective = False  # some consumer has a selector
+        # With selectors: the consumers that could not take an entry left waiting (no credit,
+        # not writable), which may be theirs. A new entry must not overtake it: it goes
+        # straight only to a consumer not in this set, else waits for the next dispatch,
+        # which the consumer's ack or resume brings. Meaningful only while depth > 0.
+        self._owed: set[Consumer] = set()
         # Publisher backpressure: past the high-water mark (half the length limit)
         # a queue with a consumer online asks publishers to pause until it is back
         # under the low-water mark; one that stays full past their patience is
@@ -175,13 +180,16 @@ class Queue:
             self.requeue(entries)
         self.dispatch()
 
-    def _pick_for(self, entry: Delivery) -> Consumer | None:
-        """A consumer that can take ``entry`` and whose selector matches it (round robin)."""
+    def _pick_for(self, entry: Delivery, skip: set[Consumer] | None = None) -> Consumer | None:
+        """A consumer that can take ``entry`` and whose selector matches it (round robin),
+        other than those in ``skip``."""
         consumers = self.consumers
         n = len(consumers)
         start = self._rr
         for i in range(n):
             consumer = consumers[(start + i) % n]
+            if skip and consumer in skip:
+                continue
             if consumer.can_take(entry.qos) and consumer.wants(entry):
                 self._rr = (start + i + 1) % n
                 return consumer
@@ -234,9 +242,12 @@ class Queue:
             if entry.expires is None or deadline < entry.expires:
                 entry.expires = deadline
         # With selectors, entries waiting may be ones nobody wants: a new one can still
-        # go straight to a consumer it matches (older matching ones would have gone first).
+        # go straight to a consumer it matches that no waiting entry may be owed to.
         if self.consumers and (self.depth == 0 or self.selective):
-            consumer = self._pick_for(entry) if self.selective else self._pick(entry.qos)
+            if self.selective:
+                consumer = self._pick_for(entry, self._owed if self.depth else None)
+            else:
+                consumer = self._pick(entry.qos)
             if consumer is not None:
                 stats.enqueued += 1
                 stats.delivered += 1
@@ -247,6 +258,12 @@ class Queue:
         if not self._make_room(entry):
             stats.refused += 1
             return "queue-full"
+        if self.selective:
+            blocked = {c for c in self.consumers if not c.can_take(entry.qos)}
+            if self.depth:
+                self._owed |= blocked
+            else:
+                self._owed = blocked
         self._lane(4 if self.ordered else entry.message.priority).append(entry)
         self.depth += 1
         self.bytes += entry.size
@@ -352,6 +369,8 @@ class Queue:
         and the entries behind it still go to the consumers they match (JMS)."""
         now = self.broker.now()
         stats = self.stats
+        consumers = self.consumers
+        owed: set[Consumer] = set()
         for priority in range(PRIORITIES - 1, -1, -1):
             lane = self._lanes[priority]
             if not lane:
@@ -367,7 +386,9 @@ class Queue:
                 consumer = self._pick_for(entry)
                 if consumer is None:
                     kept.append(entry)
-                    if not any(c.can_take(entry.qos) for c in self.consumers):
+                    blocked = [c for c in consumers if not c.can_take(entry.qos)]
+                    owed.update(blocked)
+                    if len(blocked) == len(consumers):
                         kept.extend(lane)  # nobody has credit left: stop scanning
                         lane.clear()
                     continue
@@ -377,6 +398,7 @@ class Queue:
                     stats.redelivered += 1
                 consumer.send(entry)
             self._lanes[priority] = kept
+        self._owed = owed
 
     def ack(self, entry: Delivery) -> bool:
         consumer = entry.consumer

@@ -59,6 +59,15 @@ _PUBLISH_PARAMS = [
 
 _BODY = {"content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}}
 
+_SELECTOR = {
+    "name": "selector",
+    "in": "query",
+    "description": "a JMS message selector (docs/selectors.md), URL-encoded: only the "
+    "messages it matches; a bad one is 400 bad_selector with the error's position",
+    "schema": {"type": "string", "maxLength": 4096},
+    "example": "site = 'lyon' AND temp > 30",
+}
+
 
 def _publish(target: str, name: str) -> dict[str, Any]:
     return {
@@ -202,7 +211,8 @@ def openapi_document() -> dict[str, Any]:
                             "in": "path",
                             "required": True,
                             "schema": {"type": "string"},
-                        }
+                        },
+                        _SELECTOR,
                     ],
                     "responses": {
                         "200": {
@@ -222,6 +232,7 @@ def openapi_document() -> dict[str, Any]:
                         {"name": "max", "in": "query", "schema": {"type": "integer"}},
                         {"name": "wait", "in": "query", "schema": {"type": "number"}},
                         {"name": "visibility", "in": "query", "schema": {"type": "number"}},
+                        _SELECTOR,
                     ],
                     "responses": {
                         "200": {

@@ -449,6 +449,11 @@ class STOMPSession:
             subs = [self._by_queue[consumer.queue.name]]
         else:
             subs = [self._by_number[n] for n in delivery.subscription_ids if n in self._by_number]
+            if len(subs) > 1:
+                # Overlapping subscriptions: the core delivers once if any selector matches;
+                # each subscription gets a MESSAGE only if its own selector does.
+                message = delivery.message
+                subs = [s for s in subs if s.selector is None or s.selector.matches(message)]
         for sub in subs:
             ack_id = next(self._ack_ids)
             headers = [("subscription", sub.id), ("message-id", str(ack_id))]

@@ -145,6 +145,22 @@ def test_declared_statuses_are_the_exercised_ones(method: str, pattern: str) -> 
     assert declared_statuses(method, pattern) == EXERCISED[(method, pattern)]
 
 
+def test_the_selector_parameter_is_declared_where_the_api_takes_it() -> None:
+    """SSE and pull take ``selector`` (docs/http.md); nothing else does."""
+    operations = _operations(openapi_document())
+    taking = {
+        key
+        for key, operation in operations.items()
+        if any(
+            p["in"] == "query" and p["name"] == "selector" for p in operation.get("parameters", [])
+        )
+    }
+    assert taking == {
+        ("GET", "/api/v1/topics/{filter}/events"),
+        ("GET", "/api/v1/queues/{queue}/messages"),
+    }
+
+
 def test_exercised_routes_exist() -> None:
     patterns = {(route.method, route.pattern) for route in http_api.ROUTES}
     assert set(EXERCISED) <= patterns

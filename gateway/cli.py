@@ -1,4 +1,4 @@
-"""The ``gateway`` command: run, check-config, version.
+"""The ``gateway`` command: run, check-config, version, passwd.
 
 Exit codes: 0 after a clean stop (SIGINT/SIGTERM), 2 for a bad configuration
 or a listener that cannot bind, 1 for anything unexpected.
@@ -7,9 +7,11 @@ or a listener that cannot bind, 1 for anything unexpected.
 from __future__ import annotations
 
 import argparse
+import getpass
 import resource
 import signal
 import sys
+import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from . import __version__
 from . import config as config_mod
 from . import logging as gw_logging
 from .app import Gateway
+from .auth import users as users_mod
 from .listeners import StartupError
 
 DEFAULT_CONFIG = Path("conf/gateway.toml")
@@ -32,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="start the gateway")
     check = sub.add_parser("check-config", help="load and check a configuration file, then exit")
     sub.add_parser("version", help="print the version")
+    _add_passwd_parser(sub)
     for p in (run, check):
         p.add_argument(
             "-c",
@@ -93,11 +97,126 @@ async def _run(gateway: Gateway) -> None:
                 break
 
 
+def _add_passwd_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    passwd = sub.add_parser(
+        "passwd",
+        help="add a user to the users file or change their password (read from the "
+        "terminal, or one line of standard input when it is not a terminal)",
+    )
+    passwd.add_argument("user", metavar="USER")
+    passwd.add_argument(
+        "-f",
+        "--file",
+        metavar="USERS_FILE",
+        help="the users file (default: auth.users_file of the configuration)",
+    )
+    passwd.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help=f"configuration naming the users file ({DEFAULT_CONFIG})",
+    )
+    passwd.add_argument(
+        "--group",
+        action="append",
+        metavar="G",
+        help="a group of the user (repeatable); replaces the user's groups",
+    )
+    passwd.add_argument("--delete", action="store_true", help="remove the user")
+    passwd.add_argument(
+        "--iterations",
+        type=int,
+        default=users_mod.DEFAULT_ITERATIONS,
+        help=f"PBKDF2 iterations of the SCRAM keys (default {users_mod.DEFAULT_ITERATIONS})",
+    )
+
+
+def _users_file(args: argparse.Namespace) -> str | None:
+    if args.file:
+        return str(args.file)
+    config = Path(args.config) if args.config else DEFAULT_CONFIG
+    if not config.exists():
+        return None
+    # Read raw: validating the configuration would fail while the users file is new.
+    with config.open("rb") as file:
+        auth = tomllib.load(file).get("auth", {})
+    users_file = auth.get("users_file") if isinstance(auth, dict) else None
+    return users_file if isinstance(users_file, str) and users_file else None
+
+
+def _read_password() -> str:
+    """The new password: asked twice on a terminal, never echoed; else one line of stdin."""
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Password again: ") != password:
+            raise ValueError("the passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise ValueError("the password must not be empty")
+    return password
+
+
+def _passwd(args: argparse.Namespace) -> int:
+    """Exit 0 when done, 1 for a refused request, 2 for an unusable file."""
+    try:
+        path = _users_file(args)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        print(f"gateway: cannot read the configuration: {exc}", file=sys.stderr)
+        return 2
+    if path is None:
+        print("gateway: no users file: give -f USERS_FILE or set auth.users_file", file=sys.stderr)
+        return 2
+    header = ""
+    users = users_mod.Users()
+    try:
+        if Path(path).exists():
+            text = Path(path).read_text(encoding="utf-8")
+            users = users_mod.parse_users(text, path)
+            header = users_mod.leading_comments(text)
+    except (OSError, UnicodeDecodeError, users_mod.UsersFileError) as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    existed = args.user in users.records
+    try:
+        if args.delete:
+            if not existed:
+                raise ValueError(f"no user {args.user!r} in {path}")
+            users = users_mod.without_user(users, args.user)
+        else:
+            users_mod.check_user_name(args.user)
+            if not users_mod.MIN_ITERATIONS <= args.iterations <= users_mod.MAX_ITERATIONS:
+                raise ValueError(
+                    f"--iterations must be between {users_mod.MIN_ITERATIONS} "
+                    f"and {users_mod.MAX_ITERATIONS}"
+                )
+            groups = tuple(args.group) if args.group else None
+            users = users_mod.with_password(
+                users, args.user, _read_password(), groups=groups, iterations=args.iterations
+            )
+    except ValueError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, EOFError):
+        print("gateway: cancelled", file=sys.stderr)
+        return 1
+    try:
+        users_mod.save_users(path, users, header or users_mod.HEADER)
+    except OSError as exc:
+        print(f"gateway: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    done = "deleted" if args.delete else "changed the password of" if existed else "added"
+    print(f"{path}: {done} user {args.user!r}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "version":
         print(f"gateway {__version__}")
         return 0
+    if args.command == "passwd":
+        return _passwd(args)
     try:
         config = _load(args)
         if args.command == "run":

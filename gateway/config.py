@@ -181,12 +181,51 @@ class RouteConfig(_Base, frozen=True):
         )
 
 
+AnonymousMode = Literal["loopback", "allow", "deny"]
+
+
+class JwtConfig(_Base, frozen=True):
+    """``[auth.jwt]``: the keys and claims that bearer tokens are checked against
+    (docs/security.md). Paths are relative to the working directory."""
+
+    hs256_secret: str | None = None
+    hs256_secret_env: str | None = None
+    rs256_public_key: str | None = None
+    es256_public_key: str | None = None
+    audience: str | None = None
+    issuer: str | None = None
+    leeway: float = 30.0
+    groups_claim: str = "groups"
+    acl_claim: str = "acl"
+
+    @property
+    def enabled(self) -> bool:
+        return any(
+            key is not None
+            for key in (
+                self.hs256_secret,
+                self.hs256_secret_env,
+                self.rs256_public_key,
+                self.es256_public_key,
+            )
+        )
+
+
+class AuthConfig(_Base, frozen=True):
+    """``[auth]``: who may connect (docs/security.md, "Users, SASL and tokens")."""
+
+    users_file: str | None = None
+    anonymous: AnonymousMode = "loopback"
+    jwt: JwtConfig = JwtConfig()
+
+
 class Config(_Base, frozen=True):
     gateway: GatewaySection = GatewaySection()
     listeners: tuple[ListenerConfig, ...] = ()
     queues: tuple[QueueConfig, ...] = ()
     webhooks: tuple[WebhookConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
+    auth: AuthConfig = AuthConfig()
     source: str = "<defaults>"
 
 
@@ -258,6 +297,7 @@ def _validate(config: Config) -> None:
     _validate_queues(config)
     _validate_webhooks(config)
     _validate_routes(config)
+    _validate_auth(config)
     names: set[str] = set()
     for i, listener in enumerate(config.listeners):
         key = f"listeners[{i}]"
@@ -518,6 +558,52 @@ def _validate_webhook_scheme(src: str, key: str, hook: WebhookConfig) -> None:
         )
     if hook.timestamp_header is None and "{timestamp}" in signed:
         raise ConfigError(src, f"{key}.timestamp_header", "required by {timestamp}")
+
+
+def _validate_auth(config: Config) -> None:
+    # Imported here: gateway.auth imports this module.
+    from .auth.tokens import MIN_HS256_SECRET, KeyFileError, load_public_key
+    from .auth.users import load_users
+
+    src, auth, jwt = config.source, config.auth, config.auth.jwt
+    if jwt.hs256_secret is not None and jwt.hs256_secret_env is not None:
+        raise ConfigError(src, "auth.jwt.hs256_secret", "give hs256_secret or hs256_secret_env")
+    secret = jwt.hs256_secret
+    if jwt.hs256_secret_env is not None:
+        secret = os.environ.get(jwt.hs256_secret_env)
+        if not secret:
+            raise ConfigError(
+                src,
+                "auth.jwt.hs256_secret_env",
+                f"environment variable {jwt.hs256_secret_env!r} is not set",
+            )
+    if secret is not None and len(secret.encode()) < MIN_HS256_SECRET:
+        key = "hs256_secret" if jwt.hs256_secret is not None else "hs256_secret_env"
+        raise ConfigError(src, f"auth.jwt.{key}", f"must be at least {MIN_HS256_SECRET} bytes")
+    for field, alg in (("rs256_public_key", "RS256"), ("es256_public_key", "ES256")):
+        path = getattr(jwt, field)
+        if path is not None:
+            try:
+                load_public_key(path, alg)
+            except KeyFileError as exc:
+                raise ConfigError(src, f"auth.jwt.{field}", f"{path}: {exc}") from None
+    for field in ("audience", "issuer", "groups_claim", "acl_claim"):
+        if getattr(jwt, field) == "":
+            raise ConfigError(src, f"auth.jwt.{field}", "must not be empty")
+    if jwt.groups_claim == jwt.acl_claim:
+        raise ConfigError(src, "auth.jwt.acl_claim", "must differ from groups_claim")
+    if not 0 <= jwt.leeway <= 3600:
+        raise ConfigError(src, "auth.jwt.leeway", "must be between 0 and 3600 seconds")
+    if auth.users_file == "":
+        raise ConfigError(src, "auth.users_file", "must not be empty (leave it out: no users)")
+    if auth.users_file is not None:
+        load_users(auth.users_file)  # UsersFileError (a ConfigError) names that file
+    if auth.anonymous == "deny" and auth.users_file is None and not jwt.enabled:
+        raise ConfigError(
+            src,
+            "auth.anonymous",
+            "'deny' without users_file or a JWT key lets no client in",
+        )
 
 
 def loads(text: str, source: str = "<string>") -> Config:

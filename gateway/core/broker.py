@@ -33,7 +33,7 @@ from .headers import Headers, header_pairs
 from .message import Kind, Message
 from .queue import Queue, QueuePolicy
 from .retained import RetainedStore
-from .selector import Selector
+from .selector import Selector, SelectorError, compile_selector
 from .session import NEVER, Session, SubscribeOptions, Will
 from .stats import BrokerStats, QueueSnapshot
 from .topics import InvalidFilter, TopicTrie, check_filter
@@ -91,6 +91,9 @@ class _Route:
     subscription_ids: tuple[int, ...]
     # None: every message; else the message must match one of the subscriptions' selectors.
     selector: Callable[[Message], bool] | None = None
+    # Overlapping subscriptions of one session, some with selectors: (matches or None,
+    # qos, subscription id) each, so a delivery names only the ones that matched.
+    choices: tuple[tuple[Callable[[Message], bool] | None, int, int | None], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,6 +437,7 @@ class Broker:
                     retain_as_published=o.retain_as_published,
                     retain_handling=o.retain_handling,
                     subscription_id=o.subscription_id,
+                    selector=None if o.selector is None else o.selector.text,
                 )
                 for f, o in session.subscriptions.items()
             )
@@ -518,6 +522,7 @@ class Broker:
                     retain_as_published=sub.retain_as_published,
                     retain_handling=2,  # no retained messages on recovery
                     subscription_id=sub.subscription_id,
+                    selector=_recompiled(sub.selector),
                 )
                 try:
                     self.subscribe(session, sub.topic_filter, options)
@@ -767,6 +772,8 @@ class Broker:
         for message in self.retained.match(topic_filter):
             if message.expiry is not None and message.expiry <= now:
                 continue
+            if options.selector is not None and not options.selector.matches(message):
+                continue
             qos = min(message.qos, options.qos)
             session.queue.put(
                 Delivery(
@@ -834,13 +841,20 @@ class Broker:
                 and route.session.client_id == publisher
             ):
                 continue
-            if route.selector is not None and not route.selector(message):
+            route_qos, ids = route.qos, route.subscription_ids
+            if route.choices is not None:
+                matched = [c for c in route.choices if c[0] is None or c[0](message)]
+                if not matched:
+                    continue
+                route_qos = max(c[1] for c in matched)
+                ids = tuple(c[2] for c in matched if c[2] is not None)
+            elif route.selector is not None and not route.selector(message):
                 continue
             entry = Delivery(  # positional: the cheapest way to build one
                 message,
-                route.qos if route.qos < qos else qos,
+                route_qos if route_qos < qos else qos,
                 retain and route.retain_as_published,
-                route.subscription_ids,
+                ids,
                 expiry,
             )
             queue = route.queue
@@ -904,6 +918,7 @@ class Broker:
                     any(o.retain_as_published for o in options),
                     ids,
                     _any_selector(options),
+                    _choices(options),
                 )
             )
         self._routes[topic] = routes
@@ -958,6 +973,27 @@ class _Offline:
 
     def close(self, reason: CloseReason) -> None:  # pragma: no cover - never
         pass
+
+
+def _recompiled(text: str | None) -> Selector | None:
+    """A stored subscription's selector, compiled again (None if it no longer compiles)."""
+    if text is None:
+        return None
+    try:
+        return compile_selector(text)
+    except SelectorError:
+        return None
+
+
+def _choices(
+    options: list[SubscribeOptions],
+) -> tuple[tuple[Callable[[Message], bool] | None, int, int | None], ...] | None:
+    if len(options) < 2 or all(o.selector is None for o in options):
+        return None
+    return tuple(
+        (None if o.selector is None else o.selector.matches, o.qos, o.subscription_id)
+        for o in options
+    )
 
 
 def _any_selector(options: list[SubscribeOptions]) -> Callable[[Message], bool] | None:

@@ -48,6 +48,7 @@ class StoredSubscription:
     retain_as_published: bool = False
     retain_handling: int = 0
     subscription_id: int | None = None
+    selector: str | None = None  # the selector's text, compiled again at recovery
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

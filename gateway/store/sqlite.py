@@ -192,6 +192,8 @@ def _checked(data: bytes, crc: int, key: object) -> bytes:
 class _StoredSession(msgspec.Struct, array_like=True):
     expiry: float
     subscriptions: list[tuple[str, int, bool, bool, int, int | None]]
+    # One per subscription, in the same order (absent in stores written before selectors).
+    selectors: list[str | None] = []
 
 
 def _encode_session(state: SessionState) -> bytes:
@@ -209,6 +211,7 @@ def _encode_session(state: SessionState) -> bytes:
                 )
                 for s in state.subscriptions
             ],
+            selectors=[s.selector for s in state.subscriptions],
         )
     )
 
@@ -218,6 +221,7 @@ _decode_session = msgspec.msgpack.Decoder(_StoredSession).decode
 
 def _decode_session_state(client_id: str, data: bytes) -> SessionState:
     s = _decode_session(data)
+    selectors = s.selectors + [None] * (len(s.subscriptions) - len(s.selectors))
     return SessionState(
         client_id=client_id,
         expiry=s.expiry,
@@ -229,8 +233,9 @@ def _decode_session_state(client_id: str, data: bytes) -> SessionState:
                 retain_as_published=rap,
                 retain_handling=rh,
                 subscription_id=sid,
+                selector=selector,
             )
-            for f, q, nl, rap, rh, sid in s.subscriptions
+            for (f, q, nl, rap, rh, sid), selector in zip(s.subscriptions, selectors, strict=True)
         ),
     )
 

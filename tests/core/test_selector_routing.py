@@ -184,11 +184,6 @@ def test_selectors_are_refused_on_shared_subscriptions(broker: Broker) -> None:
     assert "$share/g/t" not in session.subscriptions
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="retained messages are sent on subscribe without the subscription's selector "
-    "(Broker._send_retained); see the selectors issue's report",
-)
 def test_retained_messages_on_subscribe_go_through_the_selector(broker: Broker) -> None:
     for site in ("lyon", "paris"):
         broker.publish(
@@ -204,11 +199,6 @@ def test_retained_messages_on_subscribe_go_through_the_selector(broker: Broker) 
     assert texts(sink) == ["lyon"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the store keeps a persistent session's subscriptions without their selectors "
-    "(StoredSubscription): after a restart they match everything; see the selectors report",
-)
 def test_a_persistent_sessions_selector_survives_a_restart(clock: Clock) -> None:
     store = MemoryStore()
     broker = Broker(store=store, clock=clock)

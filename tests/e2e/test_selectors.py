@@ -575,11 +575,6 @@ async def test_overlapping_mqtt_subscriptions_deliver_one_copy_if_any_selector_m
             assert client.messages.empty()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a session's route carries the subscription ids of every overlapping subscription, "
-    "whether or not its selector matched (Broker._plan / publish); see the selectors report",
-)
 async def test_overlapping_mqtt_subscriptions_name_only_the_matching_subscription_ids(
     clients: Clients,
 ) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import trio
 
-from .config import Config, ListenerConfig, QueueConfig, build_router
+from .config import Config, ListenerConfig, QueueConfig, build_acl, build_router
 from .core import Broker, Overflow, QueuePolicy
 from .listeners import BoundAddress, StartupError, TCPServer
 from .listeners._serve import Handler
@@ -55,6 +55,7 @@ def build_broker(config: Config, store: Store | None = None) -> Broker:
         queues=[(queue.name, queue_policy(queue)) for queue in config.queues],
         auto_create_queues=config.gateway.auto_create_queues,
         router=build_router(config),
+        acl=build_acl(config),
     )
 
 

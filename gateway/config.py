@@ -12,11 +12,14 @@ import re
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
 from .core.routing import RouteError, Router, RouteRule
+
+if TYPE_CHECKING:
+    from .auth.acl import Acl, AclRule
 
 Protocol = Literal["mqtt", "stomp", "http"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -219,12 +222,39 @@ class AuthConfig(_Base, frozen=True):
     jwt: JwtConfig = JwtConfig()
 
 
+AclAction = Literal["publish", "subscribe", "consume", "all"]
+
+
+class AclConfig(_Base, frozen=True):
+    """An ``[[acl]]`` table: an authorization rule, first match wins (docs/security.md)."""
+
+    action: AclAction
+    pattern: str
+    allow: bool
+    user: str | None = None
+    group: str | None = None
+    anonymous: bool = False
+
+    def rule(self) -> AclRule:
+        from .auth.acl import AclRule  # gateway.auth imports this module
+
+        return AclRule(
+            action=self.action,
+            pattern=self.pattern,
+            allow=self.allow,
+            user=self.user,
+            group=self.group,
+            anonymous=self.anonymous,
+        )
+
+
 class Config(_Base, frozen=True):
     gateway: GatewaySection = GatewaySection()
     listeners: tuple[ListenerConfig, ...] = ()
     queues: tuple[QueueConfig, ...] = ()
     webhooks: tuple[WebhookConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
+    acl: tuple[AclConfig, ...] = ()
     auth: AuthConfig = AuthConfig()
     source: str = "<defaults>"
 
@@ -297,6 +327,7 @@ def _validate(config: Config) -> None:
     _validate_queues(config)
     _validate_webhooks(config)
     _validate_routes(config)
+    _validate_acl(config)
     _validate_auth(config)
     names: set[str] = set()
     for i, listener in enumerate(config.listeners):
@@ -448,6 +479,24 @@ def _validate_webhooks(config: Config) -> None:
                 raise ConfigError(src, f"{key}.headers", f"{name!r} is not a header name")
             if name.lower() in ("webhook", "idempotency-key"):
                 raise ConfigError(src, f"{key}.headers", f"{name!r} is set by the gateway")
+
+
+def _validate_acl(config: Config) -> None:
+    from .auth.acl import AclError, check_rule  # gateway.auth imports this module
+
+    for i, item in enumerate(config.acl):
+        try:
+            check_rule(item.rule())
+        except AclError as exc:
+            raise ConfigError(config.source, f"acl[{i}].{exc.key}", exc.problem) from None
+
+
+def build_acl(config: Config) -> Acl:
+    """The ``[[acl]]`` rules. Always an ``Acl``: without rules it allows everything,
+    except what an identity's own token rules do not allow."""
+    from .auth.acl import Acl  # gateway.auth imports this module
+
+    return Acl(item.rule() for item in config.acl)
 
 
 # Bridges are not built yet: every forward_to_bridge names one that is not configured.

@@ -34,14 +34,17 @@ from .message import Kind, Message
 from .queue import Queue, QueuePolicy
 from .retained import RetainedStore
 from .selector import Selector, SelectorError, compile_selector
-from .session import NEVER, Session, SubscribeOptions, Will
+from .session import NEVER, TRUSTED, Session, SubscribeOptions, Trust, Will
 from .stats import BrokerStats, QueueSnapshot
 from .topics import InvalidFilter, TopicTrie, check_filter
 
 if TYPE_CHECKING:
+    from ..auth.acl import Acl, Action, Principal
     from .routing import Router
 
 SHARE_PREFIX = "$share/"
+QUEUE_PREFIX = "$queue/"
+NOT_AUTHORIZED = "not-authorized"
 SESSION_QUEUE_PREFIX = "$session/"
 TEMP_QUEUE_PREFIX = "$temp/"
 # Reasons for which an entry goes to its queue's dead-letter queue, if it has one.
@@ -54,6 +57,16 @@ DEAD_LETTER_REASONS = frozenset({"expired", "max-deliveries", "rejected", "max-l
 class Status(Enum):
     ACCEPTED = "accepted"
     REFUSED = "refused"
+
+
+class NotAuthorized(Exception):
+    """The ACL refuses this subscribe, consume or will (docs/security.md); the
+    refusal is logged (``acl.denied``) and each listener answers in its protocol."""
+
+    def __init__(self, action: str, destination: str) -> None:
+        super().__init__(f"{action} {destination!r} is not authorized")
+        self.action = action
+        self.destination = destination
 
 
 class PublishResult(msgspec.Struct, frozen=True):
@@ -77,6 +90,7 @@ _ACCEPTED_ONE: Final = PublishResult(Status.ACCEPTED, 1)
 _QUEUE_KIND: Final = Kind.QUEUE
 # The common outcomes, shared: accepted by 0 to 63 queues, none congested.
 _ACCEPTED: Final = tuple(PublishResult(Status.ACCEPTED, n) for n in range(64))
+_UNAUTHORIZED: Final = PublishResult(Status.REFUSED, 0, NOT_AUTHORIZED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +128,7 @@ class Broker:
         auto_create_queues: bool = True,
         durability: str = "sync",
         router: Router | None = None,
+        acl: Acl | None = None,
     ) -> None:
         self.store: Store = store if store is not None else MemoryStore()
         self.now = clock
@@ -129,6 +144,8 @@ class Broker:
         self.durability = durability
         # Routing rules (docs/routing.md): None when there are none, which costs nothing.
         self.router = router
+        # Authorization (docs/security.md): None checks nothing, which costs nothing.
+        self.acl = acl
         self._trie: TopicTrie[object, _Binding] = TopicTrie()
         self._routes: dict[str, list[_Route]] = {}
         self._temp_ids = itertools.count(1)
@@ -206,6 +223,106 @@ class Broker:
 
     def connected_count(self) -> int:
         return sum(1 for session in self.sessions.values() if session.connected)
+
+    # -- authorization (docs/security.md) ------------------------------------------------
+
+    def set_acl(self, acl: Acl | None) -> None:
+        """Replace the rules (a reload). Routes are planned again under the new ones, so
+        subscriptions already made receive only what the new rules let them read."""
+        self.acl = acl
+        self._routes.clear()
+
+    def authorize(
+        self,
+        identity: Principal | Trust | None,
+        action: Action,
+        destination: str,
+        client_id: str = "",
+        *,
+        whole: bool = False,
+    ) -> bool:
+        """May ``identity`` (None: anonymous) ``publish`` to a topic or ``$queue/NAME``,
+        ``subscribe`` to a topic filter (and read a topic), or ``consume`` ``$queue/NAME``?
+        Every check of the core is this decision; it logs nothing (``require`` does).
+        ``whole``: every topic the filter matches must be readable."""
+        acl = self.acl
+        if acl is None or identity is TRUSTED:
+            return True
+        return acl.allows(identity, action, destination, client_id, whole=whole)
+
+    def require(
+        self,
+        identity: Principal | Trust | None,
+        action: Action,
+        destination: str,
+        client_id: str = "",
+        *,
+        whole: bool = False,
+    ) -> None:
+        """``authorize``, or log ``acl.denied`` and raise NotAuthorized."""
+        if not self.authorize(identity, action, destination, client_id, whole=whole):
+            self._denied(identity, action, destination, client_id)
+            raise NotAuthorized(action, destination)
+
+    def authorize_message(self, message: Message, identity: Principal | Trust | None) -> bool:
+        """May ``identity`` publish ``message``? The gateway's own messages (origin
+        protocol ``internal``, such as $SYS) may. A refusal is logged (``acl.denied``)."""
+        acl = self.acl
+        origin = message.origin
+        if acl is None or identity is TRUSTED or origin.protocol == "internal":
+            return True
+        destination = message.destination
+        if message.kind is _QUEUE_KIND:
+            destination = QUEUE_PREFIX + destination
+        if acl.allows(identity, "publish", destination, origin.client_id):
+            return True
+        acl.denied(identity, "publish", destination, origin.client_id)
+        return False
+
+    def _denied(
+        self, identity: Principal | Trust | None, action: str, destination: str, client_id: str
+    ) -> None:
+        if self.acl is not None and identity is not TRUSTED:
+            self.acl.denied(identity, action, destination, client_id)
+
+    def _readable(self, session: Session, topic: str) -> bool:
+        """May ``session`` receive a message published to ``topic``?"""
+        return self.authorize(session.identity, "subscribe", topic, session.client_id)
+
+    def _may_consume(self, session: Session, name: str) -> bool:
+        queue = self.queues.get(name)
+        if queue is not None and queue.owner is session:
+            return True  # its own temporary queue
+        topic_filter = self._durable.get(name)
+        if topic_filter is not None:
+            # A durable topic subscription's queue holds its topics: reading it is reading them.
+            return self.authorize(
+                session.identity, "subscribe", topic_filter, session.client_id, whole=True
+            )
+        return self.authorize(session.identity, "consume", QUEUE_PREFIX + name, session.client_id)
+
+    def _recheck(self, session: Session) -> None:
+        """A resumed session has another identity: it keeps only the subscriptions,
+        consumers, queued and in-flight messages that this one may have."""
+        identity, client_id = session.identity, session.client_id
+        for topic_filter in list(session.subscriptions):
+            if not self.authorize(identity, "subscribe", topic_filter, client_id):
+                self.unsubscribe(session, topic_filter)
+        for name in list(session.consumers):
+            if not name.startswith(SHARE_PREFIX) and not self._may_consume(session, name):
+                self.cancel(session, name)
+        queue = session.queue
+        for entry in queue.purge():
+            if self._readable(session, entry.message.destination):
+                queue.restore(entry)
+            else:
+                self.discard(queue, entry, NOT_AUTHORIZED)
+        unacked = session.consumer.unacked
+        for entry in session.inflight():
+            if not self._readable(session, entry.message.destination):
+                del unacked[entry.tag]
+                entry.consumer = None
+                self.discard(queue, entry, NOT_AUTHORIZED)
 
     # -- the queue owner interface --------------------------------------------------
 
@@ -304,12 +421,18 @@ class Broker:
         expiry: float = 0.0,
         will: Will | None = None,
         window: int = 65535,
+        identity: Principal | Trust | None = None,
     ) -> tuple[Session, bool]:
         """Attach ``sink`` to ``client_id``'s session; returns it and whether it existed.
 
         A connection already attached is closed (takeover); its will is handled as
         for any abnormal disconnect. ``clean`` discards an existing session.
+        ``identity`` (None: anonymous) is who the client is, for authorization: a will
+        it may not publish raises NotAuthorized before anything changes; a session
+        that belonged to another user is not resumed but started anew.
         """
+        if will is not None and not self.authorize_message(will.message, identity):
+            raise NotAuthorized("publish", will.message.destination)
         session = self.sessions.get(client_id)
         if session is not None and session.connected:
             old_sink = session.sink
@@ -317,6 +440,11 @@ class Broker:
             assert old_sink is not None
             old_sink.close(CloseReason.TAKEN_OVER)
             session = self.sessions.get(client_id)
+        if session is not None and not clean and self.acl is not None:
+            # Another user's session, with what it queued, is never handed over.
+            owner = session.identity
+            if owner is not None and owner is not TRUSTED:
+                clean = _user(identity) != owner.user
         if session is not None and clean:
             self._end_session(session)
             session = None
@@ -332,6 +460,7 @@ class Broker:
                 durable=durable,
             )
             session = Session(client_id=client_id, expiry=expiry, queue=queue)
+            session.identity = identity
             queue.owner = session
             self.sessions[client_id] = session
         else:
@@ -339,6 +468,11 @@ class Broker:
             session.will_due = None
             session.expires_at = None
             session.expiry = expiry
+            if session.identity != identity:
+                session.identity = identity
+                if self.acl is not None:
+                    self._routes.clear()
+                    self._recheck(session)
         session.will = will
         session.window = window
         session.consumer.window = window
@@ -425,7 +559,7 @@ class Broker:
     def _publish_will(self, session: Session) -> None:
         will, session.will, session.will_due = session.will, None, None
         if will is not None:
-            self.publish(will.message)
+            self.publish(will.message, identity=session.identity)
 
     def _save(self, session: Session) -> None:
         if session.durable and session.queue.durable:
@@ -510,7 +644,10 @@ class Broker:
         for name, topic_filter in snapshot.durable_subscriptions.items():
             self.durable_subscription(name, topic_filter)
         for state in snapshot.sessions.values():
-            session, _ = self.open_session(state.client_id, _Offline(), clean=True, expiry=1.0)
+            # Who owned it is not stored: it is checked again when a client resumes it.
+            session, _ = self.open_session(
+                state.client_id, _Offline(), clean=True, expiry=1.0, identity=TRUSTED
+            )
             session.consumer.sink = None
             session.expiry = state.expiry
             session.expires_at = None if state.expiry == NEVER else now + state.expiry
@@ -595,6 +732,8 @@ class Broker:
         if topic_filter.startswith(SHARE_PREFIX):
             return self._subscribe_shared(session, topic_filter, options)
         check_filter(topic_filter)
+        if self.acl is not None:
+            self.require(session.identity, "subscribe", topic_filter, session.client_id)
         is_new = topic_filter not in session.subscriptions
         session.subscriptions[topic_filter] = options
         self._trie.add(
@@ -613,6 +752,9 @@ class Broker:
         check_filter(topic_filter)
         if options.selector is not None:
             raise InvalidFilter("selectors are not supported on shared subscriptions (yet)")
+        if self.acl is not None:
+            # The group's messages are not checked per member: all must be readable.
+            self.require(session.identity, "subscribe", share, session.client_id, whole=True)
         queue = self.queues.get(share)
         if queue is None:
             queue = self.queues[share] = Queue(
@@ -696,7 +838,11 @@ class Broker:
         """Make ``session`` a competing consumer of queue ``queue_name`` (created on first use).
 
         With a ``selector`` it takes only the messages the selector matches; the others
-        stay queued for other consumers (JMS)."""
+        stay queued for other consumers (JMS). Raises NotAuthorized."""
+        if self.acl is not None and not self._may_consume(session, queue_name):
+            destination = QUEUE_PREFIX + queue_name
+            self._denied(session.identity, "consume", destination, session.client_id)
+            raise NotAuthorized("consume", destination)
         queue = self.queues.get(queue_name) or self.declare_queue(queue_name)
         return self._attach(
             session, queue, qos=qos, window=window, ack_all=ack_all, selector=selector
@@ -769,10 +915,13 @@ class Broker:
     ) -> None:
         now = self.now()
         ids = () if options.subscription_id is None else (options.subscription_id,)
+        acl = self.acl
         for message in self.retained.match(topic_filter):
             if message.expiry is not None and message.expiry <= now:
                 continue
             if options.selector is not None and not options.selector.matches(message):
+                continue
+            if acl is not None and not self._readable(session, message.destination):
                 continue
             qos = min(message.qos, options.qos)
             session.queue.put(
@@ -783,13 +932,39 @@ class Broker:
 
     # -- publishing ----------------------------------------------------------------
 
-    def publish(self, message: Message, *, rules: bool = True) -> PublishResult:
+    def publish(
+        self,
+        message: Message,
+        *,
+        rules: bool = True,
+        identity: Principal | Trust | None = None,
+    ) -> PublishResult:
         """Route ``message`` now; never waits for a consumer.
 
-        The routing rules run first, once: what they produce is published with
-        ``rules=False``, which skips them (a message is routed once per hop)."""
-        if rules and self.router is not None:
-            return self.router.dispatch(message, self)
+        ``identity`` is the publisher (None: anonymous): a publish the ACL refuses is
+        ``REFUSED`` with reason ``not-authorized`` (``authorize_message``). The routing
+        rules run next, once: what they produce is published with ``rules=False``,
+        which skips both (a message is checked and routed once per hop)."""
+        if rules:
+            acl = self.acl
+            if (
+                acl is not None
+                # Nothing to check without rules, unless the identity brings its own.
+                and (
+                    acl.rules
+                    or (
+                        identity is not None
+                        and identity is not TRUSTED
+                        and identity.acl is not None
+                    )
+                )
+                and not self.authorize_message(message, identity)
+            ):
+                self.stats.published += 1
+                self.stats.refused += 1
+                return _UNAUTHORIZED
+            if self.router is not None:
+                return self.router.dispatch(message, self)
         stats = self.stats
         stats.published += 1
         if message.qos and not self.store.available:
@@ -907,7 +1082,10 @@ class Broker:
                 )
             else:
                 per_session.setdefault(binding.session, []).append(binding.options)
+        acl = self.acl
         for session, options in per_session.items():
+            if acl is not None and not self._readable(session, topic):
+                continue  # a wildcard never reads a topic the ACL denies this session
             ids = tuple(o.subscription_id for o in options if o.subscription_id is not None)
             routes.append(
                 _Route(
@@ -973,6 +1151,10 @@ class _Offline:
 
     def close(self, reason: CloseReason) -> None:  # pragma: no cover - never
         pass
+
+
+def _user(identity: Principal | Trust | None) -> str | None:
+    return None if identity is None or identity is TRUSTED else identity.user
 
 
 def _recompiled(text: str | None) -> Selector | None:

@@ -4,16 +4,29 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from enum import Enum
+from typing import TYPE_CHECKING, Final
 
 from .delivery import Consumer, Delivery, Sink
 from .message import Message
 from .selector import Selector
 
 if TYPE_CHECKING:
+    from ..auth.acl import Principal
     from .queue import Queue
 
 NEVER = math.inf
+
+
+class Trust(Enum):
+    """An identity the core does not check: the caller checked it itself (an HTTP pull
+    consumer shared by many requests, a signed webhook) or it is not known yet (a
+    session recovered from the store, checked again when a client resumes it)."""
+
+    TRUSTED = "trusted"
+
+
+TRUSTED: Final = Trust.TRUSTED
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,6 +77,8 @@ class Session:
     will: Will | None = None
     will_due: float | None = None
     expires_at: float | None = None
+    # Who the client is, for authorization (docs/security.md): None is anonymous.
+    identity: Principal | Trust | None = None
 
     def __post_init__(self) -> None:
         self.consumer = Consumer(self.queue, self, qos=2)

@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 import trio
 
+from ..auth.acl import NOT_AUTHORIZED, QUEUE_PREFIX, Principal
 from ..config import Config, ListenerConfig
 from ..core import (
     Broker,
@@ -34,7 +35,9 @@ from ..core import (
     SubscribeOptions,
     check_filter,
 )
+from ..core.broker import NotAuthorized
 from ..core.selector import Selector, SelectorError, compile_selector
+from ..core.session import TRUSTED
 from ..store import MemoryStore
 from . import http_mapping as mapping
 from ._serve import Connection, Handler
@@ -185,6 +188,22 @@ class HTTPService:
     def origin(self, listener: ListenerConfig, request: Request) -> Origin:
         return Origin(protocol="http", listener=listener.label, client_id=request.conn.peer)
 
+    def identity_of(self, request: Request) -> Principal | None:
+        """Who sent ``request`` (None: anonymous), for authorization (docs/security.md).
+        Authentication (gateway/auth) answers this; until it does, every request is
+        anonymous. Tests replace it on the instance to assign identities."""
+        return None
+
+    def require_consume(self, request: Request, queue: str) -> None:
+        """403 unless the request's identity may consume ``queue`` (pull, ack, release:
+        one pull consumer serves every request, so the check is per request)."""
+        try:
+            self.broker.require(
+                self.identity_of(request), "consume", QUEUE_PREFIX + queue, request.conn.peer
+            )
+        except NotAuthorized as exc:
+            raise _forbidden(exc) from None
+
     def check_queue(self, name: str) -> None:
         if not name or (name.startswith("$") and not name.startswith("$temp/")):
             raise HTTPError(400, "bad_destination", f"{name!r} is not a queue name")
@@ -208,7 +227,13 @@ class HTTPService:
             self.check_topic(name)
 
 
+def _forbidden(exc: NotAuthorized) -> HTTPError:
+    return HTTPError(403, "not_authorized", f"not authorized to {exc.action} {exc.destination}")
+
+
 def _refusal(result: PublishResult) -> HTTPError:
+    if result.reason == NOT_AUTHORIZED:  # logged by the core (acl.denied)
+        return HTTPError(403, "not_authorized", "not authorized to publish here")
     return HTTPError(
         503,
         "refused",
@@ -237,7 +262,7 @@ async def _publish_to(
     message = mapping.build_message(
         kind, name, request.body, fields, service.origin(listener, request)
     )
-    result = service.broker.publish(message)
+    result = service.broker.publish(message, identity=service.identity_of(request))
     if result.status is Status.REFUSED:
         raise _refusal(result)
     body = {"id": str(message.message_id), "routed": result.routed}
@@ -290,12 +315,14 @@ async def publish_batch(
         raise HTTPError(400, "bad_json", f"the body is not valid JSON: {exc}") from None
     origin = service.origin(listener, request)
     messages = [_batch_message(service, i, item, origin) for i, item in enumerate(items)]
+    identity = service.identity_of(request)
     results: list[dict[str, object]] = []
-    refused = 0
+    refused = unauthorized = 0
     for message in messages:
-        result = service.broker.publish(message)
+        result = service.broker.publish(message, identity=identity)
         if result.status is Status.REFUSED:
             refused += 1
+            unauthorized += result.reason == NOT_AUTHORIZED
             results.append(
                 {"id": str(message.message_id), "status": "refused", "reason": result.reason}
             )
@@ -309,10 +336,12 @@ async def publish_batch(
         "results": results,
     }
     if refused and refused == len(messages):
-        # Nothing was accepted: an error like any other 503, with the results.
-        error = _refusal(PublishResult(Status.REFUSED, 0, "every message was refused"))
+        # Nothing was accepted: an error like any other 503 (403 if the ACL refused
+        # every one), with the results.
+        reason = NOT_AUTHORIZED if unauthorized == refused else "every message was refused"
+        error = _refusal(PublishResult(Status.REFUSED, 0, reason))
         body = {"error": error.code, "message": error.message, **body}
-        return json_response(503, body, list(error.headers))
+        return json_response(error.status, body, list(error.headers))
     return json_response(207 if refused else 202, body)
 
 
@@ -395,9 +424,15 @@ async def topic_events(
     broker = service.broker
     sink = _EventSink()
     client_id = f"$http/sse/{request.conn.conn_id}/{next(service._exchanges)}"
-    session, _ = broker.open_session(client_id, sink, clean=True)
+    session, _ = broker.open_session(
+        client_id, sink, clean=True, identity=service.identity_of(request)
+    )
     options = SubscribeOptions(qos=0, retain_handling=2, selector=selector)
-    broker.subscribe(session, topic_filter, options)
+    try:
+        broker.subscribe(session, topic_filter, options)
+    except NotAuthorized as exc:  # logged by the core (acl.denied)
+        broker.detach(session, graceful=True)
+        raise _forbidden(exc) from None
     keepalive = listener.sse_keepalive
     log = request.conn.log.bind(sse_filter=topic_filter)
     log.info("http.sse.opened")
@@ -459,6 +494,7 @@ async def pull_messages(
 ) -> Response:
     name = request.params["queue"]
     service.check_queue(name)
+    service.require_consume(request, name)
     limit = int(_query_number(request, "max", 1, 1, MAX_PULL))
     wait = _query_number(request, "wait", 0, 0, listener.max_wait)
     visibility = _query_number(request, "visibility", listener.visibility_timeout, 0.001, 12 * 3600)
@@ -466,7 +502,8 @@ async def pull_messages(
     key = name if selector is None else f"{name}?{selector.text}"
     pull = service.pulls.get(key)
     if pull is None:
-        pull = service.pulls[key] = PullConsumer(service.broker, name, selector)
+        # Shared by every request for this queue: each one is checked (require_consume).
+        pull = service.pulls[key] = PullConsumer(service.broker, name, selector, TRUSTED)
     items = await pull.pull(limit, wait, visibility)
     messages = [
         mapping.message_json(
@@ -492,6 +529,7 @@ async def ack_messages(
     service: HTTPService, listener: ListenerConfig, request: Request
 ) -> Response:
     name = request.params["queue"]
+    service.require_consume(request, name)
     ids = _ack_ids(request)
     unknown = ids
     for pull in service.pulls_of(name):
@@ -503,6 +541,7 @@ async def release_messages(
     service: HTTPService, listener: ListenerConfig, request: Request
 ) -> Response:
     name = request.params["queue"]
+    service.require_consume(request, name)
     ids = _ack_ids(request)
     unknown = ids
     for pull in service.pulls_of(name):
@@ -520,6 +559,12 @@ async def request_reply(
     service.check_destination(kind, name)
     timeout = _query_number(request, "timeout", DEFAULT_REQUEST_TIMEOUT, 0.001, MAX_REQUEST_TIMEOUT)
     broker = service.broker
+    identity = service.identity_of(request)
+    try:  # before telling whether anything consumes it
+        target = QUEUE_PREFIX + name if kind is Kind.QUEUE else name
+        broker.require(identity, "publish", target, request.conn.peer)
+    except NotAuthorized as exc:
+        raise _forbidden(exc) from None
     if kind is Kind.QUEUE:
         queue = broker.queues.get(name)
         if queue is None or not queue.consumers:
@@ -537,7 +582,7 @@ async def request_reply(
         message = mapping.build_message(
             kind, name, request.body, fields, service.origin(listener, request)
         )
-        result = broker.publish(message)
+        result = broker.publish(message, identity=identity)
         if result.status is Status.REFUSED:
             raise _refusal(result)
         if not result.routed:
@@ -585,7 +630,8 @@ async def receive_webhook(
     message = mapping.build_message(
         kind, destination, request.body, fields, service.origin(listener, request)
     )
-    result = service.broker.publish(message)
+    # The operator chose the destination and the signature vouches for the sender.
+    result = service.broker.publish(message, identity=TRUSTED)
     if result.status is Status.REFUSED:
         raise _refusal(result)
     message_id = str(message.message_id)

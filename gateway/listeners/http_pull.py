@@ -19,6 +19,7 @@ import trio
 
 from ..core import Broker, CloseReason, Delivery, Message
 from ..core.selector import Selector
+from ..core.session import Trust
 
 PULL_SESSION_PREFIX = "$http/pull/"
 _run = secrets.token_hex(4)
@@ -37,7 +38,13 @@ class _Waiter:
 class PullConsumer:
     """The core's sink for one queue's HTTP pulls."""
 
-    def __init__(self, broker: Broker, queue: str, selector: Selector | None = None) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        queue: str,
+        selector: Selector | None = None,
+        identity: Trust | None = None,
+    ) -> None:
         self.broker = broker
         self.queue = queue
         self.inflight: dict[str, tuple[Delivery, float]] = {}
@@ -46,7 +53,8 @@ class PullConsumer:
         client_id = PULL_SESSION_PREFIX + queue
         if selector is not None:
             client_id += "?" + selector.text
-        self.session, _ = broker.open_session(client_id, self, clean=True)
+        # ``identity``: TRUSTED when the HTTP API checks each request itself (ACLs).
+        self.session, _ = broker.open_session(client_id, self, clean=True, identity=identity)
         self.consumer = broker.consume(self.session, queue, qos=1, ack_all=True, selector=selector)
 
     # -- the Sink interface ----------------------------------------------------------

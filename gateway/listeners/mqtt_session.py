@@ -16,6 +16,7 @@ from typing import Final
 
 import msgspec
 
+from ..auth.acl import NOT_AUTHORIZED, Principal
 from ..codecs import mqtt
 from ..codecs.mqtt import ConnectReturnCode, MQTTConnection, MQTTProtocolError, ReasonCode
 from ..codecs.mqtt.serialize import REASON_CODES
@@ -34,6 +35,7 @@ from ..core import (
     SubscribeOptions,
     Will,
 )
+from ..core.broker import NotAuthorized
 from ..core.selector import Selector, SelectorError, compile_selector
 from ..logging import get_logger
 from .mqtt_mapping import NO_PROPERTIES, properties_of, queue_name, to_message, topic_of
@@ -110,6 +112,7 @@ class MQTTSession:
         "config",
         "congested",
         "dropped_too_large",
+        "identity",
         "keep_alive",
         "log",
         "origin",
@@ -141,6 +144,9 @@ class MQTTSession:
         self.clock = clock
         self.log = get_logger()
         self.session: Session | None = None
+        # Who the client is (None: anonymous), set by authentication before CONNECT is
+        # handled; the core checks its publishes and subscriptions (docs/security.md).
+        self.identity: Principal | None = None
         self.version = 4
         self.client_id = ""
         self.keep_alive = 0
@@ -241,14 +247,20 @@ class MQTTSession:
             )
             will = Will(message=message, delay=float(w.properties.will_delay_interval or 0))
         self._held = []
-        self.session, present = self.broker.open_session(
-            client_id,
-            self,
-            clean=packet.clean_start,
-            expiry=expiry,
-            will=will,
-            window=min(self.config.max_inflight, client_receive_max),
-        )
+        try:
+            self.session, present = self.broker.open_session(
+                client_id,
+                self,
+                clean=packet.clean_start,
+                expiry=expiry,
+                will=will,
+                window=min(self.config.max_inflight, client_receive_max),
+                identity=self.identity,
+            )
+        except NotAuthorized:
+            self._held = None
+            self._refuse(ReasonCode.NOT_AUTHORIZED, "will topic not authorized")
+            return
         connack_props = NO_PROPERTIES
         if v == 5:
             connack_props = mqtt.Properties(
@@ -364,10 +376,10 @@ class MQTTSession:
             origin=self.origin,
         )
         _last_encoded = (message, retain, self.version == 5, packet)
-        result = self.broker.publish(message)
+        result = self.broker.publish(message, identity=self.session.identity)
         if result.congested:
             self.congested.update(result.congested)
-        if result.status is not _ACCEPTED:
+        if result.status is not _ACCEPTED and result.reason != NOT_AUTHORIZED:
             self.log.warning("mqtt.publish.refused", topic=topic, reason=result.reason, qos=0)
         return not self.congested
 
@@ -379,9 +391,15 @@ class MQTTSession:
         message = to_message(
             topic, packet.payload, packet.qos, packet.retain, props, self.origin, self.clock()
         )
-        result = self.broker.publish(message)
+        session = self.session
+        assert session is not None
+        result = self.broker.publish(message, identity=session.identity)
         if result.congested:
             self.congested.update(result.congested)
+        if result.reason == NOT_AUTHORIZED:
+            # Logged by the core (acl.denied). 3.1.1 has no negative acknowledgement:
+            # the message is dropped and acknowledged, as the specification allows.
+            return ReasonCode.NOT_AUTHORIZED if self.version == 5 else 0
         if result.status is not _ACCEPTED:
             # 3.1.1 has no negative acknowledgement: the refusal is logged, never silent.
             self.log.warning(
@@ -462,6 +480,8 @@ class MQTTSession:
             except InvalidFilter as exc:
                 self.log.info("mqtt.subscribe.refused", topic_filter=topic_filter, reason=str(exc))
                 codes.append(ReasonCode.TOPIC_FILTER_INVALID if v5 else _V3_SUBACK_FAILURE)
+            except NotAuthorized:  # logged by the core (acl.denied)
+                codes.append(ReasonCode.NOT_AUTHORIZED if v5 else _V3_SUBACK_FAILURE)
         props = (
             NO_PROPERTIES if bad_selector is None else mqtt.Properties(reason_string=bad_selector)
         )

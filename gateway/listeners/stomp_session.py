@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .. import __version__
+from ..auth.acl import NOT_AUTHORIZED, Principal
 from ..codecs.stomp import Frame, STOMPConnection, StompError, negotiate, parse_heartbeat
 from ..config import ListenerConfig
 from ..core import (
@@ -28,6 +29,7 @@ from ..core import (
     SubscribeOptions,
     check_filter,
 )
+from ..core.broker import NotAuthorized
 from ..core.selector import Selector, SelectorError, compile_selector
 from ..logging import get_logger
 from .stomp_mapping import TEMP_QUEUE, message_headers, parse_destination, to_message
@@ -81,6 +83,7 @@ class STOMPSession:
         "config",
         "expect_every",
         "graceful",
+        "identity",
         "log",
         "on_connected",
         "origin",
@@ -113,6 +116,9 @@ class STOMPSession:
         self.clock = clock
         self.log = get_logger()
         self.session: Session | None = None
+        # Who the client is (None: anonymous), set by authentication before CONNECT is
+        # handled; the core checks its sends and subscriptions (docs/security.md).
+        self.identity: Principal | None = None
         self.version = "1.0"
         self.origin = Origin(protocol="stomp", listener=config.label)
         self.subscriptions: dict[str, Subscription] = {}
@@ -221,7 +227,9 @@ class STOMPSession:
         session_id = f"stomp-{next(_session_ids)}-{uuid.uuid4().hex[:8]}"
         self.origin = Origin(protocol="stomp", listener=self.config.label, client_id=session_id)
         self.log = self.log.bind(client_id=session_id)
-        self.session, _ = self.broker.open_session(session_id, self, clean=True, expiry=0.0)
+        self.session, _ = self.broker.open_session(
+            session_id, self, clean=True, expiry=0.0, identity=self.identity
+        )
         connected = Frame(
             command="CONNECTED",
             headers=(
@@ -269,7 +277,14 @@ class STOMPSession:
                 self._attach(sub)
             reply_to = "/queue/" + real
         message = to_message(frame, kind, name, self.origin, self.clock(), reply_to)
-        result = self.broker.publish(message)
+        assert self.session is not None
+        result = self.broker.publish(message, identity=self.session.identity)
+        if result.reason == NOT_AUTHORIZED:  # logged by the core (acl.denied)
+            raise StompError(
+                "not authorized",
+                f"{destination}: sending here is not allowed",
+                receipt=frame.get("receipt"),
+            )
         if not result.accepted:
             raise StompError(
                 "message refused",
@@ -302,6 +317,8 @@ class STOMPSession:
         try:
             if kind is Kind.QUEUE or durable is not None:
                 if durable is not None:
+                    # Checked before the subscription exists: it fills while nobody reads.
+                    self._require_subscribe(name, destination)
                     self.broker.durable_subscription(durable, name)
                     name = durable
                 if name in self._by_queue:
@@ -321,19 +338,43 @@ class STOMPSession:
         self.subscriptions[sub.id] = sub
         self._by_number[sub.number] = sub
         qos = 0 if sub.ack == "auto" else 1
-        if sub.queue is not None:
-            self._by_queue[sub.queue] = sub
-            self.broker.consume(
-                session,
-                sub.queue,
-                qos=qos,
-                window=window,
-                ack_all=qos == 1,
-                selector=sub.selector,
+        try:
+            if sub.queue is not None:
+                self._by_queue[sub.queue] = sub
+                self.broker.consume(
+                    session,
+                    sub.queue,
+                    qos=qos,
+                    window=window,
+                    ack_all=qos == 1,
+                    selector=sub.selector,
+                )
+            elif sub.topic_filter is not None:
+                options = SubscribeOptions(
+                    qos=qos, subscription_id=sub.number, selector=sub.selector
+                )
+                self.broker.subscribe(session, sub.topic_filter, options)
+        except NotAuthorized:  # logged by the core (acl.denied)
+            del self.subscriptions[sub.id]
+            del self._by_number[sub.number]
+            if sub.queue is not None:
+                del self._by_queue[sub.queue]
+            raise StompError(
+                "not authorized", f"{sub.destination}: subscribing here is not allowed"
+            ) from None
+
+    def _require_subscribe(self, topic_filter: str, destination: str) -> None:
+        session = self.session
+        assert session is not None
+        check_filter(topic_filter)  # a bad filter is a bad destination, not a refusal
+        try:
+            self.broker.require(
+                session.identity, "subscribe", topic_filter, session.client_id, whole=True
             )
-        elif sub.topic_filter is not None:
-            options = SubscribeOptions(qos=qos, subscription_id=sub.number, selector=sub.selector)
-            self.broker.subscribe(session, sub.topic_filter, options)
+        except NotAuthorized:
+            raise StompError(
+                "not authorized", f"{destination}: subscribing here is not allowed"
+            ) from None
 
     def _next_number(self) -> int:
         number = len(self._by_number) + 1

@@ -10,6 +10,7 @@ from .config import Config, ListenerConfig, QueueConfig, build_acl, build_router
 from .core import Broker, Overflow, QueuePolicy
 from .listeners import BoundAddress, StartupError, TCPServer
 from .listeners._serve import Handler
+from .listeners.authn import build_authenticator
 from .listeners.http_api import HTTPService
 from .listeners.mqtt import mqtt_handler
 from .listeners.stomp import stomp_handler
@@ -18,7 +19,8 @@ from .store import MemoryStore, Store
 from .store.sqlite import SQLiteStore, StoreError, run_writer
 from .sys_topics import publish_sys
 
-HANDLERS: dict[str, Callable[[Broker, ListenerConfig], Handler]] = {
+# Each is called as handler(broker, listener, authenticator).
+HANDLERS: dict[str, Callable[..., Handler]] = {
     "mqtt": mqtt_handler,
     "stomp": stomp_handler,
 }
@@ -77,23 +79,26 @@ class Gateway:
         self._ticking = trio.CancelScope()
         self._serving = False
         self._store_open = False
+        # Who may connect, for every listener (docs/security.md): built once.
+        self.auth = build_authenticator(config)
         self.http = HTTPService(
             self.broker,
             config,
             self.readiness,
             {name: self._protocol_handler(name) for name in HANDLERS},
         )
+        self.http.auth = self.auth
 
     def _protocol_handler(self, protocol: str) -> Callable[[ListenerConfig], Handler]:
         def make(listener: ListenerConfig) -> Handler:
-            return HANDLERS[protocol](self.broker, listener)
+            return HANDLERS[protocol](self.broker, listener, self.auth)
 
         return make
 
     def _handler(self, listener: ListenerConfig) -> Handler:
         if listener.protocol == "http":
             return self.http.handler(listener)
-        return HANDLERS[listener.protocol](self.broker, listener)
+        return HANDLERS[listener.protocol](self.broker, listener, self.auth)
 
     def readiness(self) -> dict[str, object]:
         """What /readyz reports: every listener bound and serving, the store open."""
@@ -131,6 +136,7 @@ class Gateway:
                 f"gateway.data_dir: cannot create {data_dir}: {exc.strerror}"
             ) from None
         await self._open_store()
+        self.auth.log_startup()
         drain = self.config.gateway.drain_timeout
         servers = [TCPServer(item, self._handler(item), drain) for item in self.config.listeners]
         try:

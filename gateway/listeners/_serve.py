@@ -21,6 +21,7 @@ from typing import Any
 
 import trio
 
+from ..auth import Identity
 from ..config import ListenerConfig
 from ..core import Broker
 from ..logging import get_logger
@@ -49,6 +50,7 @@ class Connection:
     __slots__ = (
         "_reader_scope",
         "conn_id",
+        "identity",
         "listener",
         "log",
         "peer",
@@ -73,6 +75,9 @@ class Connection:
         self.tls_version: str | None = None
         self.peer_cert: dict[str, Any] | None = None
         self.peer_identity: PeerIdentity | None = None
+        # Who the transport already authenticated (a WebSocket upgrade's credentials):
+        # the inner CONNECT without credentials gets it (listeners/authn.py).
+        self.identity: Identity | None = None
 
     def reading(self) -> trio.CancelScope:
         """The cancel scope the handler reads under; ``stop`` cancels it."""

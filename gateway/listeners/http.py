@@ -21,6 +21,7 @@ import h11
 import msgspec
 import trio
 
+from ..auth import Identity
 from ..config import ListenerConfig
 from ._serve import Connection, Handler
 
@@ -62,6 +63,8 @@ class Request:
     body: bytes
     conn: Connection
     params: dict[str, str] = field(default_factory=dict)
+    # Who sent it, once authenticated (HTTPService.authenticate; None: not yet).
+    identity: Identity | None = None
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)

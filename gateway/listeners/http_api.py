@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 import trio
 
+from ..auth import Authenticator, AuthError, Identity
 from ..auth.acl import NOT_AUTHORIZED, QUEUE_PREFIX, Principal
 from ..config import Config, ListenerConfig
 from ..core import (
@@ -41,6 +42,7 @@ from ..core.session import TRUSTED
 from ..store import MemoryStore
 from . import http_mapping as mapping
 from ._serve import Connection, Handler
+from .authn import WWW_AUTHENTICATE, http_identity
 from .http import (
     ChunkWriter,
     HTTPError,
@@ -70,6 +72,8 @@ MAX_PULL = 100
 # SSE: bytes a slow reader may fall behind before its QoS 0 events are dropped.
 SSE_HIGH_WATER = 1 << 20
 BATCH_TYPES = ("application/json", "application/x-ndjson", "application/ndjson")
+# Open to anyone, like /healthz and /readyz: it describes the API.
+OPENAPI_PATH = "/api/v1/openapi.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +120,8 @@ class HTTPService:
         self.pulls: dict[str, PullConsumer] = {}
         self._exchanges = itertools.count(1)
         self.webhooks = build_webhooks(config.webhooks)
+        # Set by the Gateway; None: no authentication, every request is anonymous.
+        self.auth: Authenticator | None = None
 
     def handler(self, listener: ListenerConfig) -> Handler:
         inner = {name: make(listener) for name, make in self.protocol_handlers.items()}
@@ -149,10 +155,32 @@ class HTTPService:
                 )
             check_handshake(request, listener.allowed_origins)
             choose_subprotocol(ws_paths[request.path], offered_subprotocols(request))
+            if request.header("authorization") is not None:
+                # The upgrade's credentials authenticate the WebSocket; without them
+                # the inner protocol's CONNECT does.
+                request.conn.identity = self.authenticate(request)
 
         return http_handler(listener, route, upgrade, ws_paths.__contains__, check_upgrade)
 
+    def authenticate(self, request: Request) -> Identity | None:
+        """Who sent ``request`` (``Authorization: Basic`` or ``Bearer``, else anonymous
+        if allowed), kept as ``request.identity``; HTTPError 401 if refused."""
+        if self.auth is None:
+            return None
+        try:
+            request.identity = http_identity(self.auth, request)
+        except AuthError as exc:
+            raise HTTPError(
+                401,
+                "unauthorized",
+                f"authentication failed ({exc.reason})",
+                (("WWW-Authenticate", WWW_AUTHENTICATE),),
+            ) from None
+        return request.identity
+
     async def route(self, listener: ListenerConfig, request: Request) -> Response:
+        if request.path.startswith("/api/") and request.path != OPENAPI_PATH:
+            self.authenticate(request)  # /healthz, /readyz and webhooks stay open
         allowed: list[str] = []
         for item in ROUTES:
             params = path_params(item.pattern, request.path)
@@ -192,7 +220,7 @@ class HTTPService:
         """Who sent ``request`` (None: anonymous), for authorization (docs/security.md).
         Authentication (gateway/auth) answers this; until it does, every request is
         anonymous. Tests replace it on the instance to assign identities."""
-        return None
+        return request.identity
 
     def require_consume(self, request: Request, queue: str) -> None:
         """403 unless the request's identity may consume ``queue`` (pull, ack, release:

@@ -15,6 +15,7 @@ from typing import Final
 
 import trio
 
+from ..auth import Authenticator
 from ..codecs import mqtt
 from ..codecs.mqtt import (
     CLOSED,
@@ -27,6 +28,7 @@ from ..codecs.mqtt import (
 from ..config import ListenerConfig
 from ..core import Broker, CloseReason
 from ._serve import Connection, Handler, settle
+from .authn import ConnAuth
 from .mqtt_session import MQTTSession
 from .outbox import Outbox
 
@@ -41,7 +43,9 @@ _STOP_REASONS = {
 }
 
 
-def mqtt_handler(broker: Broker, config: ListenerConfig) -> Handler:
+def mqtt_handler(
+    broker: Broker, config: ListenerConfig, auth: Authenticator | None = None
+) -> Handler:
     async def handle(stream: trio.abc.Stream, conn: Connection) -> None:
         codec = MQTTConnection(max_packet_size=config.max_packet_size)
         outbox = Outbox()
@@ -49,6 +53,8 @@ def mqtt_handler(broker: Broker, config: ListenerConfig) -> Handler:
             broker, codec, outbox.write, conn.stop, config=config, writable=outbox.writable
         )
         session.log = conn.log
+        if auth is not None:
+            session.auth = ConnAuth(auth, conn)
         codec.on_plain_publish = session.publish_plain
         outbox.on_drain = session.resume
         async with trio.open_nursery() as nursery:

@@ -38,6 +38,7 @@ from ..core import (
 from ..core.broker import NotAuthorized
 from ..core.selector import Selector, SelectorError, compile_selector
 from ..logging import get_logger
+from .authn import ConnAuth, mqtt_auth, mqtt_connack_properties, mqtt_connect
 from .mqtt_mapping import NO_PROPERTIES, properties_of, queue_name, to_message, topic_of
 
 SHARE_PREFIX = "$share/"
@@ -48,6 +49,8 @@ NEVER_EXPIRES = 0xFFFFFFFF
 # An enum member read through its class costs about 90 ns on Python 3.11: per message, an alias.
 _ACCEPTED: Final = Status.ACCEPTED
 _V3_SUBACK_FAILURE = 0x80
+# What a client may send while its CONNECT waits for the end of an AUTH exchange.
+_BEFORE_CONNACK = (mqtt.Connect, mqtt.Auth, mqtt.Disconnect)
 
 # Fan-out hands every subscriber the same Message in turn, so remembering the
 # last encoding makes it one encode per publish instead of one per subscriber:
@@ -105,6 +108,7 @@ class MQTTSession:
         "_held",
         "_inflight",
         "_next_pid",
+        "auth",
         "broker",
         "client_id",
         "clock",
@@ -143,6 +147,8 @@ class MQTTSession:
         self.writable = writable
         self.clock = clock
         self.log = get_logger()
+        # Authentication (listeners/authn.py); None: none, the client is anonymous.
+        self.auth: ConnAuth | None = None
         self.session: Session | None = None
         # Who the client is (None: anonymous), set by authentication before CONNECT is
         # handled; the core checks its publishes and subscriptions (docs/security.md).
@@ -175,6 +181,11 @@ class MQTTSession:
     # -- packets from the client ---------------------------------------------
 
     def handle(self, packet: mqtt.Packet) -> None:
+        if self.session is None and not isinstance(packet, _BEFORE_CONNACK):
+            # Only an enhanced authentication leaves a CONNECT waiting for its CONNACK.
+            raise MQTTProtocolError(
+                f"{type(packet).__name__.upper()} before CONNACK", ReasonCode.PROTOCOL_ERROR
+            )
         match packet:
             case mqtt.Publish():
                 self._on_publish(packet)
@@ -198,19 +209,21 @@ class MQTTSession:
             case mqtt.Connect():
                 self._on_connect(packet)
             case mqtt.Auth():
-                raise MQTTProtocolError(
-                    "AUTH without an authentication method", ReasonCode.PROTOCOL_ERROR
-                )
+                mqtt_auth(self, self.auth, packet)
             case mqtt.ConnAck() | mqtt.SubAck() | mqtt.UnsubAck() | mqtt.PingResp():
                 raise AssertionError("the codec refuses server-to-client packets")
 
     def _on_connect(self, packet: mqtt.Connect) -> None:
         self.version = v = packet.protocol_level
         props = packet.properties
-        if props.authentication_method is not None:
-            # Enhanced authentication (AUTH exchanges) is not offered yet.
-            self._refuse(ReasonCode.BAD_AUTHENTICATION_METHOD, "enhanced authentication")
-            return
+        auth = self.auth
+        if auth is None:
+            if props.authentication_method is not None:
+                # Enhanced authentication needs an authenticator (the Gateway has one).
+                self._refuse(ReasonCode.BAD_AUTHENTICATION_METHOD, "enhanced authentication")
+                return
+        elif not auth.admitted and not mqtt_connect(self, auth, packet):
+            return  # refused, or an AUTH exchange goes on (listeners/authn.py)
         client_id = packet.client_id
         assigned = None
         if not client_id:
@@ -270,6 +283,7 @@ class MQTTSession:
                 topic_alias_maximum=self.config.topic_alias_maximum,
                 server_keep_alive=server_keep_alive,
             )
+            connack_props = mqtt_connack_properties(self.auth, connack_props)
         self.send(self.codec.send(mqtt.ConnAck(session_present=present, properties=connack_props)))
         self._release_held()
         self.log.info(
@@ -286,6 +300,8 @@ class MQTTSession:
             code = int(reason)
         elif reason is ReasonCode.CLIENT_IDENTIFIER_NOT_VALID:
             code = ConnectReturnCode.IDENTIFIER_REJECTED
+        elif reason is ReasonCode.BAD_USER_NAME_OR_PASSWORD:
+            code = ConnectReturnCode.BAD_USER_NAME_OR_PASSWORD
         else:
             code = ConnectReturnCode.NOT_AUTHORIZED
         self.send(self.codec.send(mqtt.ConnAck(return_code=code)))
@@ -366,7 +382,7 @@ class MQTTSession:
         global _last_encoded
         if topic[0] == "$" or self.session is None:
             # $SYS refusal and $queue/ routing, or no session: the general way.
-            self._on_publish(mqtt.Publish(topic=topic, payload=payload, retain=retain))
+            self.handle(mqtt.Publish(topic=topic, payload=payload, retain=retain))
             return not self.congested
         message = Message(
             destination=topic,

@@ -14,10 +14,12 @@ import math
 
 import trio
 
+from ..auth import Authenticator
 from ..codecs.stomp import CLOSED, NEED_DATA, Frame, STOMPConnection, StompError
 from ..config import ListenerConfig
 from ..core import Broker
 from ._serve import Connection, Handler, settle
+from .authn import ConnAuth
 from .outbox import Outbox
 from .stomp_session import STOMPSession
 
@@ -27,7 +29,9 @@ CLOSE_TIMEOUT = 5.0
 HEARTBEAT_GRACE = 2.0
 
 
-def stomp_handler(broker: Broker, config: ListenerConfig) -> Handler:
+def stomp_handler(
+    broker: Broker, config: ListenerConfig, auth: Authenticator | None = None
+) -> Handler:
     async def handle(stream: trio.abc.Stream, conn: Connection) -> None:
         # No `host` demanded of 1.2 clients: stomp.js and others leave it out.
         codec = STOMPConnection(max_frame_size=config.max_packet_size, require_host=False)
@@ -36,6 +40,8 @@ def stomp_handler(broker: Broker, config: ListenerConfig) -> Handler:
             broker, codec, outbox.write, conn.stop, config=config, writable=outbox.writable
         )
         session.log = conn.log
+        if auth is not None:
+            session.auth = ConnAuth(auth, conn)
         outbox.on_drain = session.resume
         async with trio.open_nursery() as nursery:
             nursery.start_soon(outbox.run, stream)

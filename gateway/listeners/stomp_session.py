@@ -32,6 +32,7 @@ from ..core import (
 from ..core.broker import NotAuthorized
 from ..core.selector import Selector, SelectorError, compile_selector
 from ..logging import get_logger
+from .authn import ConnAuth, stomp_connect
 from .stomp_mapping import TEMP_QUEUE, message_headers, parse_destination, to_message
 
 ACK_MODES = ("auto", "client", "client-individual")
@@ -76,6 +77,7 @@ class STOMPSession:
         "_temp",
         "_transaction_bytes",
         "_writable",
+        "auth",
         "broker",
         "client_id",
         "clock",
@@ -115,6 +117,8 @@ class STOMPSession:
         self._writable = writable
         self.clock = clock
         self.log = get_logger()
+        # Authentication (listeners/authn.py); None: none, the client is anonymous.
+        self.auth: ConnAuth | None = None
         self.session: Session | None = None
         # Who the client is (None: anonymous), set by authentication before CONNECT is
         # handled; the core checks its sends and subscriptions (docs/security.md).
@@ -218,6 +222,9 @@ class STOMPSession:
             return
         self.version = version
         self.client_id = frame.get("client-id")
+        if self.auth is not None:
+            # StompError("authentication failed") answers ERROR and closes.
+            self.identity = stomp_connect(self.auth, frame, self.client_id or "")
         client_send, client_want = parse_heartbeat(frame.get("heart-beat"))
         ours = int(self.config.heartbeat * 1000)
         server_send = max(ours, client_want) if client_want and ours else 0

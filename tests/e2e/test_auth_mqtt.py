@@ -30,6 +30,8 @@ from gateway.auth.users import Users, save_users, with_password
 from gateway.codecs import mqtt
 from gateway.codecs.mqtt import ReasonCode
 from tests.conftest import NET_TIMEOUT, running_gateway
+from tests.e2e.test_tls import TLSPaho, TLSStomp
+from tests.listeners.test_tls import TLSFiles, tls_table
 from tests.paho import Paho
 from tests.rawmqtt import RawClient
 
@@ -299,3 +301,56 @@ async def test_plain_through_enhanced_authentication(gw: Gateway) -> None:
         assert ack.return_code == 0
         assert ack.properties.authentication_method == "PLAIN"
         await raw.aclose()
+
+
+# -- SASL EXTERNAL: a TLS client certificate -------------------------------------------------
+
+
+async def test_external_with_a_client_certificate(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """MQTT 5 and STOMP clients presenting a trustme certificate whose CN is mapped to alice
+    authenticate with EXTERNAL; an unmapped certificate is refused (0x87, STOMP ERROR)."""
+    files = TLSFiles(tmp_path / "tls")
+    mtls = tls_table(files, client_certs="required")
+    listeners = f"""
+[[listeners]]
+protocol = "mqtt"
+name = "mqtts"
+bind = "127.0.0.1:0"
+tls = {mtls}
+
+[[listeners]]
+protocol = "stomp"
+name = "stomps"
+bind = "127.0.0.1:0"
+tls = {mtls}
+"""
+    config = auth_config(tmp_path, listeners, certificates={"device-1": "alice"})
+    external = {"AuthenticationMethod": "EXTERNAL"}
+    async with running_gateway(nursery, config) as gw:
+        mqtts = next(item.port for item in gw.bound if item.name == "mqtts")
+        stomps = next(item.port for item in gw.bound if item.name == "stomps")
+        with trio.fail_after(NET_TIMEOUT):
+            device = TLSPaho(
+                mqtts, "dev", files, client_cert=files.client_files("device-1"), protocol=V5
+            )
+            assert (await device.connect(properties=external)).value == 0
+            assert device.connack_properties.get("AuthenticationMethod") == "EXTERNAL"
+            await device.close()
+            stranger = TLSPaho(
+                mqtts, "who", files, client_cert=files.client_files("stranger"), protocol=V5
+            )
+            assert (await stranger.connect(properties=external)).value == (
+                ReasonCode.NOT_AUTHORIZED
+            )
+            await stranger.close()
+
+            stomp = TLSStomp(stomps, files)
+            cert, key = files.client_files("device-1")
+            stomp.conn.set_ssl(
+                for_hosts=[("127.0.0.1", stomps)],
+                ca_certs=str(files.ca_file),
+                cert_file=str(cert),
+                key_file=str(key),
+            )
+            await stomp.connect(headers={"sasl-mechanism": "EXTERNAL"})
+            await stomp.disconnect()

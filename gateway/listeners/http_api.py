@@ -218,8 +218,8 @@ class HTTPService:
 
     def identity_of(self, request: Request) -> Principal | None:
         """Who sent ``request`` (None: anonymous), for authorization (docs/security.md).
-        Authentication (gateway/auth) answers this; until it does, every request is
-        anonymous. Tests replace it on the instance to assign identities."""
+        ``authenticate`` sets it on /api/ requests (None without an authenticator).
+        Tests replace this method on the instance to assign identities."""
         return request.identity
 
     def require_consume(self, request: Request, queue: str) -> None:

@@ -138,7 +138,11 @@ class Gateway:
         await self._open_store()
         self.auth.log_startup()
         drain = self.config.gateway.drain_timeout
-        servers = [TCPServer(item, self._handler(item), drain) for item in self.config.listeners]
+        limited = self.broker.stats.limited  # connection refusals counted with the rest
+        servers = [
+            TCPServer(item, self._handler(item), drain, limited=limited)
+            for item in self.config.listeners
+        ]
         try:
             for server in servers:
                 server.load_tls()  # every certificate is checked before any port opens

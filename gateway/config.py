@@ -69,6 +69,18 @@ class ListenerConfig(_Base, frozen=True):
     connect_timeout: float = 10.0
     max_packet_size: int = 16 * 1024 * 1024
     max_connections: int = 100_000
+    # Limits (docs/security.md, "Limits"): 0 is off. max_connections_per_ip unset:
+    # DEFAULT_CONNECTIONS_PER_IP for every address but loopback ones.
+    max_connections_per_ip: int | None = None
+    connection_rate_per_ip: float = 0.0
+    connection_burst_per_ip: int = 0
+    max_message_rate: float = 0.0
+    max_byte_rate: float = 0.0
+    max_subscriptions: int = 0
+    auth_failures_allowed: int = 5
+    auth_failure_window: float = 60.0
+    auth_failure_delay: float = 1.0
+    auth_failure_max_delay: float = 30.0
     receive_maximum: int = 100
     max_inflight: int = 100
     topic_alias_maximum: int = 10
@@ -351,6 +363,7 @@ def _validate(config: Config) -> None:
             )
         if listener.max_connections < 1:
             raise ConfigError(src, f"{key}.max_connections", "must be at least 1")
+        _validate_limits(src, key, listener)
         for field, low in (("receive_maximum", 1), ("max_inflight", 1), ("topic_alias_maximum", 0)):
             if not low <= getattr(listener, field) <= 65535:
                 raise ConfigError(src, f"{key}.{field}", f"must be between {low} and 65535")
@@ -366,6 +379,25 @@ def _validate(config: Config) -> None:
         if listener.label in names:
             raise ConfigError(src, f"{key}.name", f"duplicate listener name {listener.label!r}")
         names.add(listener.label)
+
+
+def _validate_limits(src: str, key: str, listener: ListenerConfig) -> None:
+    for field in (
+        "max_connections_per_ip",
+        "connection_rate_per_ip",
+        "connection_burst_per_ip",
+        "max_message_rate",
+        "max_byte_rate",
+        "max_subscriptions",
+        "auth_failures_allowed",
+        "auth_failure_delay",
+        "auth_failure_max_delay",
+    ):
+        value = getattr(listener, field)
+        if value is not None and value < 0:
+            raise ConfigError(src, f"{key}.{field}", "must be 0 (off) or more")
+    if listener.auth_failure_window <= 0:
+        raise ConfigError(src, f"{key}.auth_failure_window", "must be more than 0 seconds")
 
 
 def _validate_http(src: str, key: str, listener: ListenerConfig) -> None:

@@ -31,6 +31,10 @@ class BrokerStats:
     drops: Counter[str] = field(default_factory=Counter)
     topics: dict[str, int] = field(default_factory=dict)
     routes: RouteStats = field(default_factory=RouteStats)
+    # Refusals and throttling by the limits (docs/security.md, "Limits"), per reason:
+    # max_connections, max_connections_per_ip, connection_rate_per_ip, message_rate,
+    # rate_throttled, max_subscriptions, auth_delayed.
+    limited: Counter[str] = field(default_factory=Counter)
 
     def count_topic(self, topic: str) -> None:
         topics = self.topics

@@ -15,6 +15,7 @@ import contextlib
 import errno
 import itertools
 import socket
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,14 @@ from ..auth import Identity
 from ..config import ListenerConfig
 from ..core import Broker
 from ..logging import get_logger
+from .limits import (
+    AUTH_DELAYED,
+    MAX_CONNECTIONS,
+    AuthDelayPolicy,
+    AuthThrottle,
+    ConnectionLimiter,
+    peer_ip,
+)
 from .tls import PeerIdentity, TLSContextHolder, TLSError, handshake_failure, peer_identity
 from .tls import plain_text_guess as _plain_text_guess
 
@@ -48,9 +57,13 @@ class Connection:
     """What a protocol handler gets besides its stream: identity, logger, stop control."""
 
     __slots__ = (
+        "_auth_failed",
         "_reader_scope",
+        "auth_throttle",
         "conn_id",
         "identity",
+        "ip",
+        "limited",
         "listener",
         "log",
         "peer",
@@ -78,6 +91,42 @@ class Connection:
         # Who the transport already authenticated (a WebSocket upgrade's credentials):
         # the inner CONNECT without credentials gets it (listeners/authn.py).
         self.identity: Identity | None = None
+        # Limits (gateway.listeners.limits): the peer's address, the listener's
+        # authentication throttle (None: off) and its refusal counters.
+        self.ip = peer_ip(peer)
+        self.auth_throttle: AuthThrottle | None = None
+        self.limited: Counter[str] = Counter()
+        self._auth_failed = False
+
+    def auth_delay(self) -> float:
+        """Seconds this connection's next authentication attempt waits before it is
+        answered: what earlier failures from its address earned (0: none)."""
+        throttle = self.auth_throttle
+        if throttle is None:
+            return 0.0
+        delay = throttle.delay(self.ip, trio.current_time())
+        if delay:
+            throttle.delayed += 1
+            self.limited[AUTH_DELAYED] += 1
+            self.log.info("auth.delayed", seconds=round(delay, 3), ip=self.ip)
+        return delay
+
+    async def auth_pause(self) -> None:
+        """Wait ``auth_delay()`` seconds: call before answering credentials."""
+        delay = self.auth_delay()
+        if delay:
+            await trio.sleep(delay)
+
+    def auth_failed(self) -> None:
+        """Authentication of this connection failed: counted against its address (once)."""
+        if self.auth_throttle is not None and not self._auth_failed:
+            self._auth_failed = True
+            self.auth_throttle.record_failure(self.ip, trio.current_time())
+
+    def auth_succeeded(self) -> None:
+        """Authentication succeeded: the address's failures are forgotten."""
+        if self.auth_throttle is not None:
+            self.auth_throttle.record_success(self.ip)
 
     def reading(self) -> trio.CancelScope:
         """The cancel scope the handler reads under; ``stop`` cancels it."""
@@ -137,12 +186,38 @@ def _peer_gone(exc: BaseException) -> bool:
 
 
 class TCPServer:
-    def __init__(self, config: ListenerConfig, handler: Handler, drain_timeout: float) -> None:
+    def __init__(
+        self,
+        config: ListenerConfig,
+        handler: Handler,
+        drain_timeout: float,
+        *,
+        limited: Counter[str] | None = None,
+        auth_throttle: AuthThrottle | None = None,
+    ) -> None:
         self.config = config
         self.handler = handler
         self.drain_timeout = drain_timeout
         self.log = get_logger(listener=config.label, protocol=config.protocol)
         self.connections: set[Connection] = set()
+        # Limits: refusals counted per reason (the broker's stats.limited when the
+        # gateway passes it), per-IP caps at accept, authentication failure delays.
+        self.limited: Counter[str] = Counter() if limited is None else limited
+        self.per_ip = ConnectionLimiter(
+            config.max_connections_per_ip,
+            config.connection_rate_per_ip,
+            config.connection_burst_per_ip,
+        )
+        if auth_throttle is None and config.auth_failures_allowed:
+            auth_throttle = AuthThrottle(
+                AuthDelayPolicy(
+                    allowed=config.auth_failures_allowed,
+                    window=config.auth_failure_window,
+                    base=config.auth_failure_delay,
+                    cap=config.auth_failure_max_delay,
+                )
+            )
+        self.auth_throttle = auth_throttle
         self._listeners: list[trio.SocketListener] = []
         self._accepting = trio.CancelScope()
         self.tls: TLSContextHolder | None = None
@@ -218,16 +293,24 @@ class TCPServer:
                 self.log.warning("listener.accept_failed", error=str(exc))
                 await trio.sleep(0.1)
                 continue
+            peer = _peer_name(stream)
+            ip = peer_ip(peer)
+            refused: str | None = None
             if len(self.connections) >= self.config.max_connections:
-                self.log.warning(
-                    "listener.connection_refused", reason="max_connections", peer=_peer_name(stream)
-                )
+                refused = MAX_CONNECTIONS
+            else:
+                refused = self.per_ip.admit(ip, trio.current_time())
+            if refused is not None:
+                self.limited[refused] += 1
+                self.log.warning("listener.connection_refused", reason=refused, peer=peer)
                 await stream.aclose()
                 continue
-            handlers.start_soon(self._run_connection, stream)
+            handlers.start_soon(self._run_connection, stream, peer)
 
-    async def _run_connection(self, tcp: trio.SocketStream) -> None:
-        conn = Connection(next(_conn_ids), _peer_name(tcp), self.config.protocol, self.config.label)
+    async def _run_connection(self, tcp: trio.SocketStream, peer: str) -> None:
+        conn = Connection(next(_conn_ids), peer, self.config.protocol, self.config.label)
+        conn.auth_throttle = self.auth_throttle
+        conn.limited = self.limited
         self.connections.add(conn)
         conn.log.debug("conn.opened", listener=self.config.label)
         # What the handler reads and writes, and what is closed at the end.
@@ -253,6 +336,7 @@ class TCPServer:
                 raise cancelled from None
         finally:
             self.connections.discard(conn)
+            self.per_ip.release(conn.ip)
             with trio.move_on_after(1) as cleanup:
                 cleanup.shield = True
                 await stream.aclose()

@@ -29,6 +29,7 @@ from ..config import ListenerConfig
 from ..core import Broker, CloseReason
 from ._serve import Connection, Handler, settle
 from .authn import ConnAuth
+from .limits import RATE_THROTTLED
 from .mqtt_session import MQTTSession
 from .outbox import Outbox
 
@@ -55,6 +56,7 @@ def mqtt_handler(
         session.log = conn.log
         if auth is not None:
             session.auth = ConnAuth(auth, conn)
+        session.on_auth_failure = conn.auth_failed
         codec.on_plain_publish = session.publish_plain
         outbox.on_drain = session.resume
         async with trio.open_nursery() as nursery:
@@ -80,16 +82,31 @@ async def _read(
     conn: Connection,
     config: ListenerConfig,
 ) -> None:
+    first = True
     with conn.reading() as timer:
         timer.deadline = trio.current_time() + config.connect_timeout
         while True:
             data = await stream.receive_some(READ_SIZE)
+            if first:
+                # Earlier authentication failures from this address: answer late.
+                first = False
+                delay = conn.auth_delay()
+                if delay:
+                    timer.deadline = math.inf
+                    await trio.sleep(delay)
+                    timer.deadline = trio.current_time() + config.connect_timeout
             codec.receive_data(data)
             while (outcome := _handle_buffered(codec, session, conn)) is _Outcome.CONGESTED:
                 timer.deadline = math.inf  # the client is not silent: we stopped listening
                 await _wait_for_relief(session, config.backpressure_patience)
             if outcome is _Outcome.STOP:
                 return
+            limiter = session.limiter
+            if limiter is not None and (pause := limiter.pause(session.clock())) > 0:
+                # Over max_message_rate / max_byte_rate: stop reading until back within.
+                conn.limited[RATE_THROTTLED] += 1
+                timer.deadline = math.inf
+                await trio.sleep(pause)
             if session.connected:
                 timer.deadline = (
                     trio.current_time() + 1.5 * session.keep_alive

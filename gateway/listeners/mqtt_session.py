@@ -39,6 +39,7 @@ from ..core.broker import NotAuthorized
 from ..core.selector import Selector, SelectorError, compile_selector
 from ..logging import get_logger
 from .authn import ConnAuth, mqtt_auth, mqtt_connack_properties, mqtt_connect
+from .limits import MAX_SUBSCRIPTIONS, MESSAGE_RATE, RateLimit, rate_limit
 from .mqtt_mapping import NO_PROPERTIES, properties_of, queue_name, to_message, topic_of
 
 SHARE_PREFIX = "$share/"
@@ -49,6 +50,14 @@ NEVER_EXPIRES = 0xFFFFFFFF
 # An enum member read through its class costs about 90 ns on Python 3.11: per message, an alias.
 _ACCEPTED: Final = Status.ACCEPTED
 _V3_SUBACK_FAILURE = 0x80
+# CONNECT refusals that count as authentication failures (the listener's throttle).
+_AUTH_REFUSALS = frozenset(
+    {
+        ReasonCode.BAD_USER_NAME_OR_PASSWORD,
+        ReasonCode.NOT_AUTHORIZED,
+        ReasonCode.BAD_AUTHENTICATION_METHOD,
+    }
+)
 # What a client may send while its CONNECT waits for the end of an AUTH exchange.
 _BEFORE_CONNACK = (mqtt.Connect, mqtt.Auth, mqtt.Disconnect)
 
@@ -118,7 +127,9 @@ class MQTTSession:
         "dropped_too_large",
         "identity",
         "keep_alive",
+        "limiter",
         "log",
+        "on_auth_failure",
         "origin",
         "send",
         "session",
@@ -173,6 +184,13 @@ class MQTTSession:
         # Queues past their high-water mark that this client's publishes went to:
         # the listener stops reading until they drain (publisher backpressure).
         self.congested: set[Queue] = set()
+        # The connection's message and byte rates (docs/security.md, "Limits"); None: off.
+        self.limiter: RateLimit | None = rate_limit(
+            config.max_message_rate, config.max_byte_rate, clock()
+        )
+        # Called when CONNECT is refused for its credentials (the listener's
+        # authentication throttle counts it against the client's address).
+        self.on_auth_failure: Callable[[], None] | None = None
 
     @property
     def connected(self) -> bool:
@@ -274,6 +292,7 @@ class MQTTSession:
             self._held = None
             self._refuse(ReasonCode.NOT_AUTHORIZED, "will topic not authorized")
             return
+        self._apply_identity_limits()
         connack_props = NO_PROPERTIES
         if v == 5:
             connack_props = mqtt.Properties(
@@ -306,6 +325,8 @@ class MQTTSession:
             code = ConnectReturnCode.NOT_AUTHORIZED
         self.send(self.codec.send(mqtt.ConnAck(return_code=code)))
         self.log.info("mqtt.connect.rejected", return_code=code, reason=why)
+        if reason in _AUTH_REFUSALS and self.on_auth_failure is not None:
+            self.on_auth_failure()
         self.stop("connect refused")
 
     def _on_publish(self, packet: mqtt.Publish) -> None:
@@ -337,6 +358,12 @@ class MQTTSession:
                 raise MQTTProtocolError(
                     "more QoS 2 publishes than receive maximum", ReasonCode.RECEIVE_MAXIMUM_EXCEEDED
                 )
+        limiter = self.limiter
+        if limiter is not None and not self._within_rate(limiter, qos, len(packet.payload)):
+            assert pid is not None
+            code = ReasonCode.QUOTA_EXCEEDED
+            self.broker.when_durable(lambda _ok: self._acknowledge(qos, pid, code))
+            return
         reason = self._publish(topic, packet, props)
         if qos and reason != _NO_ACK:
             assert pid is not None
@@ -347,6 +374,37 @@ class MQTTSession:
             self.broker.when_durable(
                 lambda ok: self._acknowledge(qos, pid, reason) if ok else self._unstored(qos, pid)
             )
+
+    def _apply_identity_limits(self) -> None:
+        """The authenticated user's own publish rate (users file ``limits``) replaces
+        the listener's ``max_message_rate``."""
+        # The identity (set by authentication) may carry the user's own limits.
+        limits = getattr(getattr(self, "identity", None), "limits", None)
+        rate = getattr(limits, "publish_rate", None)
+        if rate:
+            self.limiter = rate_limit(float(rate), self.config.max_byte_rate, self.clock())
+
+    def _within_rate(self, limiter: RateLimit, qos: int, size: int) -> bool:
+        """False if this publish is refused for the rate: MQTT 5 at QoS 1 and 2, where
+        PUBACK/PUBREC can say so. Otherwise it is taken, and if over the rate the
+        listener stops reading this connection until it is back within (backpressure)."""
+        now = self.clock()
+        if qos and self.version == 5:
+            if limiter.admit(size, now):
+                return True
+            self.broker.stats.limited[MESSAGE_RATE] += 1
+            self.log.info("mqtt.publish.rate_limited", qos=qos)
+            return False
+        limiter.force(size, now)
+        return True
+
+    def subscription_limit(self) -> int:
+        """Subscriptions this session may hold: the user's ``max_subscriptions`` if its
+        identity has one, else the listener's; 0 is no limit."""
+        # The identity (set by authentication) may carry the user's own limits.
+        limits = getattr(getattr(self, "identity", None), "limits", None)
+        own = getattr(limits, "max_subscriptions", None)
+        return int(own) if own is not None else self.config.max_subscriptions
 
     def _acknowledge(self, qos: int, pid: int, reason: int) -> None:
         if reason:
@@ -384,6 +442,8 @@ class MQTTSession:
             # $SYS refusal and $queue/ routing, or no session: the general way.
             self.handle(mqtt.Publish(topic=topic, payload=payload, retain=retain))
             return not self.congested
+        if self.limiter is not None:  # QoS 0 is never refused: reading pauses instead
+            self.limiter.force(len(payload), self.clock())
         message = Message(
             destination=topic,
             payload=payload,
@@ -463,6 +523,7 @@ class MQTTSession:
             selector, bad_selector = _subscription_selector(packet.properties.user_properties)
         # Retained messages the new subscriptions bring follow the SUBACK.
         self._held = []
+        limit = self.subscription_limit()
         for topic_filter, options in packet.subscriptions:
             if bad_selector is not None:
                 self.log.info(
@@ -476,6 +537,13 @@ class MQTTSession:
                 raise MQTTProtocolError(
                     "no local on a shared subscription", ReasonCode.PROTOCOL_ERROR
                 )
+            if limit and _over_limit(session, topic_filter, limit):
+                self.broker.stats.limited[MAX_SUBSCRIPTIONS] += 1
+                self.log.info(
+                    "mqtt.subscribe.refused", topic_filter=topic_filter, reason=MAX_SUBSCRIPTIONS
+                )
+                codes.append(ReasonCode.QUOTA_EXCEEDED if v5 else _V3_SUBACK_FAILURE)
+                continue
             try:
                 name = queue_name(topic_filter)
                 if name is not None:
@@ -706,6 +774,15 @@ class MQTTSession:
         """The outbound buffer drained: let the core send what it held back."""
         if self.session is not None and self.session.sink is self:
             self.broker.resume(self.session)
+
+
+def _over_limit(session: Session, topic_filter: str, limit: int) -> bool:
+    """True if subscribing to ``topic_filter`` would take ``session`` past ``limit``
+    subscriptions (replacing one it holds does not count)."""
+    name = queue_name(topic_filter)
+    if topic_filter in session.subscriptions or (name is not None and name in session.consumers):
+        return False
+    return len(session.subscriptions) + len(session.consumers) >= limit
 
 
 def _subscription_selector(

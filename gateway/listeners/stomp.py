@@ -20,6 +20,7 @@ from ..config import ListenerConfig
 from ..core import Broker
 from ._serve import Connection, Handler, settle
 from .authn import ConnAuth
+from .limits import RATE_THROTTLED, rate_limit
 from .outbox import Outbox
 from .stomp_session import STOMPSession
 
@@ -92,10 +93,22 @@ async def _read(
     conn: Connection,
     config: ListenerConfig,
 ) -> None:
+    # max_message_rate / max_byte_rate: SENDs over the rate are taken, and reading
+    # pauses until the connection is back within (docs/security.md, "Limits").
+    limiter = rate_limit(config.max_message_rate, config.max_byte_rate, trio.current_time())
+    first = True
     with conn.reading() as timer:
         timer.deadline = trio.current_time() + config.connect_timeout
         while True:
             data = await stream.receive_some(READ_SIZE)
+            if first:
+                # Earlier authentication failures from this address: answer late.
+                first = False
+                delay = conn.auth_delay()
+                if delay:
+                    timer.deadline = math.inf
+                    await trio.sleep(delay)
+                    timer.deadline = trio.current_time() + config.connect_timeout
             codec.receive_data(data)
             try:
                 while True:
@@ -106,13 +119,21 @@ async def _read(
                         session.log.info("stomp.connection.eof", connected=session.connected)
                         return
                     if isinstance(event, Frame):
+                        if limiter is not None and event.command == "SEND":
+                            limiter.force(len(event.body), trio.current_time())
                         session.handle(event)
                         if conn.stop_reason is not None or session.graceful:
                             return
             except StompError as exc:
                 conn.protocol_error = exc.message
+                if exc.message == "authentication failed":
+                    conn.auth_failed()
                 _refuse(exc, codec, session)
                 return
+            if limiter is not None and (pause := limiter.pause(trio.current_time())) > 0:
+                conn.limited[RATE_THROTTLED] += 1
+                timer.deadline = math.inf
+                await trio.sleep(pause)
             if session.connected:
                 every = session.expect_every
                 timer.deadline = (

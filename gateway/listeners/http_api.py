@@ -170,6 +170,10 @@ class HTTPService:
         try:
             request.identity = http_identity(self.auth, request)
         except AuthError as exc:
+            conn = request.conn
+            if conn.auth_throttle is not None and request.header("authorization") is not None:
+                # Every request refused for its credentials counts (docs/security.md, Limits).
+                conn.auth_throttle.record_failure(conn.ip, trio.current_time())
             raise HTTPError(
                 401,
                 "unauthorized",
@@ -180,6 +184,9 @@ class HTTPService:
 
     async def route(self, listener: ListenerConfig, request: Request) -> Response:
         if request.path.startswith("/api/") and request.path != OPENAPI_PATH:
+            if request.header("authorization") is not None:
+                # Earlier authentication failures from this address: answer late.
+                await request.conn.auth_pause()
             self.authenticate(request)  # /healthz, /readyz and webhooks stay open
         allowed: list[str] = []
         for item in ROUTES:

@@ -5,6 +5,7 @@ subscriptions past the maximum are refused; every refusal is counted."""
 
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from gateway.listeners.limits import (
     RATE_THROTTLED,
 )
 from tests.conftest import NET_TIMEOUT, listener_port, running_gateway
+from tests.e2e.test_auth_http import curl
 from tests.e2e.test_auth_mqtt import auth_config
 from tests.paho import Paho
 from tests.rawmqtt import RawClient
@@ -301,3 +303,28 @@ async def test_password_guessing_is_slowed_on_stomp_and_mqtt(
             assert mqtt_waits[1] >= 0.28
             assert mqtt_waits[2] >= 0.58
             assert gw.broker.stats.limited[AUTH_DELAYED] == 5
+
+
+async def test_http_credential_guessing_is_slowed(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """/api/ requests whose credentials are refused (401) count against the address;
+    past auth_failures_allowed, each request with credentials waits before its answer."""
+    base = auth_config(tmp_path)
+    throttled = tuple(
+        msgspec.structs.replace(
+            listener, auth_failures_allowed=1, auth_failure_delay=0.3, auth_failure_max_delay=1.0
+        )
+        for listener in base.listeners
+    )
+    config = msgspec.structs.replace(base, listeners=throttled)
+    async with running_gateway(nursery, config) as gw:
+        port = listener_port(gw, "http")
+        wrong = {"Authorization": "Basic " + base64.b64encode(b"alice:guess").decode()}
+        waits = []
+        for _ in range(3):
+            started = trio.current_time()
+            reply = await curl(port, "POST", "/api/v1/topics/limits/http", b"x", wrong)
+            waits.append(trio.current_time() - started)
+            assert reply.status == 401
+        assert waits[1] >= 0.28
+        assert waits[2] >= 0.58
+        assert gw.broker.stats.limited[AUTH_DELAYED] == 2

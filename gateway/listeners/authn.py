@@ -7,8 +7,12 @@ its answer back (docs/security.md, "Authentication per protocol"):
 - MQTT: CONNECT user name and password, or none (anonymous); MQTT 5 enhanced
   authentication (an authentication method in CONNECT, AUTH exchanges, and
   re-authentication with AUTH 0x19).
-- STOMP: CONNECT ``login``/``passcode``, or the gateway's single-step SASL headers
-  ``sasl-mechanism`` and ``sasl-response`` (base64).
+- STOMP: CONNECT ``login``/``passcode``, or the gateway's SASL headers
+  ``sasl-mechanism`` and ``sasl-response`` (base64). A mechanism with more steps
+  (SCRAM) continues over new connections, since STOMP has one CONNECT and an
+  ERROR ends the connection: the ERROR ``sasl-continue`` carries ``sasl-id`` and
+  ``sasl-challenge``; the next CONNECT sends them back with the next response;
+  CONNECTED carries the server's last message as ``sasl-final``.
 - HTTP: ``Authorization: Basic`` and ``Bearer``, or none; for ``/api/`` requests
   and WebSocket upgrades.
 
@@ -21,6 +25,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import secrets
+import time
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -255,36 +261,84 @@ def mqtt_auth(session: MQTTSession, auth: ConnAuth | None, packet: mqtt.Auth) ->
 # -- STOMP ------------------------------------------------------------------------------
 
 
-def stomp_connect(auth: ConnAuth, frame: Frame, client_id: str) -> Identity:
-    """The identity of a STOMP CONNECT, or StompError("authentication failed")."""
+StompHeaders = tuple[tuple[str, str], ...]
+
+
+def stomp_connect(auth: ConnAuth, frame: Frame, client_id: str) -> tuple[Identity, StompHeaders]:
+    """The identity of a STOMP CONNECT and headers for its CONNECTED, or StompError:
+    "authentication failed", or "sasl-continue" (a SASL challenge; the client
+    connects again to answer it)."""
     mechanism = frame.get("sasl-mechanism")
     try:
         if mechanism:
-            return _stomp_sasl(auth, mechanism, frame.get("sasl-response"), client_id)
+            return _stomp_sasl(auth, mechanism, frame, client_id)
         login = frame.get("login")
         passcode = frame.get("passcode")
-        return auth.simple(
+        identity = auth.simple(
             login if login is not None else None,
             None if passcode is None else passcode.encode(),
             client_id,
         )
+        return identity, ()
     except AuthError as exc:
         raise StompError("authentication failed", str(exc.reason)) from None
 
 
-def _stomp_sasl(auth: ConnAuth, mechanism: str, response: str | None, client_id: str) -> Identity:
+class _PendingSasl:
+    """SASL exchanges waiting for the client's next CONNECT: few, short-lived, and
+    found only by an unguessable id."""
+
+    TTL = 30.0
+    LIMIT = 10_000
+
+    def __init__(self) -> None:
+        self._held: dict[str, tuple[SaslExchange, str, float]] = {}
+
+    def keep(self, exchange: SaslExchange, mechanism: str) -> str:
+        now = time.monotonic()
+        if len(self._held) >= self.LIMIT:
+            self._held = {k: v for k, v in self._held.items() if v[2] > now}
+            while len(self._held) >= self.LIMIT:
+                del self._held[next(iter(self._held))]
+        sasl_id = secrets.token_urlsafe(18)
+        self._held[sasl_id] = (exchange, mechanism, now + self.TTL)
+        return sasl_id
+
+    def take(self, sasl_id: str, mechanism: str) -> SaslExchange:
+        held = self._held.pop(sasl_id, None)
+        if held is None or held[2] < time.monotonic() or held[1] != mechanism:
+            raise AuthError(AuthFailure.MALFORMED, "unknown or expired sasl-id")
+        return held[0]
+
+
+_pending = _PendingSasl()
+
+
+def _stomp_sasl(
+    auth: ConnAuth, mechanism: str, frame: Frame, client_id: str
+) -> tuple[Identity, StompHeaders]:
     try:
-        data = base64.b64decode(response or "", validate=True)
+        data = base64.b64decode(frame.get("sasl-response") or "", validate=True)
     except (binascii.Error, ValueError):
         raise AuthError(AuthFailure.MALFORMED, "sasl-response is not base64") from None
-    exchange = auth.start(mechanism, client_id)
+    sasl_id = frame.get("sasl-id")
+    if sasl_id is not None:
+        exchange = _pending.take(sasl_id, mechanism)
+    else:
+        exchange = auth.start(mechanism, client_id)
     step = exchange.step(data)
     if isinstance(step, Success):
-        return step.identity
+        final = (("sasl-final", base64.b64encode(step.data).decode()),) if step.data else ()
+        return step.identity, final
     if isinstance(step, Challenge):
-        # STOMP has one CONNECT and one CONNECTED: no room for a challenge.
-        raise AuthError(
-            AuthFailure.BAD_MECHANISM, f"{mechanism} needs more than one step (not over STOMP)"
+        continuation = _pending.keep(exchange, mechanism)
+        raise StompError(
+            "sasl-continue",
+            "connect again with sasl-id and the next sasl-response",
+            headers=(
+                ("sasl-id", continuation),
+                ("sasl-challenge", base64.b64encode(step.data).decode()),
+            ),
         )
     raise AuthError(step.reason, step.detail)
 

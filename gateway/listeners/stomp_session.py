@@ -223,9 +223,10 @@ class STOMPSession:
             return
         self.version = version
         self.client_id = frame.get("client-id")
+        sasl_headers: tuple[tuple[str, str], ...] = ()
         if self.auth is not None:
-            # StompError("authentication failed") answers ERROR and closes.
-            self.identity = stomp_connect(self.auth, frame, self.client_id or "")
+            # StompError("authentication failed", or "sasl-continue") answers ERROR and closes.
+            self.identity, sasl_headers = stomp_connect(self.auth, frame, self.client_id or "")
         client_send, client_want = parse_heartbeat(frame.get("heart-beat"))
         ours = int(self.config.heartbeat * 1000)
         server_send = max(ours, client_want) if client_want and ours else 0
@@ -245,6 +246,7 @@ class STOMPSession:
                 ("server", f"gateway/{__version__}"),
                 ("session", session_id),
                 ("heart-beat", f"{server_send},{server_want}"),
+                *sasl_headers,
             ),
         )
         self.send(self.codec.send(connected))

@@ -1,7 +1,8 @@
 """Authentication over STOMP with stomp.py (docs/security.md, "Authentication per
 protocol"): CONNECT ``login``/``passcode`` good and bad, a JWT as the passcode,
-anonymous clients refused, the single-step SASL headers (``sasl-mechanism``,
-``sasl-response``), and SCRAM refused over STOMP (it needs a challenge)."""
+anonymous clients refused, the SASL headers (``sasl-mechanism``, ``sasl-response``),
+and SCRAM over STOMP, whose challenge travels in an ERROR ``sasl-continue`` and is
+answered on a new connection (``sasl-id``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from scramp import ScramClient
 
 from gateway.app import Gateway
 from tests.conftest import NET_TIMEOUT, running_gateway
@@ -76,12 +78,53 @@ async def test_sasl_headers(gw: Gateway) -> None:
         assert await _refused(wrong, headers=sasl("PLAIN", b"\0alice\0nope")) == (
             "authentication failed"
         )
-        # SCRAM needs a challenge, which STOMP's one CONNECT/CONNECTED cannot carry.
-        scram = Stomp(port)
-        first = b"n,,n=alice,r=abcdefghijklmnop"
-        assert await _refused(scram, headers=sasl("SCRAM-SHA-256", first)) == (
-            "authentication failed"
-        )
         garbage = Stomp(port)
         headers = {"sasl-mechanism": "PLAIN", "sasl-response": "not base64!"}
         assert await _refused(garbage, headers=headers) == "authentication failed"
+
+
+async def _scram(port: int, password: str) -> tuple[ScramClient, dict[str, str]]:
+    """SCRAM-SHA-256 over STOMP: CONNECT with the client-first message, ERROR
+    sasl-continue with the challenge, CONNECT again (new connection) with sasl-id and
+    the client-final message: returns the SCRAM client and the second CONNECT's headers."""
+    scram = ScramClient(["SCRAM-SHA-256"], "alice", password)
+    first = Stomp(port)
+    headers = {
+        "sasl-mechanism": "SCRAM-SHA-256",
+        "sasl-response": base64.b64encode(scram.get_client_first().encode()).decode(),
+    }
+    with pytest.raises(StompFailure) as failure:
+        await first.connect(headers=headers)
+    await first.close()
+    error = failure.value.error
+    assert error is not None
+    assert error.get("message") == "sasl-continue"
+    scram.set_server_first(base64.b64decode(error.get("sasl-challenge") or "").decode())
+    return scram, {
+        "sasl-mechanism": "SCRAM-SHA-256",
+        "sasl-id": error.get("sasl-id") or "",
+        "sasl-response": base64.b64encode(scram.get_client_final().encode()).decode(),
+    }
+
+
+async def test_scram_sha_256_over_stomp(gw: Gateway) -> None:
+    port = gw.port("stomp")
+    with trio.fail_after(NET_TIMEOUT):
+        scram, headers = await _scram(port, "wonderland")
+        client = Stomp(port)
+        connected = await client.connect(headers=headers)
+        # The server proves it knows the key too: scramp checks its final message.
+        scram.set_server_final(base64.b64decode(connected.get("sasl-final") or "").decode())
+        await client.subscribe("/queue/scram", id="s")
+        await client.send("/queue/scram", "over scram")
+        assert (await client.get()).body == b"over scram"
+        await client.disconnect()
+
+        _, wrong = await _scram(port, "not-her-password")
+        assert await _refused(Stomp(port), headers=wrong) == "authentication failed"
+        # An id is good once: replaying it is refused.
+        _, once = await _scram(port, "wonderland")
+        replay = Stomp(port)
+        await replay.connect(headers=once)
+        await replay.disconnect()
+        assert await _refused(Stomp(port), headers=once) == "authentication failed"

@@ -15,11 +15,19 @@ class StompError(Exception):
     frame; a server sends it (``STOMPConnection.send``) and then closes.
     """
 
-    def __init__(self, message: str, detail: str = "", *, receipt: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        detail: str = "",
+        *,
+        receipt: str | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         super().__init__(message, detail)
         self.message = message
         self.detail = detail
         self.receipt = receipt
+        self.headers = headers  # extra headers for the ERROR frame
 
     def __str__(self) -> str:
         return f"{self.message}: {self.detail}" if self.detail else self.message
@@ -29,6 +37,7 @@ class StompError(Exception):
         headers = [("message", self.message)]
         if self.receipt is not None:
             headers.append(("receipt-id", self.receipt))
+        headers.extend(self.headers)
         if self.detail:
             headers.append(("content-type", "text/plain"))
         return Frame(command="ERROR", headers=tuple(headers), body=self.detail.encode())

@@ -224,6 +224,17 @@ class Broker:
     def connected_count(self) -> int:
         return sum(1 for session in self.sessions.values() if session.connected)
 
+    def user_connections(self, user: str, *, besides: str = "") -> int:
+        """Connected sessions of ``user`` (for its ``max_connections``), leaving out the
+        client id ``besides`` (a reconnect that takes its own session over)."""
+        return sum(
+            1
+            for client_id, session in self.sessions.items()
+            if session.connected
+            and client_id != besides
+            and getattr(session.identity, "user", None) == user
+        )
+
     # -- authorization (docs/security.md) ------------------------------------------------
 
     def set_acl(self, acl: Acl | None) -> None:

@@ -48,6 +48,7 @@ from ..config import Config, ConfigError
 from ._serve import Connection, StartupError
 
 if TYPE_CHECKING:
+    from ..core import Broker
     from .http import Request
     from .mqtt_session import MQTTSession
 
@@ -256,6 +257,15 @@ def mqtt_auth(session: MQTTSession, auth: ConnAuth | None, packet: mqtt.Auth) ->
     # DISCONNECT has no 0x86 (MQTT 5 table 3.14.2.1): not authorized says it.
     session.goodbye(ReasonCode.NOT_AUTHORIZED)
     session.stop("re-authentication failed")
+
+
+def over_user_limit(broker: Broker, identity: object, client_id: str) -> bool:
+    """Whether ``identity``'s user already holds its ``max_connections`` (users file)."""
+    user = getattr(identity, "user", None)
+    limit = getattr(getattr(identity, "limits", None), "max_connections", None)
+    if not isinstance(user, str) or not isinstance(limit, int):
+        return False
+    return broker.user_connections(user, besides=client_id) >= limit
 
 
 # -- STOMP ------------------------------------------------------------------------------

@@ -38,7 +38,13 @@ from ..core import (
 from ..core.broker import NotAuthorized
 from ..core.selector import Selector, SelectorError, compile_selector
 from ..logging import get_logger
-from .authn import ConnAuth, mqtt_auth, mqtt_connack_properties, mqtt_connect
+from .authn import (
+    ConnAuth,
+    mqtt_auth,
+    mqtt_connack_properties,
+    mqtt_connect,
+    over_user_limit,
+)
 from .limits import MAX_SUBSCRIPTIONS, MESSAGE_RATE, RateLimit, rate_limit
 from .mqtt_mapping import NO_PROPERTIES, properties_of, queue_name, to_message, topic_of
 
@@ -277,6 +283,9 @@ class MQTTSession:
                 w.topic, w.payload, w.qos, w.retain, w.properties, self.origin, self.clock()
             )
             will = Will(message=message, delay=float(w.properties.will_delay_interval or 0))
+        if over_user_limit(self.broker, self.identity, client_id):
+            self._refuse(ReasonCode.QUOTA_EXCEEDED, "the user's max_connections is reached")
+            return
         self._held = []
         try:
             self.session, present = self.broker.open_session(

@@ -32,7 +32,7 @@ from ..core import (
 from ..core.broker import NotAuthorized
 from ..core.selector import Selector, SelectorError, compile_selector
 from ..logging import get_logger
-from .authn import ConnAuth, stomp_connect
+from .authn import ConnAuth, over_user_limit, stomp_connect
 from .limits import MAX_SUBSCRIPTIONS
 from .stomp_mapping import TEMP_QUEUE, message_headers, parse_destination, to_message
 
@@ -233,6 +233,8 @@ class STOMPSession:
         server_want = max(ours, client_send) if client_send and ours else 0
         self.send_every = server_send / 1000
         self.expect_every = server_want / 1000
+        if over_user_limit(self.broker, self.identity, ""):
+            raise StompError("too many connections", "the user's max_connections is reached")
         session_id = f"stomp-{next(_session_ids)}-{uuid.uuid4().hex[:8]}"
         self.origin = Origin(protocol="stomp", listener=self.config.label, client_id=session_id)
         self.log = self.log.bind(client_id=session_id)

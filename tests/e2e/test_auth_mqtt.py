@@ -34,6 +34,7 @@ from tests.e2e.test_tls import TLSPaho, TLSStomp
 from tests.listeners.test_tls import TLSFiles, tls_table
 from tests.paho import Paho
 from tests.rawmqtt import RawClient
+from tests.stomp_client import Stomp, StompFailure
 
 V311, V5 = paho.MQTTv311, paho.MQTTv5
 SECRET = "a shared secret of at least thirty-two bytes"
@@ -354,3 +355,29 @@ tls = {mtls}
             )
             await stomp.connect(headers={"sasl-mechanism": "EXTERNAL"})
             await stomp.disconnect()
+
+
+async def test_a_users_max_connections_is_enforced(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """alice may hold one connection (users file `limits.max_connections`): a second one
+    is refused (MQTT 5 CONNACK 0x97, STOMP ERROR); taking over her own session is not."""
+    config = auth_config(tmp_path)
+    with (tmp_path / "users.toml").open("a") as out:
+        out.write("\n[users.alice.limits]\nmax_connections = 1\n")
+    async with running_gateway(nursery, config) as gw:
+        with trio.fail_after(NET_TIMEOUT):
+            first = _paho(gw, "alice-1", V5, "alice", "wonderland")
+            assert (await first.connect()).value == 0
+            second = _paho(gw, "alice-2", V5, "alice", "wonderland")
+            assert (await second.connect()).value == ReasonCode.QUOTA_EXCEEDED
+            bob = _paho(gw, "bob-1", V5, "bob", "builder")
+            assert (await bob.connect()).value == 0  # the limit is alice's alone
+            takeover = _paho(gw, "alice-1", V5, "alice", "wonderland")
+            assert (await takeover.connect()).value == 0
+            stomp = Stomp(gw.port("stomp"))
+            with pytest.raises(StompFailure) as failure:
+                await stomp.connect("alice", "wonderland")
+            await stomp.close()
+            assert failure.value.error is not None
+            assert failure.value.error.get("message") == "too many connections"
+            for client in (first, second, bob, takeover):
+                await client.close()

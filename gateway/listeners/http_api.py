@@ -69,6 +69,8 @@ MAX_REQUEST_TIMEOUT = 300.0
 DEFAULT_REQUEST_TIMEOUT = 30.0
 # Pull: the most messages one request may take.
 MAX_PULL = 100
+# Pull: seconds a pull consumer with nothing handed out stays after its last pull.
+PULL_IDLE = 60.0
 # SSE: bytes a slow reader may fall behind before its QoS 0 events are dropped.
 SSE_HIGH_WATER = 1 << 20
 BATCH_TYPES = ("application/json", "application/x-ndjson", "application/ndjson")
@@ -214,9 +216,14 @@ class HTTPService:
         return [pull for pull in self.pulls.values() if pull.queue == queue]
 
     def tick(self, now: float) -> None:
-        """Return pulled messages whose visibility timeout passed (called every second)."""
-        for pull in self.pulls.values():
+        """Return pulled messages whose visibility timeout passed, and end pull consumers
+        idle for PULL_IDLE seconds (one exists per queue and selector text used), so that
+        selectors used once do not stay attached to their queue (called every second)."""
+        for key, pull in list(self.pulls.items()):
             pull.expire(now)
+            if pull.idle(now, PULL_IDLE):
+                pull.stop()
+                del self.pulls[key]
 
     # -- helpers -------------------------------------------------------------------
 

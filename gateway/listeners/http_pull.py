@@ -49,6 +49,7 @@ class PullConsumer:
         self.queue = queue
         self.inflight: dict[str, tuple[Delivery, float]] = {}
         self._waiters: deque[_Waiter] = deque()
+        self.last_used: float | None = None  # trio time of the latest pull
         # Pullers with a selector share a consumer per selector, in a session of its own.
         client_id = PULL_SESSION_PREFIX + queue
         if selector is not None:
@@ -84,6 +85,7 @@ class PullConsumer:
         """Up to ``limit`` messages; waits up to ``wait`` seconds for the first one."""
         waiter = _Waiter(limit, visibility)
         self._waiters.append(waiter)
+        self.last_used = trio.current_time()
         try:
             self.broker.resume(self.session)  # hands over what is ready, synchronously
             if not waiter.items and wait > 0:
@@ -110,6 +112,18 @@ class PullConsumer:
             if held is None or not self.broker.nack(held[0], requeue=True):
                 unknown.append(delivery_id)
         return unknown
+
+    def idle(self, now: float, after: float) -> bool:
+        """Nobody waiting, nothing handed out, and no pull for ``after`` seconds."""
+        if self._waiters or self.inflight:
+            return False
+        if self.last_used is None:
+            self.last_used = now
+        return now - self.last_used >= after
+
+    def stop(self) -> None:
+        """Stop consuming: the queue keeps its messages for other consumers."""
+        self.broker.detach(self.session, graceful=True)
 
     def expire(self, now: float) -> int:
         """Return every message whose visibility timeout has passed; how many."""

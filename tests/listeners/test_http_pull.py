@@ -238,3 +238,36 @@ async def test_bad_and_unknown_queue_names(
             assert await pull(port, "jobs") == []
             reply = await curl(port, "GET", "/api/v1/queues/%24sys/messages")
             assert (reply.status, reply.error) == (400, "bad_destination")
+
+
+async def test_idle_pull_consumers_are_ended_and_the_queue_keeps_its_messages(
+    http_gateway: Gateway,
+) -> None:
+    """One pull consumer exists per queue and selector used; once nothing is handed out
+    and nobody pulled for a minute it ends, so a selector used once does not stay
+    attached to the queue. A later pull makes a new one."""
+    port = http_gateway.port("http")
+    service = http_gateway.http
+    with trio.fail_after(NET_TIMEOUT):
+        assert await pull(port, "idle", "?selector=colour%20%3D%20%27red%27") == []
+        [held] = await _pull_one(port)
+        assert len(service.pulls) == 2
+        now = trio.current_time()
+        service.tick(now + 30)  # not idle for long enough yet
+        assert len(service.pulls) == 2
+        service.tick(now + 61)
+        # The selector's consumer is gone; the plain one still has a message out.
+        assert list(service.pulls) == ["idle"]
+        assert not any(
+            client_id.startswith("$http/pull/idle?") for client_id in http_gateway.broker.sessions
+        )
+        await settle(port, "idle", "ack", [held["id"]])
+        service.tick(now + 200)
+        assert service.pulls == {}
+        await publish(port, "idle", b"later")
+        assert [m["payload"] for m in await pull(port, "idle")] == ["later"]
+
+
+async def _pull_one(port: int) -> list[dict[str, Any]]:
+    await publish(port, "idle", b"first")
+    return await pull(port, "idle", "?visibility=600")  # still out after the ticks below

@@ -19,6 +19,15 @@ _ids = itertools.count(time.time_ns() // 1000)
 next_message_id = _ids.__next__
 
 
+def is_utf8(payload: bytes) -> bool:
+    """Whether ``payload`` may be marked as text (MQTT's payload format indicator)."""
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 class Kind(Enum):
     """The two kinds of destination (ARCHITECTURE.md, address model)."""
 

@@ -82,6 +82,7 @@ class Response:
     content_type: str | None = "application/json"
     headers: list[tuple[str, str]] = field(default_factory=list)
     stream: StreamBody | None = None
+    error: str = ""  # the body's stable error code, for the refusal's log line
 
 
 def json_response(status: int, obj: Any, headers: list[tuple[str, str]] | None = None) -> Response:
@@ -89,7 +90,11 @@ def json_response(status: int, obj: Any, headers: list[tuple[str, str]] | None =
 
 
 def error_response(exc: HTTPError) -> Response:
-    return json_response(exc.status, {"error": exc.code, "message": exc.message}, list(exc.headers))
+    response = json_response(
+        exc.status, {"error": exc.code, "message": exc.message}, list(exc.headers)
+    )
+    response.error = exc.code
+    return response
 
 
 class ChunkWriter:
@@ -216,7 +221,7 @@ def http_handler(
                     method=request.method,
                     path=request.path,
                     status=response.status,
-                    error=_error_code(response),
+                    error=response.error,
                 )
             else:
                 conn.log.debug(
@@ -232,14 +237,6 @@ def http_handler(
                 return
 
     return handle
-
-
-def _error_code(response: Response) -> str:
-    try:
-        decoded = msgspec.json.decode(response.body)
-    except msgspec.DecodeError:
-        return ""
-    return str(decoded.get("error", "")) if isinstance(decoded, dict) else ""
 
 
 async def _read_request(

@@ -383,7 +383,9 @@ async def publish_batch(
         reason = NOT_AUTHORIZED if unauthorized == refused else "every message was refused"
         error = _refusal(PublishResult(Status.REFUSED, 0, reason))
         body = {"error": error.code, "message": error.message, **body}
-        return json_response(error.status, body, list(error.headers))
+        response = json_response(error.status, body, list(error.headers))
+        response.error = error.code
+        return response
     return json_response(207 if refused else 202, body)
 
 

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..core import Headers, Kind, Message, Origin, header_pairs
+from ..core.message import is_utf8
 from .http import HTTPError
 
 PREFIX = "x-msg-"
@@ -102,14 +103,6 @@ def fields_from_headers(headers: Mapping[str, str]) -> dict[str, Any]:
     return fields
 
 
-def _utf8(payload: bytes) -> bool:
-    try:
-        payload.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
 def build_message(
     kind: Kind,
     destination: str,
@@ -134,7 +127,7 @@ def build_message(
         priority=fields.get("priority", 4),
         expiry=None if not expiry_in else now + expiry_in,
         content_type=content_type,
-        text=is_text(content_type) and _utf8(payload),
+        text=is_text(content_type) and is_utf8(payload),
         correlation_id=None if correlation is None else str(correlation).encode(),
         reply_to=fields.get("reply_to"),
         timestamp=now,

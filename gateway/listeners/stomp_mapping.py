@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from ..codecs.stomp import Frame, StompError
 from ..core import Headers, Kind, Message, Origin, header_pairs
+from ..core.message import is_utf8
 
 QUEUE = "/queue/"
 TOPIC = "/topic/"
@@ -127,20 +128,12 @@ def to_message(
         priority=priority,
         expiry=expiry,
         content_type=content_type,
-        text=content_type is not None and content_type.startswith("text/") and _utf8(frame.body),
+        text=content_type is not None and content_type.startswith("text/") and is_utf8(frame.body),
         correlation_id=correlation,
         reply_to=None if reply_to is None else neutral_reply_to(reply_to),
         timestamp=now,
         origin=origin,
     )
-
-
-def _utf8(payload: bytes) -> bool:
-    try:
-        payload.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def _int(value: str, name: str, low: int, high: int | None) -> int:
@@ -171,20 +164,30 @@ def message_headers(message: Message, version: str = "1.2") -> list[tuple[str, s
     A message header named like one of STOMP's own (``persistent``, ``reply-to``...)
     is left out rather than read as that field, and so is one the negotiated
     version cannot carry (docs/mapping.md)."""
-    headers = [("destination", stomp_destination(message))]
+    destination = stomp_destination(message)
+    # A destination comes from clients too (an MQTT topic may hold LF, which 1.0 cannot carry).
+    headers = (
+        [("destination", destination)] if carriable("destination", destination, version) else []
+    )
     if message.qos:
         headers.append(("persistent", "true"))
     if message.priority != 4:
         headers.append(("priority", str(message.priority)))
     if message.expiry is not None:
         headers.append(("expires", str(int(message.expiry * 1000))))
+    # persistent, priority and expires are the gateway's own values; these come from clients.
     if message.correlation_id is not None:
-        headers.append(("correlation-id", message.correlation_id.decode("utf-8", "replace")))
+        correlation = message.correlation_id.decode("utf-8", "replace")
+        if carriable("correlation-id", correlation, version):
+            headers.append(("correlation-id", correlation))
     if message.reply_to is not None:
-        headers.append(("reply-to", stomp_reply_to(message.reply_to)))
-    if message.content_type is not None:
+        reply_to = stomp_reply_to(message.reply_to)
+        if carriable("reply-to", reply_to, version):
+            headers.append(("reply-to", reply_to))
+    if message.content_type is not None and carriable(
+        "content-type", message.content_type, version
+    ):
         headers.append(("content-type", message.content_type))
-    headers = [(k, v) for k, v in headers if carriable(k, v, version)]
     headers.extend(
         (name, value)
         for name, value in header_pairs(message.headers)

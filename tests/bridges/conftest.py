@@ -1,0 +1,55 @@
+"""Helpers for driving one bridge kind's Upstream directly against a real server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import trio
+
+from gateway.bridges.base import Settle
+from gateway.core.message import Message
+
+
+@dataclass
+class Received:
+    rule: int
+    subject: str
+    message: Message
+    settle: Settle
+
+
+@dataclass
+class RecordingLink:
+    """A Link that records what the upstream reports; tests settle inbound messages
+    themselves (``auto_settle`` settles each with that value at once)."""
+
+    auto_settle: bool | None = None
+    confirms: list[int] = field(default_factory=list)
+    refusals: list[tuple[int, str]] = field(default_factory=list)
+    inbound: list[Received] = field(default_factory=list)
+    changed: trio.Event = field(default_factory=trio.Event)
+
+    def _poke(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def confirmed(self, tag: int) -> None:
+        self.confirms.append(tag)
+        self._poke()
+
+    def refused(self, tag: int, reason: str) -> None:
+        self.refusals.append((tag, reason))
+        self._poke()
+
+    def received(self, rule: int, subject: str, message: Message, settle: Settle) -> None:
+        self.inbound.append(Received(rule, subject, message, settle))
+        if self.auto_settle is not None:
+            settle(self.auto_settle)
+        self._poke()
+
+    async def wait_for(self, condition: object, timeout: float = 10.0) -> None:
+        """Wait until ``condition()`` is true (re-checked after every report)."""
+        assert callable(condition)
+        with trio.fail_after(timeout):
+            while not condition():
+                await self.changed.wait()

@@ -32,7 +32,7 @@ import trio
 from ..core.message import Message
 
 if TYPE_CHECKING:
-    from ..config import BridgeConfig
+    from .config import BridgeConfig
 
 # The header an outbound message carries upstream: the name of the bridge that sent
 # it. A message arriving back on that bridge with it is a loop, and is not taken in.

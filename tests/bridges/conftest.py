@@ -47,9 +47,9 @@ class RecordingLink:
             settle(self.auto_settle)
         self._poke()
 
-    async def wait_for(self, condition: object, timeout: float = 10.0) -> None:
+    async def wait_for(self, condition: object, seconds: float = 10.0) -> None:
         """Wait until ``condition()`` is true (re-checked after every report)."""
         assert callable(condition)
-        with trio.fail_after(timeout):
+        with trio.fail_after(seconds):
             while not condition():
                 await self.changed.wait()

@@ -1,0 +1,352 @@
+"""AMQP 0-9-1 without I/O: bytes to pamqp frames and back, and the field mapping.
+
+pamqp encodes and decodes single frames; this module adds what a connection needs
+around it: a decoder that buffers partial input and joins a content method
+(basic.deliver, basic.return) with its header and body frames into one event, an
+encoder that splits a body at the negotiated frame size, and the mapping between
+the core ``Message`` and ``basic`` properties (docs/bridge-amqp.md). Nothing here
+reads a clock by itself or touches a socket: the bridge passes ``now`` in.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from pamqp import body as pamqp_body
+from pamqp import commands, constants, exceptions, frame, header, heartbeat
+from pamqp.base import Frame
+
+from ..core.message import Message
+
+# RabbitMQ's default frame_max; also our cap when a server says 0 ("no limit").
+DEFAULT_FRAME_MAX: Final = 131_072
+# A content body frame's own overhead: type, channel, size (7) and the end octet.
+FRAME_OVERHEAD: Final = 8
+SHORTSTR_MAX: Final = 255
+
+# AMQP reply codes (spec section 1.2) the bridge reports.
+FRAME_ERROR: Final = 501
+SYNTAX_ERROR: Final = 502
+UNEXPECTED_FRAME: Final = 505
+
+
+class AmqpProtocolError(Exception):
+    """The peer broke the framing rules; ``reply_code`` is what a connection.close
+    would carry back."""
+
+    def __init__(self, message: str, reply_code: int = FRAME_ERROR) -> None:
+        super().__init__(message)
+        self.reply_code = reply_code
+
+
+# --- events ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MethodFrame:
+    """A method that carries no content (everything but deliver, return, get-ok)."""
+
+    channel: int
+    method: Frame
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Content:
+    """A content method with its properties and whole body."""
+
+    channel: int
+    method: commands.Basic.Deliver | commands.Basic.Return | commands.Basic.GetOk
+    properties: commands.Basic.Properties
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Heartbeat:
+    pass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VersionMismatch:
+    """The server answered our protocol header with its own: it speaks another
+    AMQP version and is about to close the socket."""
+
+    version: tuple[int, int, int]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Eof:
+    """The peer closed the stream (after every complete frame was returned)."""
+
+
+Event = MethodFrame | Content | Heartbeat | VersionMismatch | Eof
+
+
+class _NeedData:
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = _NeedData()
+
+_CONTENT_METHODS = (commands.Basic.Deliver, commands.Basic.Return, commands.Basic.GetOk)
+_FRAME_HEAD = struct.Struct(">BHI")
+
+
+@dataclass(slots=True)
+class _Partial:
+    method: commands.Basic.Deliver | commands.Basic.Return | commands.Basic.GetOk
+    properties: commands.Basic.Properties | None = None
+    size: int = -1
+    parts: list[bytes] | None = None
+    received: int = 0
+
+
+class Decoder:
+    """Bytes in, events out: ``receive_data(bytes)`` (empty = EOF), then
+    ``next_event()`` until it returns NEED_DATA. ``frame_max`` bounds one frame
+    (raise it after connection.tune); ``body_max`` bounds one message body."""
+
+    def __init__(
+        self, *, frame_max: int = DEFAULT_FRAME_MAX, body_max: int = 256 * 1024 * 1024
+    ) -> None:
+        self.frame_max = frame_max
+        self.body_max = body_max
+        self._buffer = bytearray()
+        self._offset = 0
+        self._eof = False
+        self._started = False
+        self._partial: dict[int, _Partial] = {}
+
+    def receive_data(self, data: bytes | bytearray) -> None:
+        if not data:
+            self._eof = True
+            return
+        if self._offset:
+            del self._buffer[: self._offset]
+            self._offset = 0
+        self._buffer += data
+
+    def next_event(self) -> Event | _NeedData:
+        while True:
+            raw = self._next_frame()
+            if raw is None:
+                if self._eof:
+                    return Eof()
+                return NEED_DATA
+            channel, value = raw
+            event = self._assemble(channel, value)
+            if event is not None:
+                return event
+
+    def _next_frame(self) -> tuple[int, frame.FrameTypes] | None:
+        available = len(self._buffer) - self._offset
+        start = self._offset
+        if not self._started:
+            # The only place a protocol header can come from a server: instead of
+            # connection.start, when it refuses our version.
+            if available < 1:
+                return None
+            if self._buffer[start] == ord("A"):
+                if available < 8:
+                    return None
+                if bytes(self._buffer[start : start + 5]) != b"AMQP\x00":
+                    raise AmqpProtocolError("the server sent a malformed protocol header")
+                self._offset += 8
+                major, minor, revision = self._buffer[start + 5 : start + 8]
+                return 0, header.ProtocolHeader(major, minor, revision)
+        if available < 7:
+            return None
+        frame_type, _channel, size = _FRAME_HEAD.unpack_from(self._buffer, start)
+        if size + FRAME_OVERHEAD > self.frame_max:
+            raise AmqpProtocolError(f"a frame of {size} bytes is over frame_max {self.frame_max}")
+        end = start + 7 + size + 1
+        if len(self._buffer) < end:
+            return None
+        self._started = True
+        if frame_type not in (
+            constants.FRAME_METHOD,
+            constants.FRAME_HEADER,
+            constants.FRAME_BODY,
+            constants.FRAME_HEARTBEAT,
+        ):
+            raise AmqpProtocolError(f"unknown frame type {frame_type}")
+        try:
+            consumed, channel, value = frame.unmarshal(bytes(self._buffer[start:end]))
+        except exceptions.UnmarshalingException as exc:
+            raise AmqpProtocolError(f"undecodable frame: {exc}", SYNTAX_ERROR) from None
+        self._offset += consumed
+        return channel, value
+
+    def _assemble(self, channel: int, value: frame.FrameTypes) -> Event | None:
+        partial = self._partial.get(channel)
+        if isinstance(value, heartbeat.Heartbeat):
+            return Heartbeat()
+        if isinstance(value, header.ProtocolHeader):
+            return VersionMismatch(
+                version=(value.major_version, value.minor_version, value.revision)
+            )
+        if isinstance(value, header.ContentHeader):
+            if partial is None or partial.properties is not None:
+                raise AmqpProtocolError("a content header without its method", UNEXPECTED_FRAME)
+            if value.body_size > self.body_max:
+                raise AmqpProtocolError(f"a body of {value.body_size} bytes is over the limit")
+            partial.properties = value.properties
+            partial.size = value.body_size
+            partial.parts = []
+            return self._complete(channel, partial)
+        if isinstance(value, pamqp_body.ContentBody):
+            if partial is None or partial.parts is None:
+                raise AmqpProtocolError("a content body without its header", UNEXPECTED_FRAME)
+            partial.parts.append(value.value)
+            partial.received += len(value.value)
+            if partial.received > partial.size:
+                raise AmqpProtocolError("content body frames longer than the header said")
+            return self._complete(channel, partial)
+        if partial is not None:
+            raise AmqpProtocolError("a method inside a message's content", UNEXPECTED_FRAME)
+        if isinstance(value, _CONTENT_METHODS):
+            self._partial[channel] = _Partial(value)
+            return None
+        return MethodFrame(channel=channel, method=value)
+
+    def _complete(self, channel: int, partial: _Partial) -> Content | None:
+        if partial.received < partial.size:
+            return None
+        del self._partial[channel]
+        assert partial.properties is not None
+        assert partial.parts is not None
+        return Content(
+            channel=channel,
+            method=partial.method,
+            properties=partial.properties,
+            body=b"".join(partial.parts),
+        )
+
+
+# --- encoding -------------------------------------------------------------------
+
+
+def protocol_header() -> bytes:
+    return header.ProtocolHeader().marshal()
+
+
+def heartbeat_frame() -> bytes:
+    return heartbeat.Heartbeat().marshal()
+
+
+def method(channel: int, value: Frame) -> bytes:
+    return frame.marshal(value, channel)
+
+
+def content(
+    channel: int,
+    value: Frame,
+    properties: commands.Basic.Properties,
+    payload: bytes,
+    frame_max: int,
+) -> bytes:
+    """A content method, its header and the body split into frames of at most
+    ``frame_max`` bytes (a zero frame_max means our default)."""
+    chunk = (frame_max or DEFAULT_FRAME_MAX) - FRAME_OVERHEAD
+    parts = [
+        frame.marshal(value, channel),
+        frame.marshal(header.ContentHeader(0, len(payload), properties), channel),
+    ]
+    view = memoryview(payload)
+    for start in range(0, len(payload), chunk):
+        parts.append(
+            frame.marshal(pamqp_body.ContentBody(bytes(view[start : start + chunk])), channel)
+        )
+    return b"".join(parts)
+
+
+# --- the field mapping (docs/mapping.md, AMQP column) --------------------------
+
+
+class MappingError(ValueError):
+    """A message field AMQP cannot carry (a short string over 255 bytes)."""
+
+
+def reply_to_amqp(reply_to: str) -> str:
+    """The core's neutral reply-to as an AMQP one: a queue's name, or a topic's
+    name with levels joined by ``.`` (a routing key on the topic exchange)."""
+    if reply_to.startswith("$queue/"):
+        return reply_to[len("$queue/") :]
+    return reply_to.replace("/", ".")
+
+
+def _short(field: str, value: str) -> str:
+    if len(value.encode("utf-8")) > SHORTSTR_MAX:
+        raise MappingError(f"{field} is longer than AMQP's {SHORTSTR_MAX}-byte short string")
+    return value
+
+
+def properties_for(
+    message: Message, extra_headers: Mapping[str, str], now: float
+) -> commands.Basic.Properties:
+    """The basic properties of ``message``, its headers joined by ``extra_headers``
+    (the bridge's origin mark). Raises MappingError."""
+    headers: dict[str, object] = {**message.headers, **extra_headers}
+    expiration = None
+    if message.expiry is not None:
+        # An AMQP expiration of 0 means "deliver now or drop": an already expired
+        # message gets the shortest real lifetime instead.
+        expiration = str(max(1, math.ceil((message.expiry - now) * 1000)))
+    return commands.Basic.Properties(
+        content_type=_short("content_type", message.content_type)
+        if message.content_type is not None
+        else None,
+        headers=headers,  # type: ignore[arg-type]
+        delivery_mode=2 if message.qos > 0 else 1,
+        priority=message.priority,
+        correlation_id=_short(
+            "correlation_id", message.correlation_id.decode("utf-8", errors="replace")
+        )
+        if message.correlation_id is not None
+        else None,
+        reply_to=_short("reply_to", reply_to_amqp(message.reply_to))
+        if message.reply_to is not None
+        else None,
+        expiration=expiration,
+        message_id=str(message.message_id),
+        timestamp=datetime.datetime.fromtimestamp(int(message.timestamp), tz=datetime.UTC),
+    )
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", errors="replace")
+    return str(value)
+
+
+def message_from(properties: commands.Basic.Properties, payload: bytes, now: float) -> Message:
+    """The core message of a delivery (its destination is left empty: the inbound
+    rule's ``to`` decides it)."""
+    headers = {str(k): _text(v) for k, v in (properties.headers or {}).items()}
+    expiry = None
+    if properties.expiration:
+        try:
+            expiry = now + max(0, int(properties.expiration)) / 1000
+        except ValueError:
+            expiry = None
+    priority = properties.priority
+    timestamp = properties.timestamp
+    return Message(
+        destination="",
+        payload=payload,
+        headers=headers,
+        qos=1 if properties.delivery_mode == 2 else 0,
+        priority=4 if priority is None else min(9, max(0, priority)),
+        expiry=expiry,
+        content_type=properties.content_type or None,
+        correlation_id=properties.correlation_id.encode("utf-8")
+        if properties.correlation_id
+        else None,
+        reply_to=properties.reply_to or None,
+        timestamp=timestamp.timestamp() if isinstance(timestamp, datetime.datetime) else now,
+    )

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import trio
 
+from .bridges.bridge import Bridge
 from .config import Config, ListenerConfig, QueueConfig, build_acl, build_router
 from .core import Broker, Overflow, QueuePolicy
 from .listeners import BoundAddress, StartupError, TCPServer
@@ -88,6 +89,9 @@ class Gateway:
             {name: self._protocol_handler(name) for name in HANDLERS},
         )
         self.http.auth = self.auth
+        # Links to upstream brokers (docs/bridges.md); their outboxes exist from bind.
+        self.bridges = {item.name: Bridge(item, self.broker) for item in config.bridges}
+        self._bridging = trio.CancelScope()
 
     def _protocol_handler(self, protocol: str) -> Callable[[ListenerConfig], Handler]:
         def make(listener: ListenerConfig) -> Handler:
@@ -111,6 +115,7 @@ class Gateway:
             "store": type(self.broker.store).__name__,
             "store_available": self.broker.store.available,
             "stopping": self._stop.is_set(),
+            "bridges": {name: bridge.stats.state for name, bridge in self.bridges.items()},
         }
 
     def port(self, protocol: str) -> int:
@@ -136,6 +141,8 @@ class Gateway:
                 f"gateway.data_dir: cannot create {data_dir}: {exc.strerror}"
             ) from None
         await self._open_store()
+        for bridge in self.bridges.values():
+            bridge.attach()  # before any listener: from the first publish, outboxes fill
         self.auth.log_startup()
         drain = self.config.gateway.drain_timeout
         limited = self.broker.stats.limited  # connection refusals counted with the rest
@@ -210,6 +217,12 @@ class Gateway:
             for callback in waiting:
                 callback(ok)
 
+    async def _bridge_all(self) -> None:
+        with self._bridging:
+            async with trio.open_nursery() as nursery:
+                for bridge in self.bridges.values():
+                    nursery.start_soon(bridge.run)
+
     async def _tick(self) -> None:
         interval = self.config.gateway.sys_interval
         started = trio.current_time()
@@ -237,6 +250,7 @@ class Gateway:
                 writing = trio.CancelScope()
                 if isinstance(store, SQLiteStore):
                     outer.start_soon(self._write, store, writing)
+                outer.start_soon(self._bridge_all)
                 async with trio.open_nursery() as nursery:
                     for server in self._servers:
                         await nursery.start(server.serve)
@@ -251,6 +265,9 @@ class Gateway:
                     for server in self._servers:
                         server.stop_accepting()
                     self._ticking.cancel()
+                # After the listeners drained: what they published is in the outboxes,
+                # which the store keeps for the next start.
+                self._bridging.cancel()
                 writing.cancel()
         finally:
             for server in self._servers:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
+from .bridges.config import BridgeConfig, check_bridge
 from .core.routing import RouteError, Router, RouteRule
 
 if TYPE_CHECKING:
@@ -267,6 +268,7 @@ class Config(_Base, frozen=True):
     webhooks: tuple[WebhookConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
     acl: tuple[AclConfig, ...] = ()
+    bridges: tuple[BridgeConfig, ...] = ()
     auth: AuthConfig = AuthConfig()
     source: str = "<defaults>"
 
@@ -338,6 +340,7 @@ def _validate(config: Config) -> None:
         raise ConfigError(src, "gateway.max_queued_messages", "must be at least 1")
     _validate_queues(config)
     _validate_webhooks(config)
+    _validate_bridges(config)
     _validate_routes(config)
     _validate_acl(config)
     _validate_auth(config)
@@ -531,8 +534,16 @@ def build_acl(config: Config) -> Acl:
     return Acl(item.rule() for item in config.acl)
 
 
-# Bridges are not built yet: every forward_to_bridge names one that is not configured.
-CONFIGURED_BRIDGES: frozenset[str] = frozenset()
+def _validate_bridges(config: Config) -> None:
+    src = config.source
+    names: set[str] = set()
+    for i, bridge in enumerate(config.bridges):
+        problem = check_bridge(bridge)
+        if problem is not None:
+            raise ConfigError(src, f"bridges[{i}].{problem[0]}", problem[1])
+        if bridge.name in names:
+            raise ConfigError(src, f"bridges[{i}].name", f"duplicate bridge name {bridge.name!r}")
+        names.add(bridge.name)
 
 
 def build_router(config: Config) -> Router | None:
@@ -554,11 +565,9 @@ def _validate_routes(config: Config) -> None:
     declared = {item.name for item in config.queues}
     for i, rule in enumerate(router.rules):
         bridge = rule.forward_to_bridge
-        if bridge is not None and bridge not in CONFIGURED_BRIDGES:
+        if bridge is not None and bridge not in {b.name for b in config.bridges}:
             raise ConfigError(
-                src,
-                f"routes[{i}].forward_to_bridge",
-                f"bridge {bridge!r} is not configured (bridges are not built yet)",
+                src, f"routes[{i}].forward_to_bridge", f"bridge {bridge!r} is not configured"
             )
         if config.gateway.auto_create_queues:
             continue

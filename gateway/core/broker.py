@@ -29,7 +29,8 @@ from ..store.base import (
 from ..store.memory import MemoryStore
 from .delivery import CloseReason, Consumer, Delivery, Sink
 from .headers import Headers, header_pairs
-from .message import Kind, Message
+from .holds import Holds
+from .message import Kind, Message, Origin
 from .queue import Queue, QueuePolicy
 from .retained import RetainedStore
 from .selector import Selector
@@ -151,6 +152,8 @@ class Broker:
         self._durable: dict[str, str] = {}
         # Deliveries counted by queues that no longer exist, for delivered_total().
         self._delivered_gone = 0
+        # Publishers' acknowledgements held for bridges with ack = "upstream".
+        self.holds = Holds()
 
     # -- queues ------------------------------------------------------------------
 
@@ -337,7 +340,7 @@ class Broker:
     # -- the queue owner interface --------------------------------------------------
 
     def discard(self, queue: Queue, entry: Delivery, reason: str) -> None:
-        self.forget(queue, entry)
+        self.forget(queue, entry, ok=False)
         target = queue.policy.dead_letter
         if target is not None and reason in DEAD_LETTER_REASONS and target != queue.name:
             message = entry.message
@@ -409,16 +412,24 @@ class Broker:
         """In mode ``async`` acknowledgements never wait for the store, QoS 2 ones neither."""
         return self._mode(session.queue.policy) == "sync"
 
-    def when_durable(self, callback: DurableCallback) -> None:
+    def when_durable(self, callback: DurableCallback, origin: Origin | None = None) -> None:
         """Run ``callback(ok)`` once everything recorded so far is committed: the
-        acknowledgement to a publisher waits behind it (durability mode ``sync``)."""
+        acknowledgement to a publisher waits behind it (durability mode ``sync``).
+
+        With the publisher's ``origin`` it also waits for the messages that publisher
+        sent to a bridge with ``ack = "upstream"`` to be confirmed (core/holds.py)."""
+        if origin is not None and self.holds:
+            callback = self.holds.gate(origin, callback)
         self.store.when_durable(callback)
 
-    def forget(self, queue: Queue, entry: Delivery) -> None:
+    def forget(self, queue: Queue, entry: Delivery, *, ok: bool = True) -> None:
+        """``entry`` left ``queue`` for good: acknowledged (``ok``) or discarded."""
         # An entry queued at QoS 0 (a QoS 1 message for a QoS 0 subscription) was never
         # stored: removing it would cost a disk write per message for nothing.
         if queue.durable and entry.qos and entry.message.qos:
             self.store.remove(queue.name, entry.message.message_id)
+        if queue.holds is not None:
+            queue.holds.leave(id(entry), ok)
 
     # -- sessions ------------------------------------------------------------------
 
@@ -694,19 +705,40 @@ class Broker:
         self._save(session)
         return True
 
-    def durable_subscription(self, name: str, topic_filter: str) -> Queue:
+    def durable_subscription(
+        self,
+        name: str,
+        topic_filter: str,
+        *,
+        selector: Selector | None = None,
+        policy: QueuePolicy | None = None,
+    ) -> Queue:
         """A queue fed by ``topic_filter`` that keeps filling while its consumer is away
-        (JMS durable topic subscriptions). Deleted only by ``drop_durable_subscription``.
-        Raises InvalidFilter."""
+        (JMS durable topic subscriptions, a bridge's outbox). Deleted only by
+        ``drop_durable_subscription``. With a ``selector`` only the messages it
+        matches go in; ``policy`` replaces the configured one. Called again for an
+        existing one (one restored from the store), it takes the new selector and
+        policy. Raises InvalidFilter."""
         queue = self.queues.get(name)
         if queue is not None:
+            if self._durable.get(name) == topic_filter:
+                if policy is not None:
+                    queue.set_policy(policy)
+                self._trie.add(
+                    topic_filter,
+                    name,
+                    _Binding(SubscribeOptions(qos=2, selector=selector), None, queue),
+                )
+                self._routes.clear()
             return queue
         check_filter(topic_filter)
-        policy = self._policies.get(name, self.session_queue_policy)
+        if policy is None:
+            policy = self._policies.get(name, self.session_queue_policy)
         queue = self.queues[name] = Queue(
             name, self, policy, ordered=True, durable=self._mode(policy) != "memory"
         )
-        self._trie.add(topic_filter, name, _Binding(SubscribeOptions(qos=2), None, queue))
+        binding = _Binding(SubscribeOptions(qos=2, selector=selector), None, queue)
+        self._trie.add(topic_filter, name, binding)
         self._durable[name] = topic_filter
         if queue.durable:
             self.store.save_durable_subscription(name, topic_filter)

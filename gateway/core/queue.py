@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 from .delivery import Consumer, Delivery
 
 if TYPE_CHECKING:
+    from .holds import Holds
     from .session import Session
 
 PRIORITIES = 10
@@ -117,6 +118,9 @@ class Queue:
         self.stalled = False
         self._waiters: list[Callable[[], None]] = []
         self._set_water_marks()
+        # Set by a bridge with ack = "upstream": persistent entries hold their
+        # publisher's acknowledgement until they leave this queue (core/holds.py).
+        self.holds: Holds | None = None
 
     def set_policy(self, policy: QueuePolicy) -> None:
         self.policy = policy
@@ -253,6 +257,8 @@ class Queue:
                 stats.delivered += 1
                 if self.durable and entry.message.qos:
                     self.broker.persist(self, entry)
+                if self.holds is not None and entry.qos:
+                    self.holds.enter(id(entry), entry.message)
                 consumer.send(entry)
                 return None
         if not self._make_room(entry):
@@ -270,6 +276,8 @@ class Queue:
         stats.enqueued += 1
         if self.durable and entry.message.qos:
             self.broker.persist(self, entry)
+        if self.holds is not None and entry.qos:
+            self.holds.enter(id(entry), entry.message)
         return None
 
     def _make_room(self, entry: Delivery) -> bool:

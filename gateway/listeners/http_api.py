@@ -308,8 +308,14 @@ async def _publish_to(
     if result.status is Status.REFUSED:
         raise _refusal(result)
     body = {"id": str(message.message_id), "routed": result.routed}
+    held = service.broker.holds.held(message.origin)
+    # A bridge with ack = "upstream" took it: answer once the upstream confirmed.
+    if held and not await _stored(service.broker, message.origin):
+        raise HTTPError(
+            502, "not_confirmed", "the upstream did not confirm the message; send it again"
+        )
     if request.query.get("ack") == "stored":
-        if not await _stored(service.broker):
+        if not held and not await _stored(service.broker):
             raise HTTPError(
                 507, "not_stored", "the store could not write the message; send it again"
             )
@@ -318,7 +324,7 @@ async def _publish_to(
     return json_response(202, body)
 
 
-async def _stored(broker: Broker) -> bool:
+async def _stored(broker: Broker, origin: Origin | None = None) -> bool:
     """Wait for the store's commit of everything recorded so far; False if it failed."""
     done = trio.Event()
     outcome: list[bool] = []
@@ -327,7 +333,7 @@ async def _stored(broker: Broker) -> bool:
         outcome.append(ok)
         done.set()
 
-    broker.when_durable(committed)
+    broker.when_durable(committed, origin)
     await done.wait()
     return outcome[0]
 

@@ -381,7 +381,8 @@ class MQTTSession:
             # The acknowledgement says the message is safe: it waits for the store's
             # commit of everything this publish recorded (durability mode sync).
             self.broker.when_durable(
-                lambda ok: self._acknowledge(qos, pid, reason) if ok else self._unstored(qos, pid)
+                lambda ok: self._acknowledge(qos, pid, reason) if ok else self._unstored(qos, pid),
+                self.origin,
             )
 
     def _apply_identity_limits(self) -> None:

@@ -188,7 +188,7 @@ class STOMPSession:
         if receipt is not None:
             # A receipt for a persistent SEND says the message is safe: it waits for
             # the store's commit (durability mode sync); receipts stay in order.
-            self.broker.when_durable(lambda ok: self._send_receipt(receipt, ok))
+            self.broker.when_durable(lambda ok: self._send_receipt(receipt, ok), self.origin)
 
     def _send_receipt(self, receipt: str, ok: bool) -> None:
         try:

@@ -539,8 +539,7 @@ stop = true
         ),
         (
             '[[routes]]\nmatch = "a"\nforward_to_bridge = "up"\n',
-            "r.toml: routes[0].forward_to_bridge: bridge 'up' is not configured "
-            "(bridges are not built yet)",
+            "r.toml: routes[0].forward_to_bridge: bridge 'up' is not configured",
         ),
         ('[[routes]]\nmatch = "a"\ncopy = ["b"]\n', "r.toml: routes[0].copy: unknown key"),
         ('[[routes]]\ndrop = "x"\n', "r.toml: routes[0].match: required key is missing"),

@@ -1,0 +1,111 @@
+"""Acknowledgements held until a message leaves a queue (bridges' ack = "upstream")."""
+
+from __future__ import annotations
+
+from gateway.core import Broker, Message
+from gateway.core.message import Origin
+from gateway.core.queue import Overflow, QueuePolicy
+from gateway.core.session import TRUSTED
+from tests.core.fakes import RecordingSink
+
+ALICE = Origin(protocol="mqtt", listener="m", client_id="alice")
+BOB = Origin(protocol="mqtt", listener="m", client_id="bob")
+
+
+def _held_outbox(broker: Broker) -> None:
+    queue = broker.durable_subscription("$bridge/up/0", "up/#")
+    queue.holds = broker.holds
+
+
+def _message(origin: Origin, topic: str = "up/a", qos: int = 1) -> Message:
+    return Message(destination=topic, payload=b"x", qos=qos, origin=origin)
+
+
+def _ack_log(broker: Broker, origin: Origin, results: list[tuple[str, bool]], label: str) -> None:
+    broker.when_durable(lambda ok: results.append((label, ok)), origin)
+
+
+def test_ack_waits_until_the_entry_is_acknowledged_and_stays_in_order() -> None:
+    broker = Broker()
+    _held_outbox(broker)
+    results: list[tuple[str, bool]] = []
+    broker.publish(_message(ALICE))
+    _ack_log(broker, ALICE, results, "first")
+    broker.publish(_message(ALICE, topic="elsewhere"))  # not held itself, but after "first"
+    _ack_log(broker, ALICE, results, "second")
+    assert results == []
+    sink = RecordingSink()
+    session, _ = broker.open_session("$bridge/up", sink, identity=TRUSTED)
+    broker.consume(session, "$bridge/up/0")
+    (delivery,) = sink.take()
+    assert results == []
+    broker.ack(delivery)
+    assert results == [("first", True), ("second", True)]
+    assert not broker.holds.held(ALICE)
+
+
+def test_other_publishers_are_not_held() -> None:
+    broker = Broker()
+    _held_outbox(broker)
+    results: list[tuple[str, bool]] = []
+    broker.publish(_message(ALICE))
+    _ack_log(broker, ALICE, results, "alice")
+    broker.publish(_message(BOB, topic="local"))
+    _ack_log(broker, BOB, results, "bob")
+    assert results == [("bob", True)]
+
+
+def test_a_discarded_entry_releases_the_ack_as_not_ok() -> None:
+    broker = Broker()
+    _held_outbox(broker)
+    results: list[tuple[str, bool]] = []
+    broker.publish(_message(ALICE))
+    _ack_log(broker, ALICE, results, "a")
+    sink = RecordingSink()
+    session, _ = broker.open_session("$bridge/up", sink, identity=TRUSTED)
+    broker.consume(session, "$bridge/up/0")
+    (delivery,) = sink.take()
+    broker.nack(delivery, requeue=False)  # the upstream refused it
+    assert results == [("a", False)]
+    assert broker.holds.failed == 1
+
+
+def test_requeue_after_a_lost_link_keeps_holding() -> None:
+    broker = Broker()
+    _held_outbox(broker)
+    results: list[tuple[str, bool]] = []
+    broker.publish(_message(ALICE))
+    _ack_log(broker, ALICE, results, "a")
+    sink = RecordingSink()
+    session, _ = broker.open_session("$bridge/up", sink, identity=TRUSTED)
+    broker.consume(session, "$bridge/up/0")
+    sink.take()
+    broker.detach(session, graceful=True)  # the link dropped: back in the outbox
+    assert results == []
+    again = RecordingSink()
+    session, _ = broker.open_session("$bridge/up", again, identity=TRUSTED)
+    broker.consume(session, "$bridge/up/0")
+    (delivery,) = again.take()
+    assert delivery.count == 2
+    broker.ack(delivery)
+    assert results == [("a", True)]
+
+
+def test_qos0_messages_are_never_held() -> None:
+    broker = Broker()
+    _held_outbox(broker)
+    results: list[tuple[str, bool]] = []
+    broker.publish(_message(ALICE, qos=0))
+    _ack_log(broker, ALICE, results, "a")
+    assert results == [("a", True)]
+
+
+def test_a_full_outbox_refuses_the_publish() -> None:
+    broker = Broker()
+    broker.durable_subscription(
+        "$bridge/up/0", "up/#", policy=QueuePolicy(max_length=1, overflow=Overflow.REJECT_PUBLISH)
+    )
+    assert broker.publish(_message(ALICE)).accepted
+    refused = broker.publish(_message(ALICE))
+    assert not refused.accepted
+    assert refused.reason == "queue-full"

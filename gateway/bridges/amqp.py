@@ -494,6 +494,12 @@ class AmqpUpstream(Upstream):
                 if self.heartbeat:
                     nursery.start_soon(self._heartbeats)
                 await self._read()
+        except BaseExceptionGroup as group:
+            # The interface promises an UpstreamError, not our nursery's group.
+            errors, _ = group.split(UpstreamError)
+            if errors is None:
+                raise
+            raise _first(errors) from None
         finally:
             self._reading = False
 
@@ -612,3 +618,8 @@ class AmqpUpstream(Upstream):
             self._stream = None
             await trio.aclose_forcefully(stream)
             self.log.info("bridge.amqp.closed")
+
+
+def _first(group: BaseExceptionGroup[UpstreamError]) -> UpstreamError:
+    error = group.exceptions[0]
+    return _first(error) if isinstance(error, BaseExceptionGroup) else error

@@ -1,0 +1,379 @@
+"""The AMQP bridge's upstream against a real RabbitMQ (127.0.0.1:5672, guest/guest);
+pika reads back and publishes from the other side."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import pika
+import pytest
+import trio
+from pika.adapters.blocking_connection import BlockingChannel
+
+from gateway.bridges.amqp import AmqpUpstream, parse_source, parse_target
+from gateway.bridges.base import ORIGIN_HEADER, InboundRule, Outbound, UpstreamError
+from gateway.bridges.config import BridgeConfig
+from gateway.core.message import Message
+from tests.bridges.conftest import RecordingLink
+from tests.conftest import upstream_reachable
+
+pytestmark = pytest.mark.upstream
+
+HOST, PORT = "127.0.0.1", 5672
+URL = f"amqp://guest:guest@{HOST}:{PORT}/"
+T = TypeVar("T")
+
+
+class Rabbit:
+    """The other side: pika in a thread, and the names a test made, deleted after."""
+
+    def __init__(self) -> None:
+        self.uid = uuid.uuid4().hex[:10]
+        self.queues: list[str] = []
+        self.exchanges: list[str] = []
+
+    def queue(self, label: str = "q") -> str:
+        name = f"test.{label}.{self.uid}"
+        self.queues.append(name)
+        return name
+
+    def exchange(self, label: str = "x") -> str:
+        name = f"test.{label}.{self.uid}"
+        self.exchanges.append(name)
+        return name
+
+    def bridge(self) -> str:
+        """A bridge name; its exchange-bound inbound queues are deleted after."""
+        name = f"t{self.uid}"
+        self.queues.extend(f"gateway.{name}.{i}" for i in range(3))
+        return name
+
+    async def call(self, work: Callable[[BlockingChannel], T]) -> T:
+        def run() -> T:
+            connection = pika.BlockingConnection(
+                pika.ConnectionParameters(
+                    HOST, PORT, credentials=pika.PlainCredentials("guest", "guest")
+                )
+            )
+            try:
+                return work(connection.channel())
+            finally:
+                connection.close()
+
+        return await trio.to_thread.run_sync(run)
+
+    async def declare_queue(self, name: str) -> None:
+        await self.call(lambda ch: ch.queue_declare(name, durable=True))
+
+    async def count(self, queue: str) -> int:
+        result = await self.call(lambda ch: ch.queue_declare(queue, passive=True))
+        count: int = result.method.message_count
+        return count
+
+    async def get_all(self, queue: str, expect: int) -> list[tuple[Any, bytes]]:
+        """(properties, body) of ``expect`` messages taken from ``queue``."""
+
+        def work(ch: BlockingChannel) -> list[tuple[Any, bytes]]:
+            got: list[tuple[Any, bytes]] = []
+            deadline = time.monotonic() + 3
+            while len(got) < expect and time.monotonic() < deadline:
+                method, properties, body = ch.basic_get(queue, auto_ack=True)
+                if method is None:
+                    time.sleep(0.02)
+                else:
+                    got.append((properties, body))
+            return got
+
+        return await self.call(work)
+
+    async def publish(
+        self, exchange: str, key: str, body: bytes, properties: pika.BasicProperties | None = None
+    ) -> None:
+        await self.call(lambda ch: ch.basic_publish(exchange, key, body, properties=properties))
+
+    async def cleanup(self) -> None:
+        def work(ch: BlockingChannel) -> None:
+            for queue in self.queues:
+                ch.queue_delete(queue)
+            for exchange in self.exchanges:
+                ch.exchange_delete(exchange)
+
+        if self.queues or self.exchanges:
+            await self.call(work)
+
+
+@pytest.fixture
+async def rabbit() -> AsyncIterator[Rabbit]:
+    rabbit = Rabbit()
+    yield rabbit
+    with trio.fail_after(5):
+        await rabbit.cleanup()
+
+
+def bridge(name: str = "t", url: str = URL, **amqp: Any) -> BridgeConfig:
+    return BridgeConfig(name=name, kind="amqp", url=url, amqp=amqp)
+
+
+@asynccontextmanager
+async def running(
+    config: BridgeConfig, link: RecordingLink, inbound: Sequence[InboundRule] = ()
+) -> AsyncIterator[AmqpUpstream]:
+    """An opened upstream with its run task; closed on the way out."""
+    upstream = AmqpUpstream(config, config.options(), link, inbound)
+    try:
+        with trio.fail_after(5):
+            await upstream.open()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(upstream.run)
+                yield upstream
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # The test's own failure, or run's UpstreamError: show it unwrapped.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+    finally:
+        with trio.move_on_after(2):
+            await upstream.close()
+
+
+def test_targets_and_sources_parse() -> None:
+    assert parse_target("exchange:ex/a.b") == ("ex", "a.b")
+    assert parse_target("exchange:ex/") == ("ex", "")
+    assert parse_target("exchange:ex") == ("ex", "")
+    assert parse_target("queue:jobs") == ("", "jobs")
+    assert parse_target("a.b") == ("amq.topic", "a.b")
+    assert parse_source("queue:jobs") == (None, "jobs")
+    assert parse_source("exchange:amq.topic/a.#") == ("amq.topic", "a.#")
+    assert parse_source("exchange:ex") == ("ex", "#")
+    with pytest.raises(ValueError, match="queue name"):
+        parse_target("queue:")
+
+
+async def test_publish_batch_is_confirmed_with_every_property_mapped(rabbit: Rabbit) -> None:
+    upstream_reachable(HOST, PORT)
+    queue, key = rabbit.queue(), f"pub.{rabbit.uid}"
+    config = bridge(
+        queues=[{"name": queue, "arguments": {"x-max-length": 1000}}],
+        bindings=[{"queue": queue, "exchange": "amq.topic", "routing_key": f"{key}.#"}],
+    )
+    now = time.time()
+    full = Message(
+        destination="a/b",
+        payload=b"\x00full\xff",
+        headers={"trace": "abc", "n": "1"},
+        qos=1,
+        priority=7,
+        expiry=now + 60,
+        content_type="application/octet-stream",
+        correlation_id=b"corr-1",
+        reply_to="$queue/replies",
+        timestamp=now,
+    )
+    plain = Message(destination="a/c", payload=b"plain", reply_to="r/a")
+    batch = [
+        Outbound(10, full, f"queue:{queue}"),
+        Outbound(11, plain, f"exchange:amq.topic/{key}.x"),
+        Outbound(12, plain, f"{key}.bare"),
+    ]
+    link = RecordingLink()
+    async with running(config, link) as upstream:
+        await upstream.publish(batch)
+        await link.wait_for(lambda: len(link.confirms) == 3, 5)
+    # Confirms may come out of order (a persistent message waits for the disk).
+    assert sorted(link.confirms) == [10, 11, 12]
+    assert link.refusals == []
+
+    got = await rabbit.get_all(queue, 3)
+    assert [body for _, body in got] == [b"\x00full\xff", b"plain", b"plain"]
+    first, second = got[0][0], got[1][0]
+    assert first.headers == {"trace": "abc", "n": "1", ORIGIN_HEADER: "t"}
+    assert first.content_type == "application/octet-stream"
+    assert first.correlation_id == "corr-1"
+    assert first.reply_to == "replies"
+    assert 58_000 <= int(first.expiration) <= 60_000
+    assert first.priority == 7
+    assert first.delivery_mode == 2
+    assert first.message_id == str(full.message_id)
+    assert first.timestamp == int(now)
+    assert second.headers == {ORIGIN_HEADER: "t"}
+    assert second.reply_to == "r.a"
+    assert second.delivery_mode == 1
+    assert second.priority == 4
+    assert second.expiration is None
+    assert second.content_type is None
+
+
+async def test_unroutable_mandatory_publish_is_refused_not_confirmed(rabbit: Rabbit) -> None:
+    upstream_reachable(HOST, PORT)
+    queue = rabbit.queue()
+    link = RecordingLink()
+    async with running(bridge(queues=[{"name": queue}]), link) as upstream:
+        message = Message(destination="x", payload=b"m")
+        await upstream.publish(
+            [
+                Outbound(1, message, f"exchange:amq.topic/nobody.{rabbit.uid}"),
+                Outbound(2, message, f"queue:{queue}"),
+                Outbound(3, message, f"queue:missing.{rabbit.uid}"),
+            ]
+        )
+        await link.wait_for(lambda: len(link.confirms) + len(link.refusals) == 3, 5)
+    assert link.confirms == [2]
+    assert [tag for tag, _ in link.refusals] == [1, 3]
+    assert all(reason.startswith("unroutable: 312 NO_ROUTE") for _, reason in link.refusals)
+
+
+async def test_publish_to_a_missing_exchange_is_refused_and_ends_the_connection(
+    rabbit: Rabbit,
+) -> None:
+    upstream_reachable(HOST, PORT)
+    link = RecordingLink()
+    message = Message(destination="x", payload=b"m")
+    with pytest.raises(UpstreamError) as caught:  # noqa: PT012 - the run task raises it
+        async with running(bridge(), link) as upstream:
+            await upstream.publish([Outbound(1, message, f"exchange:nowhere.{rabbit.uid}/k")])
+            await trio.sleep(5)
+    assert caught.value.code == 404
+    assert [tag for tag, _ in link.refusals] == [1]
+    assert "NOT_FOUND" in link.refusals[0][1]
+    assert link.confirms == []
+
+
+async def test_declarations_from_options(rabbit: Rabbit) -> None:
+    upstream_reachable(HOST, PORT)
+    exchange, queue = rabbit.exchange(), rabbit.queue()
+    config = bridge(
+        exchanges=[{"name": exchange, "type": "direct", "durable": False, "auto_delete": False}],
+        queues=[{"name": queue, "arguments": {"x-max-length": 5, "x-queue-mode": "default"}}],
+        bindings=[{"queue": queue, "exchange": exchange, "routing_key": "k"}],
+    )
+    async with running(config, RecordingLink()):
+        pass
+    await rabbit.publish(exchange, "k", b"through the binding")
+    assert [body for _, body in await rabbit.get_all(queue, 1)] == [b"through the binding"]
+
+
+async def test_inbound_from_a_queue_maps_properties_and_acks(rabbit: Rabbit) -> None:
+    upstream_reachable(HOST, PORT)
+    queue = rabbit.queue()
+    await rabbit.declare_queue(queue)
+    before = time.time()
+    await rabbit.publish(
+        "",
+        queue,
+        b"hello",
+        pika.BasicProperties(
+            headers={"trace": "abc", "n": 5},
+            content_type="text/plain",
+            correlation_id="c-9",
+            reply_to="answers",
+            expiration="30000",
+            priority=12,
+            delivery_mode=2,
+            timestamp=1_700_000_000,
+        ),
+    )
+    link = RecordingLink()
+    async with running(bridge(), link, [InboundRule(0, f"queue:{queue}")]):
+        await link.wait_for(lambda: len(link.inbound) == 1, 5)
+        received = link.inbound[0]
+        received.settle(True)
+        received.settle(True)  # a second settle is ignored, not a double ack
+        await trio.sleep(0.2)
+    assert received.rule == 0
+    assert received.subject == queue
+    message = received.message
+    assert message.payload == b"hello"
+    assert dict(message.headers) == {"trace": "abc", "n": "5"}
+    assert message.content_type == "text/plain"
+    assert message.correlation_id == b"c-9"
+    assert message.reply_to == "answers"
+    assert message.expiry is not None
+    assert before + 25 < message.expiry < time.time() + 30.5
+    assert message.priority == 9
+    assert message.qos == 1
+    assert message.timestamp == 1_700_000_000
+    assert await rabbit.count(queue) == 0
+
+
+async def test_inbound_from_an_exchange_binding_and_nack_requeues(rabbit: Rabbit) -> None:
+    upstream_reachable(HOST, PORT)
+    name = rabbit.bridge()
+    key = f"a{rabbit.uid}"
+    link = RecordingLink()
+    rules = [InboundRule(0, f"exchange:amq.topic/{key}.#")]
+    async with running(bridge(name), link, rules):
+        await rabbit.publish("amq.topic", f"{key}.b.c", b"first")
+        await rabbit.publish("amq.topic", f"other{key}.b", b"not bound")
+        await link.wait_for(lambda: len(link.inbound) == 1, 5)
+        first = link.inbound[0]
+        assert (first.rule, first.subject, first.message.payload) == (0, f"{key}.b.c", b"first")
+        assert first.message.qos == 0
+        assert first.message.priority == 4
+        first.settle(False)
+        await link.wait_for(lambda: len(link.inbound) == 2, 5)
+        assert link.inbound[1].message.payload == b"first"
+    # Not acked: it waits in the durable queue for the next connection.
+    assert await rabbit.count(f"gateway.{name}.0") == 1
+
+
+async def test_wrong_password_is_final(rabbit: Rabbit) -> None:
+    upstream_reachable(HOST, PORT)
+    config = bridge(url=f"amqp://guest:wrong-{rabbit.uid}@{HOST}:{PORT}/")
+    upstream = AmqpUpstream(config, config.options(), RecordingLink(), ())
+    with trio.fail_after(5), pytest.raises(UpstreamError) as caught:
+        await upstream.open()
+    await upstream.close()
+    assert caught.value.retry is False
+    assert caught.value.code == 403
+    assert "ACCESS_REFUSED" in str(caught.value) or "password" in str(caught.value)
+
+
+async def test_missing_vhost_is_reported(rabbit: Rabbit) -> None:
+    upstream_reachable(HOST, PORT)
+    config = bridge(vhost=f"nowhere-{rabbit.uid}")
+    upstream = AmqpUpstream(config, config.options(), RecordingLink(), ())
+    with trio.fail_after(5), pytest.raises(UpstreamError) as caught:
+        await upstream.open()
+    await upstream.close()
+    assert caught.value.retry is False
+    assert caught.value.code == 530
+
+
+async def test_a_body_over_frame_max_both_ways(rabbit: Rabbit) -> None:
+    upstream_reachable(HOST, PORT)
+    queue, inbound_queue = rabbit.queue("out"), rabbit.queue("in")
+    big = bytes(range(256)) * 1200  # 300 kB, more than two 128 kB frames
+    link = RecordingLink(auto_settle=True)
+    config = bridge(queues=[{"name": queue}, {"name": inbound_queue}])
+    async with running(config, link, [InboundRule(0, f"queue:{inbound_queue}")]) as upstream:
+        assert len(big) > upstream.frame_max
+        await upstream.publish(
+            [Outbound(1, Message(destination="x", payload=big), f"queue:{queue}")]
+        )
+        await rabbit.publish("", inbound_queue, big)
+        await link.wait_for(lambda: link.confirms == [1] and len(link.inbound) == 1, 5)
+    assert link.inbound[0].message.payload == big
+    assert [body for _, body in await rabbit.get_all(queue, 1)] == [big]
+
+
+async def test_heartbeat_is_negotiated_and_keeps_an_idle_connection(rabbit: Rabbit) -> None:
+    upstream_reachable(HOST, PORT)
+    queue = rabbit.queue()
+    async with running(bridge(heartbeat=600), RecordingLink()) as upstream:
+        # The server proposes its own (RabbitMQ: 60 s); the smaller one wins.
+        assert 0 < upstream.heartbeat < 600
+    link = RecordingLink()
+    async with running(bridge(heartbeat=1, queues=[{"name": queue}]), link) as upstream:
+        assert upstream.heartbeat == 1
+        # Longer than two heartbeat intervals: without heartbeats either side hangs up.
+        await trio.sleep(2.5)
+        await upstream.publish(
+            [Outbound(1, Message(destination="x", payload=b"alive"), f"queue:{queue}")]
+        )
+        await link.wait_for(lambda: link.confirms == [1], 3)

@@ -253,9 +253,8 @@ class AmqpUpstream(Upstream):
         }
 
     def _tune(self, tune: commands.Connection.Tune) -> None:
-        # 0 means "no limit" in tune; we still bound frames by our default.
-        server_frame_max = tune.frame_max or wire.DEFAULT_FRAME_MAX
-        self.frame_max = min(server_frame_max, wire.DEFAULT_FRAME_MAX * 8)
+        # 0 means "no limit": we still bound frames (and so our buffer) by our default.
+        self.frame_max = min(tune.frame_max or wire.DEFAULT_FRAME_MAX, wire.DEFAULT_FRAME_MAX)
         self.channel_max = tune.channel_max or 2047
         ours, theirs = self.options.heartbeat, tune.heartbeat or 0
         self.heartbeat = 0 if ours == 0 else (ours if theirs == 0 else min(ours, theirs))
@@ -522,6 +521,20 @@ class AmqpUpstream(Upstream):
                 self._returned(returned)
             case wire.Content():
                 self.log.warning("bridge.amqp.unexpected_content", method=event.method.name)
+            case wire.Undecodable(method=commands.Basic.Deliver() as deliver):
+                # Requeueing would bring it straight back: reject it (the queue's
+                # dead-letter exchange, if any, keeps it).
+                self.log.warning("bridge.amqp.undecodable", reason=event.reason)
+                self._queue_output(
+                    wire.method(
+                        CHANNEL,
+                        commands.Basic.Reject(delivery_tag=deliver.delivery_tag, requeue=False),
+                    )
+                )
+            case wire.Undecodable(method=commands.Basic.Return() as returned):
+                self._returned(returned)
+            case wire.Undecodable():
+                pass
             case wire.MethodFrame(method=commands.Basic.Ack() as ack):
                 self._settle_confirm(ack.delivery_tag, ack.multiple, True)
             case wire.MethodFrame(method=commands.Basic.Nack() as nack):
@@ -566,6 +579,9 @@ class AmqpUpstream(Upstream):
     def _deliver(
         self, deliver: commands.Basic.Deliver, properties: commands.Basic.Properties, body: bytes
     ) -> None:
+        if self._closed:
+            # Closing: it would be requeued anyway when the connection ends.
+            return
         rule = self._consumers.get(deliver.consumer_tag or "")
         if rule is None:
             self.log.warning("bridge.amqp.unknown_consumer", consumer_tag=deliver.consumer_tag)

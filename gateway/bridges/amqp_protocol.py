@@ -66,6 +66,16 @@ class Content:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Undecodable:
+    """A content method whose properties could not be decoded (its body was
+    skipped): the receiver rejects it rather than lose the connection."""
+
+    channel: int
+    method: commands.Basic.Deliver | commands.Basic.Return | commands.Basic.GetOk
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Heartbeat:
     pass
 
@@ -83,7 +93,7 @@ class Eof:
     """The peer closed the stream (after every complete frame was returned)."""
 
 
-Event = MethodFrame | Content | Heartbeat | VersionMismatch | Eof
+Event = MethodFrame | Content | Undecodable | Heartbeat | VersionMismatch | Eof
 
 
 class _NeedData:
@@ -97,10 +107,17 @@ _CONTENT_METHODS = (commands.Basic.Deliver, commands.Basic.Return, commands.Basi
 _FRAME_HEAD = struct.Struct(">BHI")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _BadHeader:
+    body_size: int
+    reason: str
+
+
 @dataclass(slots=True)
 class _Partial:
     method: commands.Basic.Deliver | commands.Basic.Return | commands.Basic.GetOk
     properties: commands.Basic.Properties | None = None
+    error: str | None = None
     size: int = -1
     parts: list[bytes] | None = None
     received: int = 0
@@ -143,7 +160,7 @@ class Decoder:
             if event is not None:
                 return event
 
-    def _next_frame(self) -> tuple[int, frame.FrameTypes] | None:
+    def _next_frame(self) -> tuple[int, frame.FrameTypes | _BadHeader] | None:
         available = len(self._buffer) - self._offset
         start = self._offset
         if not self._started:
@@ -161,7 +178,7 @@ class Decoder:
                 return 0, header.ProtocolHeader(major, minor, revision)
         if available < 7:
             return None
-        frame_type, _channel, size = _FRAME_HEAD.unpack_from(self._buffer, start)
+        frame_type, channel, size = _FRAME_HEAD.unpack_from(self._buffer, start)
         if size + FRAME_OVERHEAD > self.frame_max:
             raise AmqpProtocolError(f"a frame of {size} bytes is over frame_max {self.frame_max}")
         end = start + 7 + size + 1
@@ -176,13 +193,20 @@ class Decoder:
         ):
             raise AmqpProtocolError(f"unknown frame type {frame_type}")
         try:
-            consumed, channel, value = frame.unmarshal(bytes(self._buffer[start:end]))
+            consumed, _, value = frame.unmarshal(bytes(self._buffer[start:end]))
         except exceptions.UnmarshalingException as exc:
-            raise AmqpProtocolError(f"undecodable frame: {exc}", SYNTAX_ERROR) from None
+            if frame_type != constants.FRAME_HEADER or size < 12:
+                raise AmqpProtocolError(f"undecodable frame: {exc}", SYNTAX_ERROR) from None
+            # One message's properties pamqp cannot read (a short string that is not
+            # UTF-8): the framing is intact, so only that message is lost, not the
+            # connection (which would receive it again, and fail again, forever).
+            self._offset = end
+            body_size = struct.unpack_from(">Q", self._buffer, start + 7 + 4)[0]
+            return channel, _BadHeader(body_size=body_size, reason=str(exc))
         self._offset += consumed
         return channel, value
 
-    def _assemble(self, channel: int, value: frame.FrameTypes) -> Event | None:
+    def _assemble(self, channel: int, value: frame.FrameTypes | _BadHeader) -> Event | None:
         partial = self._partial.get(channel)
         if isinstance(value, heartbeat.Heartbeat):
             return Heartbeat()
@@ -190,12 +214,15 @@ class Decoder:
             return VersionMismatch(
                 version=(value.major_version, value.minor_version, value.revision)
             )
-        if isinstance(value, header.ContentHeader):
-            if partial is None or partial.properties is not None:
+        if isinstance(value, header.ContentHeader | _BadHeader):
+            if partial is None or partial.parts is not None:
                 raise AmqpProtocolError("a content header without its method", UNEXPECTED_FRAME)
             if value.body_size > self.body_max:
                 raise AmqpProtocolError(f"a body of {value.body_size} bytes is over the limit")
-            partial.properties = value.properties
+            if isinstance(value, _BadHeader):
+                partial.error = value.reason
+            else:
+                partial.properties = value.properties
             partial.size = value.body_size
             partial.parts = []
             return self._complete(channel, partial)
@@ -214,10 +241,12 @@ class Decoder:
             return None
         return MethodFrame(channel=channel, method=value)
 
-    def _complete(self, channel: int, partial: _Partial) -> Content | None:
+    def _complete(self, channel: int, partial: _Partial) -> Content | Undecodable | None:
         if partial.received < partial.size:
             return None
         del self._partial[channel]
+        if partial.error is not None:
+            return Undecodable(channel=channel, method=partial.method, reason=partial.error)
         assert partial.properties is not None
         assert partial.parts is not None
         return Content(

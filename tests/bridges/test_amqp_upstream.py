@@ -12,8 +12,10 @@ from typing import Any, TypeVar
 import pika
 import pytest
 import trio
+from pamqp import commands
 from pika.adapters.blocking_connection import BlockingChannel
 
+from gateway.bridges import amqp_protocol as wire
 from gateway.bridges.amqp import AmqpUpstream, parse_source, parse_target
 from gateway.bridges.base import ORIGIN_HEADER, InboundRule, Outbound, UpstreamError
 from gateway.bridges.config import BridgeConfig
@@ -377,3 +379,83 @@ async def test_heartbeat_is_negotiated_and_keeps_an_idle_connection(rabbit: Rabb
             [Outbound(1, Message(destination="x", payload=b"alive"), f"queue:{queue}")]
         )
         await link.wait_for(lambda: link.confirms == [1], 3)
+
+
+async def test_a_message_with_undecodable_properties_is_rejected_not_fatal(
+    rabbit: Rabbit,
+) -> None:
+    upstream_reachable(HOST, PORT)
+    queue = rabbit.queue()
+    await rabbit.declare_queue(queue)
+    # A correlation id that is not UTF-8: pamqp cannot decode the content header.
+    await rabbit.publish("", queue, b"bad", pika.BasicProperties(correlation_id=b"\xff\xfe"))
+    await rabbit.publish("", queue, b"good")
+    link = RecordingLink(auto_settle=True)
+    async with running(bridge(), link, [InboundRule(0, f"queue:{queue}")]):
+        await link.wait_for(lambda: len(link.inbound) == 1, 5)
+        await trio.sleep(0.1)
+    assert [r.message.payload for r in link.inbound] == [b"good"]
+    assert await rabbit.count(queue) == 0
+
+
+async def test_a_consumed_queue_deleted_upstream_ends_the_connection(rabbit: Rabbit) -> None:
+    upstream_reachable(HOST, PORT)
+    queue = rabbit.queue()
+    await rabbit.declare_queue(queue)
+    with pytest.raises(UpstreamError, match="cancelled consumer"):  # noqa: PT012
+        async with running(bridge(), RecordingLink(), [InboundRule(0, f"queue:{queue}")]):
+            await rabbit.call(lambda ch: ch.queue_delete(queue))
+            await trio.sleep(5)
+
+
+async def test_consuming_a_missing_queue_is_reported(rabbit: Rabbit) -> None:
+    upstream_reachable(HOST, PORT)
+    config = bridge()
+    rules = [InboundRule(0, f"queue:missing.{rabbit.uid}")]
+    upstream = AmqpUpstream(config, config.options(), RecordingLink(), rules)
+    with trio.fail_after(5), pytest.raises(UpstreamError) as caught:
+        await upstream.open()
+    await upstream.close()
+    assert caught.value.code == 404
+    assert caught.value.retry is True
+
+
+def test_decoder_joins_content_frames_fed_byte_at_a_time() -> None:
+    properties = commands.Basic.Properties(content_type="text/plain", headers={"a": "b"})
+    deliver = commands.Basic.Deliver(
+        consumer_tag="c", delivery_tag=7, exchange="amq.topic", routing_key="a.b"
+    )
+    payload = bytes(range(256)) * 4
+    data = (
+        wire.method(1, commands.Basic.Ack(delivery_tag=3, multiple=True))
+        + wire.content(1, deliver, properties, payload, frame_max=100)
+        + wire.heartbeat_frame()
+    )
+    whole = wire.Decoder()
+    whole.receive_data(data)
+    expected = []
+    while not isinstance(event := whole.next_event(), type(wire.NEED_DATA)):
+        expected.append(event)
+    single = wire.Decoder()
+    got = []
+    for i in range(len(data)):
+        single.receive_data(data[i : i + 1])
+        while not isinstance(event := single.next_event(), type(wire.NEED_DATA)):
+            got.append(event)
+    assert [type(e) for e in expected] == [wire.MethodFrame, wire.Content, wire.Heartbeat]
+    assert [type(e) for e in got] == [type(e) for e in expected]
+    content = got[1]
+    assert isinstance(content, wire.Content)
+    assert content.body == payload
+    assert content.properties.content_type == "text/plain"
+    assert content.method.routing_key == "a.b"
+    single.receive_data(b"")
+    assert isinstance(single.next_event(), wire.Eof)
+
+
+def test_decoder_refuses_a_frame_over_frame_max() -> None:
+    deliver = commands.Basic.Deliver(consumer_tag="c", delivery_tag=1, routing_key="k")
+    decoder = wire.Decoder(frame_max=4096)
+    decoder.receive_data(wire.content(1, deliver, commands.Basic.Properties(), b"x" * 9000, 10_000))
+    with pytest.raises(wire.AmqpProtocolError, match="frame_max"):
+        decoder.next_event()

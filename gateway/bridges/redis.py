@@ -251,6 +251,7 @@ class RedisUpstream(Upstream):
         self._reader: _Connection | None = None
         # What each publisher reply answers, in order: an XADD's tag, or None for an XACK.
         self._replies: deque[int | None] = deque()
+        self._last_reply = 0.0  # trio.current_time() of the last reply, or when one was owed
         self._write_lock = trio.Lock()
         self._acks: dict[bytes, list[bytes]] = {}
         self._acks_queued = trio.Event()
@@ -345,6 +346,7 @@ class RedisUpstream(Upstream):
         conn = self._opened()
         data = b"".join(self._xadd(out) for out in batch)
         async with self._write_lock:
+            self._owe_replies()
             self._replies.extend(out.tag for out in batch)
             await conn.send(data)
 
@@ -360,6 +362,7 @@ class RedisUpstream(Upstream):
             reply = await conn.reply()
             if not self._replies:
                 raise UpstreamError("redis sent a reply nothing asked for")
+            self._last_reply = trio.current_time()
             tag = self._replies.popleft()
             if tag is None:
                 if isinstance(reply, ErrorReply):
@@ -371,14 +374,29 @@ class RedisUpstream(Upstream):
             else:
                 raise UpstreamError(f"redis: unexpected XADD reply {reply!r}")
 
+    def _owe_replies(self) -> None:
+        """Start the reply clock when replies start being owed."""
+        if not self._replies:
+            self._last_reply = trio.current_time()
+
+    async def _watch_replies(self) -> None:
+        """A connection that owes replies and sends none for REPLY_TIMEOUT is dead."""
+        while True:
+            await trio.sleep(REPLY_TIMEOUT / 4)
+            if self._replies and trio.current_time() - self._last_reply > REPLY_TIMEOUT:
+                raise UpstreamError(f"redis sent no reply for {REPLY_TIMEOUT} s")
+
     async def _write_acks(self, conn: _Connection) -> None:
         """Send the XACKs that settles queued: one per stream key, as they come."""
         while True:
             await self._acks_queued.wait()
             self._acks_queued = trio.Event()
             acks, self._acks = self._acks, {}
+            if not acks:
+                continue
             data = b"".join(command("XACK", key, self._group, *ids) for key, ids in acks.items())
             async with self._write_lock:
+                self._owe_replies()
                 self._replies.extend([None] * len(acks))
                 await conn.send(data)
 
@@ -501,6 +519,7 @@ class RedisUpstream(Upstream):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._read_replies, publisher)
                 nursery.start_soon(self._write_acks, publisher)
+                nursery.start_soon(self._watch_replies)
                 if self._reader is not None:
                     nursery.start_soon(self._read_inbound, self._reader)
         except BaseExceptionGroup as group:

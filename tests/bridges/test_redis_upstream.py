@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -12,9 +13,11 @@ import pytest
 import redis
 import trio
 
+from gateway.bridges import redis as redis_bridge
 from gateway.bridges.base import ORIGIN_HEADER, InboundRule, Outbound, UpstreamError
 from gateway.bridges.config import BridgeConfig
 from gateway.bridges.redis import RedisUpstream
+from gateway.bridges.resp import NEED_DATA, RespParser
 from gateway.core.message import Message
 from tests.bridges.conftest import RecordingLink
 from tests.conftest import NET_TIMEOUT, upstream_reachable
@@ -325,6 +328,35 @@ async def test_a_killed_connection_ends_run_with_an_upstream_error(
             [ours] = [c["id"] for c in clients if c["name"] == f"gateway.{name}.read"]
             await in_thread(server.client_kill_filter, _id=ours)
             with pytest.raises(UpstreamError, match="redis"):
+                await upstream.run()
+        finally:
+            await upstream.close()
+
+
+async def silent_redis(stream: trio.SocketStream) -> None:
+    """A fake Redis that answers the handshake, then never replies again."""
+    parser = RespParser()
+    while data := await stream.receive_some(4096):
+        parser.receive_data(data)
+        while (request := parser.next_event()) is not NEED_DATA:
+            assert isinstance(request, list)
+            if request[0] in (b"CLIENT", b"PING"):
+                await stream.send_all(b"+PONG\r\n" if request[0] == b"PING" else b"+OK\r\n")
+
+
+async def test_a_connection_that_stops_replying_is_dead(
+    monkeypatch: pytest.MonkeyPatch, nursery: trio.Nursery
+) -> None:
+    upstream_reachable(HOST, PORT)
+    monkeypatch.setattr(redis_bridge, "REPLY_TIMEOUT", 0.2)
+    [listener] = await nursery.start(partial(trio.serve_tcp, silent_redis, 0, host="127.0.0.1"))
+    port = listener.socket.getsockname()[1]
+    upstream = make_upstream(RecordingLink(), url=f"redis://127.0.0.1:{port}")
+    with trio.fail_after(NET_TIMEOUT):
+        await upstream.open()
+        try:
+            await upstream.publish([out(1, "s")])
+            with pytest.raises(UpstreamError, match="no reply"):
                 await upstream.run()
         finally:
             await upstream.close()

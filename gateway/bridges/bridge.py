@@ -230,6 +230,9 @@ class Bridge:
                 await trio.sleep(delay)
         finally:
             self._set_state("stopped")
+            snapshot = self.snapshot()
+            del snapshot["name"], snapshot["kind"], snapshot["state"]
+            self.log.info("bridge.stopped", **snapshot)
 
     async def _link(self) -> bool:
         """One connection, until it fails; True if it was up."""

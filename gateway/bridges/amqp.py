@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
@@ -48,7 +47,6 @@ TLS_SCHEMES = frozenset({"amqps"})
 CHANNEL = 1
 # Reply codes after which reconnecting with the same settings cannot help.
 _FINAL_CODES = frozenset({402, 403, 406, 530, 540})
-_DEFAULT_TOPIC_EXCHANGE = "amq.topic"
 _CLOSE_WAIT = 1.0
 
 
@@ -97,48 +95,6 @@ class Options(_Options, frozen=True):
             raise ValueError("prefetch must be 0-65535")
 
 
-def parse_target(target: str) -> tuple[str, str]:
-    """(exchange, routing key) of an outbound target. Raises ValueError."""
-    if target.startswith("exchange:"):
-        exchange, _, key = target[len("exchange:") :].partition("/")
-        if not exchange:
-            raise ValueError(f"no exchange name in {target!r}")
-        return exchange, key
-    if target.startswith("queue:"):
-        if not target[len("queue:") :]:
-            raise ValueError(f"no queue name in {target!r}")
-        return "", target[len("queue:") :]
-    if target.startswith("$queue/"):
-        return "", target[len("$queue/") :]
-    return _DEFAULT_TOPIC_EXCHANGE, target
-
-
-def parse_source(source: str) -> tuple[str | None, str]:
-    """(exchange, binding key) of an inbound source, or (None, queue name) for a
-    queue. Raises ValueError."""
-    if source.startswith("queue:"):
-        if not source[len("queue:") :]:
-            raise ValueError(f"no queue name in {source!r}")
-        return None, source[len("queue:") :]
-    if source.startswith("exchange:"):
-        exchange, slash, key = source[len("exchange:") :].partition("/")
-        if not exchange:
-            raise ValueError(f"no exchange name in {source!r}")
-        return exchange, key if slash else "#"
-    return _DEFAULT_TOPIC_EXCHANGE, source
-
-
-@dataclass(slots=True)
-class _Pending:
-    """A publish waiting for its confirm."""
-
-    tag: int
-    exchange: str
-    routing_key: str
-    mandatory: bool
-    returned: str | None = None
-
-
 class AmqpUpstream(Upstream):
     separator = "."
 
@@ -172,11 +128,7 @@ class AmqpUpstream(Upstream):
         self._last_sent = 0.0
         self._reading = False
         self._closed = False
-        # Publisher confirms: the next sequence number and what is unconfirmed.
-        self._next_seq = 1
-        self._lowest = 1
-        self._return_cursor = 1
-        self._pending: dict[int, _Pending] = {}
+        self._confirms = wire.Confirms()
         self._consumers: dict[str, int] = {}
 
     # --- connecting ---------------------------------------------------------------
@@ -298,7 +250,7 @@ class AmqpUpstream(Upstream):
         )
         for rule in self.inbound:
             try:
-                exchange, name = parse_source(rule.source)
+                exchange, name = wire.parse_source(rule.source)
             except ValueError as exc:
                 raise UpstreamError(f"inbound[{rule.index}]: {exc}", retry=False) from None
             if exchange is not None:
@@ -411,7 +363,7 @@ class AmqpUpstream(Upstream):
         refused: list[tuple[int, str]] = []
         for item in batch:
             try:
-                exchange, key = parse_target(item.target)
+                exchange, key = wire.parse_target(item.target)
                 properties = wire.properties_for(item.message, origin, now)
                 request = commands.Basic.Publish(
                     exchange=exchange, routing_key=key, mandatory=mandatory
@@ -424,61 +376,11 @@ class AmqpUpstream(Upstream):
                 refused.append((item.tag, f"cannot be sent over AMQP: {exc}"))
                 continue
             frames.append(data)
-            self._pending[self._next_seq] = _Pending(item.tag, exchange, key, mandatory)
-            self._next_seq += 1
+            self._confirms.sent(item.tag, exchange, key, mandatory=mandatory)
         if frames:
             await self._send(b"".join(frames))
         for tag, reason in refused:
             self.link.refused(tag, reason)
-
-    def _settle_confirm(self, delivery_tag: int, multiple: bool, ack: bool) -> None:
-        if multiple:
-            seqs = range(self._lowest, delivery_tag + 1)
-        else:
-            seqs = range(delivery_tag, delivery_tag + 1)
-        for seq in seqs:
-            pending = self._pending.pop(seq, None)
-            if pending is None:
-                continue
-            if not ack:
-                self.link.refused(pending.tag, "nacked by the upstream")
-            elif pending.returned is not None:
-                self.link.refused(pending.tag, pending.returned)
-            else:
-                self.link.confirmed(pending.tag)
-        while self._lowest < self._next_seq and self._lowest not in self._pending:
-            self._lowest += 1
-
-    def _returned(self, method: commands.Basic.Return) -> None:
-        # RabbitMQ sends basic.return before the basic.ack of the same publish, and
-        # returns in publish order: the returned one is the first unconfirmed
-        # mandatory publish after the last return with this exchange and key.
-        seq = max(self._return_cursor, self._lowest)
-        while seq < self._next_seq:
-            pending = self._pending.get(seq)
-            if (
-                pending is not None
-                and pending.mandatory
-                and pending.returned is None
-                and pending.exchange == method.exchange
-                and pending.routing_key == method.routing_key
-            ):
-                pending.returned = f"unroutable: {method.reply_code} {method.reply_text}"
-                self._return_cursor = seq + 1
-                return
-            seq += 1
-        self.log.warning("bridge.amqp.unmatched_return", exchange=method.exchange)
-
-    def _refuse_missing_exchange(self, close: commands.Channel.Close) -> None:
-        # A publish to an exchange that does not exist closes the channel (404): the
-        # first unconfirmed publish to the exchange the reply names is refused for
-        # good, or every reconnect would send it again and fail the same way.
-        for seq in range(self._lowest, self._next_seq):
-            pending = self._pending.get(seq)
-            if pending is not None and f"'{pending.exchange}'" in close.reply_text:
-                del self._pending[seq]
-                self.link.refused(pending.tag, f"{close.reply_code} {close.reply_text}")
-                return
 
     # --- reading ------------------------------------------------------------------
 
@@ -536,9 +438,9 @@ class AmqpUpstream(Upstream):
             case wire.Undecodable():
                 pass
             case wire.MethodFrame(method=commands.Basic.Ack() as ack):
-                self._settle_confirm(ack.delivery_tag, ack.multiple, True)
+                self._report(self._confirms.acked(ack.delivery_tag, multiple=ack.multiple))
             case wire.MethodFrame(method=commands.Basic.Nack() as nack):
-                self._settle_confirm(nack.delivery_tag, nack.multiple, False)
+                self._report(self._confirms.nacked(nack.delivery_tag, multiple=nack.multiple))
             case wire.MethodFrame(method=commands.Connection.Close() as close):
                 self._closed = True
                 with trio.move_on_after(_CLOSE_WAIT):
@@ -546,7 +448,9 @@ class AmqpUpstream(Upstream):
                 raise self._error("connection", close.reply_code, close.reply_text)
             case wire.MethodFrame(method=commands.Channel.Close() as close):
                 if close.reply_code == 404 and close.class_id == 60 and close.method_id == 40:
-                    self._refuse_missing_exchange(close)
+                    # A publish to a missing exchange: refuse it for good, or every
+                    # reconnect would send it again and fail the same way.
+                    self._report(self._confirms.missing_exchange(close.reply_text))
                 raise self._error(f"channel {event.channel}", close.reply_code, close.reply_text)
             case wire.MethodFrame(method=commands.Connection.Blocked() as blocked):
                 self.blocked = True
@@ -567,6 +471,19 @@ class AmqpUpstream(Upstream):
                 pass
             case _:
                 self.log.debug("bridge.amqp.ignored", event=type(event).__name__)
+
+    def _returned(self, method: commands.Basic.Return) -> None:
+        if not self._confirms.returned(
+            method.exchange, method.routing_key or "", f"{method.reply_code} {method.reply_text}"
+        ):
+            self.log.warning("bridge.amqp.unmatched_return", exchange=method.exchange)
+
+    def _report(self, outcomes: list[tuple[int, str | None]]) -> None:
+        for tag, refusal in outcomes:
+            if refusal is None:
+                self.link.confirmed(tag)
+            else:
+                self.link.refused(tag, refusal)
 
     def _error(self, what: str, code: int | None, text: str) -> UpstreamError:
         self.log.warning("bridge.amqp.closed_by_server", scope=what, code=code, text=text)

@@ -3,9 +3,10 @@
 pamqp encodes and decodes single frames; this module adds what a connection needs
 around it: a decoder that buffers partial input and joins a content method
 (basic.deliver, basic.return) with its header and body frames into one event, an
-encoder that splits a body at the negotiated frame size, and the mapping between
-the core ``Message`` and ``basic`` properties (docs/bridge-amqp.md). Nothing here
-reads a clock by itself or touches a socket: the bridge passes ``now`` in.
+encoder that splits a body at the negotiated frame size, the mapping between the
+core ``Message`` and ``basic`` properties (docs/bridge-amqp.md), the bridge's
+target and source syntax, and the bookkeeping of publisher confirms. Nothing here
+reads a clock or touches a socket: the bridge passes ``now`` in.
 """
 
 from __future__ import annotations
@@ -379,3 +380,118 @@ def message_from(properties: commands.Basic.Properties, payload: bytes, now: flo
         reply_to=properties.reply_to or None,
         timestamp=timestamp.timestamp() if isinstance(timestamp, datetime.datetime) else now,
     )
+
+
+# --- addresses ------------------------------------------------------------------
+
+DEFAULT_TOPIC_EXCHANGE: Final = "amq.topic"
+
+
+def parse_target(target: str) -> tuple[str, str]:
+    """(exchange, routing key) of an outbound target. Raises ValueError."""
+    if target.startswith("exchange:"):
+        exchange, _, key = target[len("exchange:") :].partition("/")
+        if not exchange:
+            raise ValueError(f"no exchange name in {target!r}")
+        return exchange, key
+    if target.startswith(("queue:", "$queue/")):
+        name = target.partition(":")[2] if target.startswith("queue:") else target[7:]
+        if not name:
+            raise ValueError(f"no queue name in {target!r}")
+        return "", name
+    return DEFAULT_TOPIC_EXCHANGE, target
+
+
+def parse_source(source: str) -> tuple[str | None, str]:
+    """(exchange, binding key) of an inbound source, or (None, queue name) for a
+    queue. Raises ValueError."""
+    if source.startswith("queue:"):
+        if not source[len("queue:") :]:
+            raise ValueError(f"no queue name in {source!r}")
+        return None, source[len("queue:") :]
+    if source.startswith("exchange:"):
+        exchange, slash, key = source[len("exchange:") :].partition("/")
+        if not exchange:
+            raise ValueError(f"no exchange name in {source!r}")
+        return exchange, key if slash else "#"
+    return DEFAULT_TOPIC_EXCHANGE, source
+
+
+# --- publisher confirms ---------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Pending:
+    tag: int
+    exchange: str
+    routing_key: str
+    mandatory: bool
+    returned: str | None = None
+
+
+# What a confirm settles: (tag, None) confirmed, (tag, reason) refused.
+Outcomes = list[tuple[int, str | None]]
+
+
+class Confirms:
+    """The publishes of a confirm-mode channel awaiting basic.ack or basic.nack:
+    sequence numbers start at 1 after confirm.select and count every publish."""
+
+    def __init__(self) -> None:
+        self._next = 1
+        self._lowest = 1  # no publish below this one is pending
+        self._return_cursor = 1
+        self._pending: dict[int, _Pending] = {}
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def sent(self, tag: int, exchange: str, routing_key: str, *, mandatory: bool) -> None:
+        self._pending[self._next] = _Pending(tag, exchange, routing_key, mandatory)
+        self._next += 1
+
+    def acked(self, delivery_tag: int, *, multiple: bool) -> Outcomes:
+        return self._settle(delivery_tag, multiple, None)
+
+    def nacked(self, delivery_tag: int, *, multiple: bool) -> Outcomes:
+        return self._settle(delivery_tag, multiple, "nacked by the upstream")
+
+    def _settle(self, delivery_tag: int, multiple: bool, refusal: str | None) -> Outcomes:
+        first = self._lowest if multiple else delivery_tag
+        outcomes: Outcomes = []
+        for seq in range(first, delivery_tag + 1):
+            pending = self._pending.pop(seq, None)
+            if pending is not None:
+                outcomes.append((pending.tag, refusal or pending.returned))
+        while self._lowest < self._next and self._lowest not in self._pending:
+            self._lowest += 1
+        return outcomes
+
+    def returned(self, exchange: str, routing_key: str, reply: str) -> bool:
+        """Mark the publish a basic.return names as refused ("unroutable: REPLY")
+        when its ack comes. RabbitMQ sends the return before the ack of the same
+        publish, and returns in publish order: it is the first pending mandatory
+        publish to this exchange and key after the last one returned."""
+        for seq in range(max(self._return_cursor, self._lowest), self._next):
+            pending = self._pending.get(seq)
+            if (
+                pending is not None
+                and pending.mandatory
+                and pending.returned is None
+                and pending.exchange == exchange
+                and pending.routing_key == routing_key
+            ):
+                pending.returned = f"unroutable: {reply}"
+                self._return_cursor = seq + 1
+                return True
+        return False
+
+    def missing_exchange(self, reply_text: str) -> Outcomes:
+        """The first pending publish to the exchange a channel.close 404 names
+        ("NOT_FOUND - no exchange 'x' in vhost '/'"), refused with that reply."""
+        for seq in range(self._lowest, self._next):
+            pending = self._pending.get(seq)
+            if pending is not None and f"'{pending.exchange}'" in reply_text:
+                del self._pending[seq]
+                return [(pending.tag, f"404 {reply_text}")]
+        return []

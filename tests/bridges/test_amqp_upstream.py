@@ -16,7 +16,8 @@ from pamqp import commands
 from pika.adapters.blocking_connection import BlockingChannel
 
 from gateway.bridges import amqp_protocol as wire
-from gateway.bridges.amqp import AmqpUpstream, parse_source, parse_target
+from gateway.bridges.amqp import AmqpUpstream
+from gateway.bridges.amqp_protocol import parse_source, parse_target
 from gateway.bridges.base import ORIGIN_HEADER, InboundRule, Outbound, UpstreamError
 from gateway.bridges.config import BridgeConfig
 from gateway.core.message import Message
@@ -459,3 +460,24 @@ def test_decoder_refuses_a_frame_over_frame_max() -> None:
     decoder.receive_data(wire.content(1, deliver, commands.Basic.Properties(), b"x" * 9000, 10_000))
     with pytest.raises(wire.AmqpProtocolError, match="frame_max"):
         decoder.next_event()
+
+
+def test_confirms_settle_in_any_order_and_returns_refuse_the_right_publish() -> None:
+    confirms = wire.Confirms()
+    for tag, key in ((10, "a"), (11, "b"), (12, "a"), (13, "a")):
+        confirms.sent(tag, "amq.topic", key, mandatory=True)
+    # Two returns for key "a" (publishes 1 and 3), then acks out of order.
+    assert confirms.returned("amq.topic", "a", "312 NO_ROUTE")
+    assert confirms.returned("amq.topic", "a", "312 NO_ROUTE")
+    assert confirms.acked(2, multiple=False) == [(11, None)]
+    assert confirms.acked(3, multiple=True) == [
+        (10, "unroutable: 312 NO_ROUTE"),
+        (12, "unroutable: 312 NO_ROUTE"),
+    ]
+    assert confirms.nacked(4, multiple=False) == [(13, "nacked by the upstream")]
+    assert len(confirms) == 0
+    assert not confirms.returned("amq.topic", "a", "312 NO_ROUTE")
+    confirms.sent(14, "gone", "k", mandatory=False)
+    assert confirms.missing_exchange("NOT_FOUND - no exchange 'gone' in vhost '/'") == [
+        (14, "404 NOT_FOUND - no exchange 'gone' in vhost '/'")
+    ]

@@ -1,0 +1,674 @@
+"""The NATS bridge (docs/bridge-nats.md): core NATS subjects and JetStream streams,
+over a small client of our own (``nats_protocol`` is its sans-I/O codec).
+
+Targets are subjects (``separator`` is ``.``: the framework has already turned the
+core's ``/`` into dots). Inbound ``from``: ``SUBJECT`` (a core subscription, at most
+once) or ``jetstream:STREAM/DURABLE[/FILTER.SUBJECT]`` (a durable pull consumer,
+acknowledged once the core has the message).
+
+Confirmations: with ``jetstream = true`` each publish carries a reply subject on
+the connection's inbox and is confirmed by JetStream's publish ack (the message is
+stored in a stream), refused when JetStream answers an error or when no stream
+captures the subject (no responders). With ``jetstream = false`` a batch is
+confirmed by the PONG to a PING sent after it: the server has read it, and core
+NATS keeps nothing (a subject without subscribers drops it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+import ssl
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from itertools import count
+from typing import Any, Literal
+
+import msgspec
+import trio
+
+from .. import __version__
+from ..core.message import Message, is_utf8
+from .base import (
+    ORIGIN_HEADER,
+    Endpoint,
+    InboundRule,
+    Link,
+    Outbound,
+    Settle,
+    Upstream,
+    UpstreamError,
+    client_tls_context,
+)
+from .config import BridgeConfig
+from .nats_protocol import (
+    CLOSED,
+    NEED_DATA,
+    Connect,
+    Err,
+    Event,
+    HMsg,
+    HPub,
+    Info,
+    Msg,
+    NatsConnection,
+    NatsProtocolError,
+    Ok,
+    Ping,
+    Pong,
+    Pub,
+    Sub,
+    Unsub,
+    encode,
+    valid_header_name,
+    valid_subject,
+)
+
+_PORTS = {"nats": 4222, "tls": 4222, "nats+tls": 4222}
+_TLS_SCHEMES = frozenset({"tls", "nats+tls"})
+_JETSTREAM_PREFIX = "jetstream:"
+# Message fields carried as headers; inbound, these names (any case) become fields.
+_MSG_ID = "Nats-Msg-Id"
+_MAPPED = frozenset({"nats-msg-id", "content-type", "correlation-id", "reply-to", "priority"})
+_MAPPED_ALL = _MAPPED | {"expires"}
+_STREAM_NAME_IN_USE = 10058  # JetStream: a stream of that name exists (other config)
+_NS = 1_000_000_000
+
+
+class StreamDecl(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A stream to create when missing (an existing one is left as it is)."""
+
+    name: str
+    subjects: tuple[str, ...]
+    storage: Literal["file", "memory"] = "file"
+
+    def __post_init__(self) -> None:
+        if not self.name or any(c in self.name for c in ".*> \t\r\n"):
+            raise ValueError(f"stream name {self.name!r}: no '.', '*', '>' or blanks")
+        for subject in self.subjects:
+            if not valid_subject(subject, wildcards=True):
+                raise ValueError(f"stream {self.name}: invalid subject {subject!r}")
+
+
+class Options(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[bridges.nats]``."""
+
+    # Publish through JetStream and wait for its ack; False: core NATS (confirmed by
+    # the server's PONG: read, not kept).
+    jetstream: bool = True
+    streams: tuple[StreamDecl, ...] = ()
+    # The durable consumers' ack wait (seconds) and most unacknowledged deliveries.
+    ack_wait: float = 30.0
+    max_ack_pending: int = 1000
+    # The client name in CONNECT (what the server's monitoring shows).
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.ack_wait > 0:
+            raise ValueError("ack_wait must be more than 0 seconds")
+        if self.max_ack_pending < 1:
+            raise ValueError("max_ack_pending must be at least 1")
+
+
+@dataclass(frozen=True, slots=True)
+class JetStreamSource:
+    stream: str
+    durable: str
+    filter: str | None = None
+
+
+def parse_source(source: str) -> str | JetStreamSource:
+    """An inbound ``from``: a subject (wildcards allowed) or a JetStreamSource.
+    Raises ValueError."""
+    if not source.startswith(_JETSTREAM_PREFIX):
+        if not valid_subject(source, wildcards=True):
+            raise ValueError(f"invalid subject {source!r}")
+        return source
+    parts = source[len(_JETSTREAM_PREFIX) :].split("/", 2)
+    if len(parts) < 2 or not all(parts[:2]):
+        raise ValueError(f"{source!r}: expected jetstream:STREAM/DURABLE[/FILTER]")
+    for name in parts[:2]:
+        if any(c in name for c in ".*> \t\r\n"):
+            raise ValueError(f"{source!r}: invalid stream or consumer name {name!r}")
+    filter_ = parts[2] if len(parts) == 3 else None
+    if filter_ is not None and not valid_subject(filter_, wildcards=True):
+        raise ValueError(f"{source!r}: invalid filter subject {filter_!r}")
+    return JetStreamSource(parts[0], parts[1], filter_)
+
+
+def outbound_headers(message: Message, bridge: str) -> tuple[tuple[str, str], ...]:
+    """The NATS headers of ``message``: its own (those that cannot be written are
+    dropped, line breaks in values become spaces), the origin, and its fields."""
+    headers = [
+        (name, value.replace("\r", " ").replace("\n", " "))
+        for name, value in message.headers.items()
+        if valid_header_name(name) and name.lower() not in _MAPPED_ALL and name != ORIGIN_HEADER
+    ]
+    headers.append((ORIGIN_HEADER, bridge))
+    headers.append((_MSG_ID, str(message.message_id)))
+    if message.content_type is not None:
+        headers.append(("content-type", _one_line(message.content_type)))
+    if message.correlation_id is not None:
+        correlation = message.correlation_id.decode("utf-8", errors="replace")
+        headers.append(("correlation-id", _one_line(correlation)))
+    if message.reply_to is not None:
+        headers.append(("reply-to", _one_line(message.reply_to)))
+    if message.priority != 4:
+        headers.append(("priority", str(message.priority)))
+    if message.expiry is not None:
+        headers.append(("expires", str(int(message.expiry * 1000))))
+    return tuple(headers)
+
+
+def _one_line(value: str) -> str:
+    return value.replace("\r", " ").replace("\n", " ")
+
+
+def inbound_message(headers: Iterable[tuple[str, str]], payload: bytes, qos: int) -> Message:
+    """A core message from a NATS message (the last value of a repeated name wins)."""
+    own: dict[str, str] = {}
+    fields: dict[str, str] = {}
+    for name, value in headers:
+        if name.lower() in _MAPPED_ALL:
+            fields[name.lower()] = value
+        else:
+            own[name] = value
+    priority = 4
+    if (text := fields.get("priority")) is not None:
+        if text.isdigit() and 0 <= int(text) <= 9:
+            priority = int(text)
+        else:
+            own["priority"] = text
+    expiry = None
+    if (text := fields.get("expires")) is not None:
+        try:
+            expiry = int(text) / 1000
+        except ValueError:
+            own["expires"] = text
+    content_type = fields.get("content-type")
+    correlation = fields.get("correlation-id")
+    return Message(
+        destination="",
+        payload=payload,
+        headers=own,
+        qos=qos,
+        priority=priority,
+        expiry=expiry,
+        content_type=content_type,
+        text=content_type is not None and content_type.startswith("text/") and is_utf8(payload),
+        correlation_id=correlation.encode() if correlation is not None else None,
+        reply_to=fields.get("reply-to"),
+    )
+
+
+def _json(payload: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _api_error(reply: dict[str, Any]) -> tuple[str, int | None] | None:
+    error = reply.get("error")
+    if not isinstance(error, dict):
+        return None
+    code = error.get("err_code", error.get("code"))
+    return str(error.get("description", "error")), code if isinstance(code, int) else None
+
+
+@dataclass
+class _Pull:
+    """A JetStream rule's durable pull consumer: one pull request at a time."""
+
+    rule: int
+    source: JetStreamSource
+    sid: str
+    inbox: str
+    unsettled: int = 0
+    remaining: int = 0  # what the outstanding pull may still deliver; 0: none out
+    deadline: float = math.inf  # when the outstanding pull must have ended
+
+
+@dataclass
+class _Request:
+    done: trio.Event = field(default_factory=trio.Event)
+    reply: Msg | HMsg | None = None
+
+
+class NatsUpstream(Upstream):
+    """One connection to a NATS server (docs/bridge-nats.md)."""
+
+    separator = "."
+    # Seconds without a byte from the server before a PING; two unanswered: dead.
+    ping_interval: float = 30.0
+    # A pull request's expiry, and how long after it its end (408) may still come.
+    pull_expires: float = 30.0
+    pull_grace: float = 10.0
+    # The longest a write may take (writes are shielded from cancellation).
+    write_timeout: float = 5.0
+
+    def __init__(
+        self, config: BridgeConfig, options: object, link: Link, inbound: Sequence[InboundRule]
+    ) -> None:
+        super().__init__(config, options, link, inbound)
+        assert isinstance(options, Options)
+        self.options = options
+        self._stream: trio.abc.Stream | None = None
+        self._conn = NatsConnection()
+        self._info: dict[str, Any] = {}
+        self._out = bytearray()
+        self._wake = trio.Event()
+        self._send_lock = trio.Lock()
+        self._inbox = f"_INBOX.{secrets.token_urlsafe(16)}"
+        self._tokens = count(1)
+        self._requests: dict[str, _Request] = {}
+        self._acks: dict[str, tuple[int, str]] = {}  # inbox token -> (tag, subject)
+        self._pongs: deque[list[int] | None] = deque()
+        self._core: dict[str, int] = {}  # sid -> rule index
+        self._pulls: dict[str, _Pull] = {}  # sid -> pull consumer
+        self._received = 0  # reads so far (the keep-alive's sign of life)
+        self._closed = False
+        self._torn = False  # a write failed: the stream may hold half a frame
+
+    # ------------------------------------------------------------------ open
+
+    async def open(self) -> None:
+        try:
+            endpoint = Endpoint.parse(self.config.url, _PORTS, _TLS_SCHEMES)
+            sources = [(rule, parse_source(rule.source)) for rule in self.inbound]
+        except ValueError as exc:
+            raise UpstreamError(f"nats: {exc}", retry=False) from None
+        try:
+            self._stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
+        except OSError as exc:
+            raise UpstreamError(
+                f"cannot connect to {endpoint.host}:{endpoint.port}: {exc}"
+            ) from exc
+        event = await self._next_event()
+        if not isinstance(event, Info):
+            raise UpstreamError(f"nats: expected INFO, got {type(event).__name__}")
+        self._on_info(event)
+        tls = endpoint.tls or self.config.tls is not None or bool(self._info.get("tls_required"))
+        if tls:
+            await self._start_tls(endpoint)
+        self._write(encode(Connect(options=self._connect_options(endpoint, tls))))
+        self._write(encode(Ping()))
+        self._pongs.append(None)
+        self._write(encode(Sub(subject=f"{self._inbox}.*", sid="1")))
+        await self._flush()
+        while self._pongs:  # the CONNECT's PONG (an -ERR raises)
+            self._dispatch(await self._next_event())
+            await self._flush()
+        for stream in self.options.streams:
+            await self._create_stream(stream.name, list(stream.subjects), stream.storage)
+        for _, source in sources:
+            if isinstance(source, JetStreamSource):
+                await self._create_consumer(source)
+        # Subscribe only once every request is answered: open() delivers nothing.
+        for sid, (rule, source) in enumerate(sources, start=2):
+            if isinstance(source, str):
+                self._core[str(sid)] = rule.index
+                self._write(encode(Sub(subject=source, sid=str(sid))))
+            else:
+                inbox = f"{self._inbox}.pull.{rule.index}"
+                self._pulls[str(sid)] = _Pull(rule.index, source, str(sid), inbox)
+                self._write(encode(Sub(subject=inbox, sid=str(sid))))
+        for pull in self._pulls.values():
+            self._pull(pull)
+        await self._flush()
+
+    async def _start_tls(self, endpoint: Endpoint) -> None:
+        if not (self._info.get("tls_required") or self._info.get("tls_available")):
+            raise UpstreamError(
+                f"nats: {endpoint.host}:{endpoint.port} does not offer TLS", retry=False
+            )
+        tls = self.config.tls
+        name = tls.server_name if tls is not None and tls.server_name else endpoint.host
+        assert self._stream is not None
+        stream = trio.SSLStream(self._stream, client_tls_context(self.config), server_hostname=name)
+        try:
+            await stream.do_handshake()
+        except (trio.BrokenResourceError, ssl.SSLError) as exc:
+            raise UpstreamError(
+                f"TLS handshake with {endpoint.host}:{endpoint.port}: {exc}"
+            ) from exc
+        self._stream = stream
+
+    def _connect_options(self, endpoint: Endpoint, tls: bool) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "verbose": False,
+            "pedantic": False,
+            "tls_required": tls,
+            "headers": True,
+            "no_responders": True,
+            "name": self.options.name,
+            "lang": "python-gateway",
+            "version": __version__,
+            "protocol": 1,
+        }
+        if endpoint.username is not None and endpoint.password is not None:
+            options["user"] = endpoint.username
+            options["pass"] = endpoint.password
+        elif endpoint.username:
+            options["auth_token"] = endpoint.username
+        return options
+
+    async def _request(self, subject: str, body: dict[str, Any]) -> Msg | HMsg:
+        """Send a request and read (during ``open``) until its reply."""
+        token = str(next(self._tokens))
+        request = self._requests[token] = _Request()
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        self._write(encode(Pub(subject=subject, payload=payload, reply=f"{self._inbox}.{token}")))
+        await self._flush()
+        while not request.done.is_set():
+            self._dispatch(await self._next_event())
+            await self._flush()
+        assert request.reply is not None
+        return request.reply
+
+    async def _create_stream(self, name: str, subjects: list[str], storage: str) -> None:
+        config = {"name": name, "subjects": subjects, "storage": storage}
+        reply = await self._request(f"$JS.API.STREAM.CREATE.{name}", config)
+        if isinstance(reply, HMsg) and reply.status == 503:
+            raise UpstreamError("nats: JetStream is not enabled on the server", retry=False)
+        error = _api_error(_json(reply.payload))
+        if error is not None and error[1] != _STREAM_NAME_IN_USE:
+            raise UpstreamError(f"jetstream: stream {name}: {error[0]}", code=error[1], retry=False)
+
+    async def _create_consumer(self, source: JetStreamSource) -> None:
+        config: dict[str, Any] = {
+            "durable_name": source.durable,
+            "deliver_policy": "all",
+            "ack_policy": "explicit",
+            "ack_wait": int(self.options.ack_wait * _NS),
+            "max_ack_pending": self.options.max_ack_pending,
+        }
+        if source.filter is not None:
+            config["filter_subject"] = source.filter
+        version = tuple(int(p) for p in str(self._info.get("version", "0.0")).split(".")[:2])
+        api = "CREATE" if version >= (2, 9) else "DURABLE.CREATE"
+        subject = f"$JS.API.CONSUMER.{api}.{source.stream}.{source.durable}"
+        reply = await self._request(subject, {"stream_name": source.stream, "config": config})
+        if isinstance(reply, HMsg) and reply.status == 503:
+            raise UpstreamError("nats: JetStream is not enabled on the server", retry=False)
+        error = _api_error(_json(reply.payload))
+        if error is None:
+            return
+        # An existing pull consumer of another configuration is reused as it is.
+        info_subject = f"$JS.API.CONSUMER.INFO.{source.stream}.{source.durable}"
+        info = _json((await self._request(info_subject, {})).payload)
+        existing = info.get("config")
+        if isinstance(existing, dict) and not existing.get("deliver_subject"):
+            return
+        where = f"{source.stream}/{source.durable}"
+        raise UpstreamError(f"jetstream: consumer {where}: {error[0]}", code=error[1], retry=False)
+
+    # ------------------------------------------------------------------ publish
+
+    async def publish(self, batch: Sequence[Outbound]) -> None:
+        limit = int(self._info.get("max_payload", 1024 * 1024))
+        parts: list[bytes] = []
+        tags: list[int] = []
+        for out in batch:
+            if not valid_subject(out.target):
+                self.link.refused(out.tag, f"nats: invalid subject {out.target!r}")
+                continue
+            headers = outbound_headers(out.message, self.config.name)
+            token = str(next(self._tokens)) if self.options.jetstream else ""
+            reply = f"{self._inbox}.{token}" if token else None
+            hpub = HPub(
+                subject=out.target, headers=headers, payload=out.message.payload, reply=reply
+            )
+            data = encode(hpub)
+            if len(data) - data.index(b"\r\n") - 4 > limit:  # headers and payload
+                self.link.refused(out.tag, f"nats: message larger than max_payload {limit}")
+                continue
+            if token:
+                self._acks[token] = (out.tag, out.target)
+            parts.append(data)
+            tags.append(out.tag)
+        if not parts:
+            return
+        async with self._send_lock:
+            if not self.options.jetstream:
+                parts.append(encode(Ping()))
+                self._pongs.append(tags)
+            data = bytes(self._out) + b"".join(parts)
+            self._out.clear()
+            await self._send(data)
+
+    # ------------------------------------------------------------------ run
+
+    async def run(self) -> None:
+        failures: list[UpstreamError] = []
+
+        async def guard(task: Callable[[], Awaitable[None]]) -> None:
+            try:
+                await task()
+            except UpstreamError as exc:  # raised bare, not in an exception group
+                failures.append(exc)
+                nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            for task in (self._reader, self._writer, self._keepalive):
+                nursery.start_soon(guard, task)
+        if failures:
+            raise failures[0]
+
+    async def _reader(self) -> None:
+        while True:
+            self._dispatch(await self._next_event())
+
+    async def _writer(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            await self._flush()
+
+    async def _keepalive(self) -> None:
+        unanswered = 0
+        seen = self._received
+        while True:
+            await trio.sleep(self.ping_interval)
+            now = trio.current_time()
+            for pull in self._pulls.values():
+                if pull.remaining and now > pull.deadline:
+                    where = f"{pull.source.stream}/{pull.source.durable}"
+                    raise UpstreamError(f"jetstream: no answer to a pull from {where}")
+            if self._received != seen:
+                seen, unanswered = self._received, 0
+                continue
+            if unanswered >= 2:
+                raise UpstreamError("nats: no PONG to two PINGs, connection lost")
+            unanswered += 1
+            self._pongs.append(None)
+            self._write(encode(Ping()))
+
+    # ------------------------------------------------------------------ events
+
+    def _dispatch(self, event: Event) -> None:
+        match event:
+            case Msg() | HMsg():
+                self._on_message(event)
+            case Ping():
+                self._write(encode(Pong()))
+            case Pong():
+                if self._pongs and (tags := self._pongs.popleft()) is not None:
+                    for tag in tags:
+                        self.link.confirmed(tag)
+            case Info():
+                self._on_info(event)
+            case Err(message=text):
+                denied = "authorization violation" in text.lower() or "permissions" in text.lower()
+                raise UpstreamError(f"nats: {text}", code=text, retry=not denied)
+            case Ok():
+                pass
+
+    def _on_info(self, event: Info) -> None:
+        self._info.update(event.data)
+        if isinstance(limit := self._info.get("max_payload"), int):
+            self._conn.max_payload = limit + 64 * 1024  # the server's own headers
+
+    def _on_message(self, msg: Msg | HMsg) -> None:
+        if msg.sid == "1":
+            self._on_reply(msg)
+        elif (pull := self._pulls.get(msg.sid)) is not None:
+            self._on_pulled(pull, msg)
+        elif (rule := self._core.get(msg.sid)) is not None:
+            headers = msg.headers if isinstance(msg, HMsg) else ()
+            message = inbound_message(headers, msg.payload, 0)
+            self.link.received(rule, msg.subject, message, _no_settle)
+
+    def _on_reply(self, msg: Msg | HMsg) -> None:
+        token = msg.subject.rpartition(".")[2]
+        if (request := self._requests.pop(token, None)) is not None:
+            request.reply = msg
+            request.done.set()
+            return
+        if (pending := self._acks.pop(token, None)) is None:
+            return
+        tag, subject = pending
+        if isinstance(msg, HMsg) and msg.status is not None:
+            if msg.status == 503:
+                self.link.refused(tag, f"jetstream: no stream captures subject {subject}")
+            else:
+                self.link.refused(tag, f"jetstream: {msg.status} {msg.description}".rstrip())
+            return
+        reply = _json(msg.payload)
+        error = _api_error(reply)
+        if error is not None:
+            self.link.refused(tag, f"jetstream: {error[0]} ({error[1]})")
+        elif "stream" in reply:
+            self.link.confirmed(tag)
+        else:
+            self.link.refused(tag, "jetstream: unexpected publish ack")
+
+    def _on_pulled(self, pull: _Pull, msg: Msg | HMsg) -> None:
+        if isinstance(msg, HMsg) and msg.status is not None:
+            if msg.status == 100:  # idle heartbeat / flow control: not asked for
+                return
+            if msg.status in (404, 408) or (
+                msg.status == 409 and "deleted" not in msg.description.lower()
+            ):
+                pull.remaining = 0
+                self._pull(pull)
+                return
+            where = f"{pull.source.stream}/{pull.source.durable}"
+            raise UpstreamError(f"jetstream: pull from {where}: {msg.status} {msg.description}")
+        pull.remaining = max(0, pull.remaining - 1)
+        pull.unsettled += 1
+        headers = msg.headers if isinstance(msg, HMsg) else ()
+        message = inbound_message(headers, msg.payload, 1)
+        settle = self._settler(pull, msg.reply)
+        self.link.received(pull.rule, msg.subject, message, settle)
+        self._pull(pull)
+
+    def _settler(self, pull: _Pull, reply: str | None) -> Settle:
+        settled = False
+
+        def settle(ok: bool) -> None:
+            nonlocal settled
+            if settled or self._closed:
+                return
+            settled = True
+            pull.unsettled -= 1
+            if reply:
+                self._write(encode(Pub(subject=reply, payload=b"+ACK" if ok else b"-NAK")))
+            self._pull(pull)
+
+        return settle
+
+    def _pull(self, pull: _Pull) -> None:
+        """Ask for as many messages as the rule has room for, unless a pull is out."""
+        room = min(self.options.max_ack_pending, self.config.max_in_flight) - pull.unsettled
+        if pull.remaining or room <= 0:
+            return
+        body = {"batch": room, "expires": int(self.pull_expires * _NS)}
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        source = pull.source
+        subject = f"$JS.API.CONSUMER.MSG.NEXT.{source.stream}.{source.durable}"
+        self._write(encode(Pub(subject=subject, payload=payload, reply=pull.inbox)))
+        pull.remaining = room
+        pull.deadline = trio.current_time() + self.pull_expires + self.pull_grace
+
+    # ------------------------------------------------------------------ I/O
+
+    def _write(self, data: bytes) -> None:
+        self._out += data
+        self._wake.set()
+
+    async def _flush(self) -> None:
+        async with self._send_lock:
+            if self._out:
+                data = bytes(self._out)
+                self._out.clear()
+                await self._send(data)
+
+    async def _send(self, data: bytes) -> None:
+        """Write ``data`` whole: a write is never cut by cancellation (that would
+        leave half a frame, or drop acks), only by ``write_timeout``."""
+        assert self._stream is not None
+        if self._torn:
+            raise UpstreamError("nats: an earlier write did not finish")
+        deadline = trio.current_time() + self.write_timeout
+        with trio.CancelScope(shield=True, deadline=deadline) as scope:
+            try:
+                await self._stream.send_all(data)
+            except (
+                trio.BrokenResourceError,
+                trio.ClosedResourceError,
+                OSError,
+                ssl.SSLError,
+            ) as exc:
+                self._torn = True
+                raise UpstreamError(f"nats: connection lost: {exc}") from exc
+        if scope.cancelled_caught:
+            self._torn = True
+            raise UpstreamError(f"nats: a write took more than {self.write_timeout} s")
+
+    async def _next_event(self) -> Event:
+        assert self._stream is not None
+        while True:
+            try:
+                event = self._conn.next_event()
+            except NatsProtocolError as exc:
+                raise UpstreamError(f"nats: protocol error: {exc}") from exc
+            if event is CLOSED:
+                raise UpstreamError("nats: the server closed the connection")
+            if event is not NEED_DATA:
+                assert not isinstance(event, type(CLOSED))
+                return event
+            try:
+                data = await self._stream.receive_some(65536)
+            except (
+                trio.BrokenResourceError,
+                trio.ClosedResourceError,
+                OSError,
+                ssl.SSLError,
+            ) as exc:
+                raise UpstreamError(f"nats: connection lost: {exc}") from exc
+            self._received += 1
+            self._conn.receive_data(data)
+
+    # ------------------------------------------------------------------ close
+
+    async def close(self) -> None:
+        if self._stream is None:
+            return
+        for sid in [*self._pulls, *self._core]:
+            self._write(encode(Unsub(sid=sid)))
+        self._closed = True
+        try:
+            if not self._torn:
+                await self._flush()
+        except UpstreamError:
+            pass
+        finally:
+            await trio.aclose_forcefully(self._stream)
+
+
+def _no_settle(ok: bool) -> None:
+    """Core NATS messages are at most once: nothing to acknowledge."""

@@ -311,11 +311,11 @@ class RedisUpstream(Upstream):
         steps.append(("CLIENT SETNAME", command("CLIENT", "SETNAME", name)))
         steps.append(("PING", command("PING")))
         await conn.send(b"".join(data for _, data in steps))
-        for name, _ in steps:
+        for step, _ in steps:
             reply = await conn.reply()
-            if isinstance(reply, ErrorReply):
+            if isinstance(reply, ErrorReply) and step != "CLIENT SETNAME":  # a name is optional
                 # AUTH refused, NOAUTH, a database out of range: all are settings.
-                raise UpstreamError(f"redis {name}: {reply.message}", code=reply.code, retry=False)
+                raise UpstreamError(f"redis {step}: {reply.message}", code=reply.code, retry=False)
 
     # -- publishing --------------------------------------------------------------------
 

@@ -1,26 +1,18 @@
 """The ``mqtt`` bridge kind: the gateway as an MQTT 3.1.1 or 5 client of another broker.
 
-The URL is ``mqtt://[user:password@]host[:1883]`` or ``mqtts://...[:8883]``; an
-outbound target and an inbound ``from`` are MQTT topic names and filters (levels
-separated by ``/``). It speaks through the gateway's own sans-I/O codec in its
-client role (``gateway.codecs.mqtt``) and maps message fields with the listener's
-mapping (``gateway.listeners.mqtt_mapping``), so a message crosses the bridge
-as it would cross an MQTT listener (docs/bridge-mqtt.md).
+The URL is ``mqtt://[user:password@]host[:1883]`` or ``mqtts://...[:8883]``;
+targets and sources are MQTT topic names and filters. It speaks through the
+gateway's own sans-I/O codec in its client role and maps fields with the MQTT
+listener's mapping, so a message crosses the bridge as it crosses an MQTT
+listener. docs/bridge-mqtt.md has the options and the semantics:
 
-Outbound: every message is a PUBLISH at the configured QoS, confirmed by its
-PUBACK (QoS 1) or PUBCOMP (QoS 2), refused by a reason code of 0x80 or more in
-the PUBACK or PUBREC. No more QoS 1/2 publishes are in flight than the server's
-receive maximum: the rest wait here, in order, until acknowledgements free a
-slot. A message the framework hands again on a new connection is sent as a
-fresh PUBLISH (new packet id, DUP 0): resuming a persistent session does not
-resend this connection's in-flight publishes with DUP.
-
-Inbound: one SUBSCRIBE per rule (MQTT 5: subscription identifier = rule index
-+ 1, so a message names its rule; no local, so the bridge's own publishes do
-not come back). A message is acknowledged (PUBACK, or PUBREC then PUBCOMP)
-only once the framework settles it accepted; a refused one is left
-unacknowledged, for the broker to send again on the next connection of the
-persistent session.
+- outbound, a PUBLISH per message, confirmed by its PUBACK or PUBCOMP, refused by
+  a reason code of 0x80 or more; never more in flight than the server's receive
+  maximum (the rest wait here, in order). A message handed again on a new
+  connection is a fresh PUBLISH (new packet id, DUP 0).
+- inbound, one SUBSCRIBE per rule (MQTT 5: subscription identifier = rule index
+  + 1, no local); a message is acknowledged once settled accepted, and left
+  unacknowledged when refused, for the persistent session to bring it again.
 """
 
 from __future__ import annotations
@@ -74,28 +66,14 @@ CLOSE_TIMEOUT = 2.0
 # (Mosquitto's max_inflight_messages is 20 by default).
 V4_BROKER_WINDOW = 20
 
-# CONNACK codes that retrying with the same settings cannot cure.
+# CONNACK codes that retrying with the same settings cannot cure. 3.1.1: protocol
+# version, identifier rejected, bad user name or password, not authorized; 5: the
+# same, banned, bad authentication method.
 _FATAL_CONNACK_V4: Final = frozenset({1, 2, 4, 5})
-_FATAL_CONNACK_V5: Final = frozenset(
-    {
-        ReasonCode.UNSUPPORTED_PROTOCOL_VERSION,
-        ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
-        ReasonCode.BAD_USER_NAME_OR_PASSWORD,
-        ReasonCode.NOT_AUTHORIZED,
-        ReasonCode.BANNED,
-        ReasonCode.BAD_AUTHENTICATION_METHOD,
-    }
-)
-# SUBACK codes that retrying cannot cure (MQTT 3.1.1 has only 0x80, "failure").
-_FATAL_SUBACK: Final = frozenset(
-    {
-        ReasonCode.NOT_AUTHORIZED,
-        ReasonCode.TOPIC_FILTER_INVALID,
-        ReasonCode.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED,
-        ReasonCode.SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
-        ReasonCode.WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED,
-    }
-)
+_FATAL_CONNACK_V5: Final = frozenset({0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C})
+# SUBACK codes that retrying cannot cure: not authorized, topic filter invalid, shared
+# subscriptions, subscription identifiers, wildcards not supported (3.1.1 has only 0x80).
+_FATAL_SUBACK: Final = frozenset({0x87, 0x8F, 0x9E, 0xA1, 0xA2})
 
 
 class Options(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -480,16 +458,14 @@ class MqttUpstream(Upstream):
 
     def _on_pubrec(self, pid: int, code: int) -> None:
         entry = self._outgoing.get(pid)
-        if entry is not None and entry.qos == 2 and code >= 0x80:
+        if entry is None or entry.qos != 2:  # not ours: release it all the same (4.3.3)
+            self._queue(mqtt.PubRel(packet_id=pid, reason_code=0x92 if self.version == 5 else 0))
+        elif code < 0x80:
+            self._queue(mqtt.PubRel(packet_id=pid))
+        else:
             del self._outgoing[pid]
             self.link.refused(entry.tag, f"PUBREC {code:#x} from the upstream broker")
             self._release_held()
-            return
-        if entry is None or entry.qos != 2:
-            code = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND if self.version == 5 else 0
-        else:
-            code = 0
-        self._queue(mqtt.PubRel(packet_id=pid, reason_code=code))
 
     def _on_publish(self, packet: mqtt.Publish) -> None:
         topic, qos, pid = packet.topic, packet.qos, packet.packet_id
@@ -510,16 +486,9 @@ class MqttUpstream(Upstream):
                 self.log.warning("bridge.mqtt.unmatched", topic=topic)
             self._acknowledge(qos, pid)
             return
+        props, now = packet.properties, time.time()
         try:
-            message = to_message(
-                topic,
-                packet.payload,
-                qos,
-                packet.retain,
-                packet.properties,
-                self.origin,
-                time.time(),
-            )
+            message = to_message(topic, packet.payload, qos, packet.retain, props, self.origin, now)
         except MQTTProtocolError as exc:  # payload format indicator on a non-UTF-8 payload
             self.log.warning("bridge.mqtt.inbound.invalid", topic=topic, error=str(exc))
             self._acknowledge(qos, pid, exc.reason)
@@ -548,7 +517,10 @@ class MqttUpstream(Upstream):
         if qos == 1:
             self._queue(mqtt.PubAck(packet_id=pid, reason_code=code))
         else:
-            self._qos2_in[pid] = True
+            if code < 0x80:  # an error code ends the exchange: no PUBREL follows
+                self._qos2_in[pid] = True
+            else:
+                self._qos2_in.pop(pid, None)
             self._queue(mqtt.PubRec(packet_id=pid, reason_code=code))
 
     def _settler(self, qos: int, pid: int | None) -> Settle:

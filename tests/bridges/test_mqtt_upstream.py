@@ -167,6 +167,20 @@ async def test_qos0_is_confirmed_once_written_and_a_bad_topic_is_refused() -> No
 # -- inbound -----------------------------------------------------------------------
 
 
+async def pending_then(
+    marker: str, version: int, client_id: str, rules: Sequence[tuple[str, int]]
+) -> list[bytes]:
+    """Resume the persistent session, publish a marker to ``marker`` and return the
+    payloads received before it: what the session still had for the bridge."""
+    link = RecordingLink(auto_settle=True)
+    async with running(make(link, version=version, client_id=client_id, inbound=rules)):
+        async with publisher(version) as pub:
+            await pub.publish(marker, b"marker", 1)
+        await link.wait_for(lambda: any(r.subject == marker for r in link.inbound), 5)
+    payloads = [r.message.payload for r in link.inbound]
+    return payloads[: payloads.index(b"marker")]
+
+
 @VERSIONS
 async def test_inbound_message_is_received_and_acked_once_settled(version: int) -> None:
     upstream_reachable(HOST, PORT)
@@ -189,10 +203,7 @@ async def test_inbound_message_is_received_and_acked_once_settled(version: int) 
         got.settle(True)
         got.settle(True)  # a second settle is ignored
     # Acknowledged: the persistent session has nothing to send again.
-    link = RecordingLink()
-    async with running(make(link, version=version, client_id=client_id, inbound=rules)):
-        await trio.sleep(0.3)
-    assert link.inbound == []
+    assert await pending_then(f"{base}/a/marker", version, client_id, rules) == []
     await forget_session(client_id, version)
 
 
@@ -212,10 +223,7 @@ async def test_a_refused_inbound_message_comes_again_on_the_next_connection(vers
         await link.wait_for(lambda: len(link.inbound) == 1, 5)
         assert (link.inbound[0].subject, link.inbound[0].message.payload) == (f"{base}/x", b"again")
     # Accepted this time: gone for good.
-    link = RecordingLink()
-    async with running(make(link, version=version, client_id=client_id, inbound=rules)):
-        await trio.sleep(0.3)
-    assert link.inbound == []
+    assert await pending_then(f"{base}/marker", version, client_id, rules) == []
     await forget_session(client_id, version)
 
 
@@ -243,8 +251,10 @@ async def test_no_local_keeps_the_bridges_own_publishes_from_coming_back() -> No
         await upstream.publish([Outbound(tag=1, message=message, target=f"{base}/out")])
         await link.wait_for(lambda: link.confirms == [1], 5)
         assert (await sub.get(5)).payload == b"mine"  # it did reach the broker
-        await trio.sleep(0.3)
-    assert link.inbound == []
+        async with publisher(5) as pub:
+            await pub.publish(f"{base}/marker", b"marker", 1)
+        await link.wait_for(lambda: len(link.inbound) > 0, 5)
+    assert [r.message.payload for r in link.inbound] == [b"marker"]
 
 
 # -- protocol tests against a fake broker ---------------------------------------------
@@ -461,6 +471,30 @@ async def test_qos2_outbound_and_inbound_flows() -> None:
     assert failure == []
     assert link.inbound[0].rule == 0
     assert link.refusals == [(6, "PUBREC 0x87 from the upstream broker")]
+
+
+async def test_unmatched_and_invalid_inbound_messages_are_acked_and_dropped() -> None:
+    async with fake_broker() as broker:
+        link = RecordingLink(auto_settle=True)
+        upstream = make(link, url=f"mqtt://127.0.0.1:{broker.port}", inbound=[("in/#", 1)])
+        await connect_to(broker, upstream, mqtt.ConnAck())
+        text = mqtt.Properties(payload_format_indicator=1)
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(upstream.run)
+                await broker.send(
+                    # A subscription an earlier configuration left in the session.
+                    mqtt.Publish(topic="old/x", payload=b"", qos=1, packet_id=1),
+                    mqtt.Publish(
+                        topic="in/x", payload=b"\xff", qos=1, packet_id=2, properties=text
+                    ),
+                    mqtt.Publish(topic="in/x", payload=b"ok", qos=1, packet_id=3, properties=text),
+                )
+                acks = [await broker.expect(mqtt.PubAck) for _ in range(3)]
+                nursery.cancel_scope.cancel()
+        await upstream.close()
+    assert [(a.packet_id, a.reason_code) for a in acks] == [(1, 0), (2, 0x99), (3, 0)]
+    assert [(r.rule, r.message.payload, r.message.text) for r in link.inbound] == [(0, b"ok", True)]
 
 
 async def run_until_error(upstream: MqttUpstream, seconds: float) -> UpstreamError:

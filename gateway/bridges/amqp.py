@@ -108,10 +108,13 @@ class AmqpUpstream(Upstream):
         super().__init__(config, options, link, inbound)
         assert isinstance(options, Options)
         self.options = options
+        # A bad URL is reported by open(), where the framework expects failures.
+        self._url_error: str | None = None
         try:
             self.endpoint = Endpoint.parse(config.url, DEFAULT_PORTS, TLS_SCHEMES)
         except ValueError as exc:
-            raise UpstreamError(f"bad AMQP URL: {exc}", retry=False) from None
+            self._url_error = f"bad AMQP URL: {exc}"
+            self.endpoint = Endpoint("amqp", "", 0, None, None, "", tls=False)
         path = self.endpoint.path[1:] if self.endpoint.path.startswith("/") else ""
         self.vhost = options.vhost if options.vhost is not None else (path or "/")
         self.log = log.bind(bridge=config.name, kind="amqp")
@@ -134,6 +137,8 @@ class AmqpUpstream(Upstream):
     # --- connecting ---------------------------------------------------------------
 
     async def open(self) -> None:
+        if self._url_error is not None:
+            raise UpstreamError(self._url_error, retry=False)
         self._stream = await open_stream(self.config, self.endpoint)
         await self._send(wire.protocol_header())
         start = await self._expect(0, commands.Connection.Start)

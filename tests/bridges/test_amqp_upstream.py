@@ -481,3 +481,12 @@ def test_confirms_settle_in_any_order_and_returns_refuse_the_right_publish() -> 
     assert confirms.missing_exchange("NOT_FOUND - no exchange 'gone' in vhost '/'") == [
         (14, "404 NOT_FOUND - no exchange 'gone' in vhost '/'")
     ]
+
+
+async def test_a_bad_url_is_reported_by_open() -> None:
+    config = bridge(url="http://127.0.0.1/")
+    upstream = AmqpUpstream(config, config.options(), RecordingLink(), ())
+    with pytest.raises(UpstreamError, match="bad AMQP URL") as caught:
+        await upstream.open()
+    assert caught.value.retry is False
+    await upstream.close()

@@ -490,3 +490,46 @@ async def test_a_bad_url_is_reported_by_open() -> None:
         await upstream.open()
     assert caught.value.retry is False
     await upstream.close()
+
+
+async def test_a_silent_server_is_detected_and_heartbeats_are_sent() -> None:
+    """A fake server that completes the handshake (heartbeat 1 s), then never speaks."""
+    heard: list[str] = []
+
+    async def silent_server(stream: trio.SocketStream) -> None:
+        decoder = wire.Decoder()
+        header = b""
+        while len(header) < 8:
+            header += await stream.receive_some(8 - len(header))
+        replies: dict[type, bytes] = {
+            commands.Connection.StartOk: wire.method(0, commands.Connection.Tune(2047, 131072, 1)),
+            commands.Connection.Open: wire.method(0, commands.Connection.OpenOk()),
+            commands.Channel.Open: wire.method(1, commands.Channel.OpenOk()),
+            commands.Confirm.Select: wire.method(1, commands.Confirm.SelectOk()),
+        }
+        await stream.send_all(wire.method(0, commands.Connection.Start(mechanisms="PLAIN")))
+        while data := await stream.receive_some(65536):
+            decoder.receive_data(data)
+            while not isinstance(event := decoder.next_event(), type(wire.NEED_DATA)):
+                if isinstance(event, wire.Heartbeat):
+                    heard.append("heartbeat")
+                elif isinstance(event, wire.MethodFrame) and type(event.method) in replies:
+                    await stream.send_all(replies[type(event.method)])
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, silent_server, listeners)
+        config = bridge(url=f"amqp://guest:guest@127.0.0.1:{port}/", heartbeat=5)
+        upstream = AmqpUpstream(config, config.options(), RecordingLink(), ())
+        with trio.fail_after(5):
+            await upstream.open()
+            assert upstream.heartbeat == 1  # the server's 1 s is smaller than our 5 s
+            started = trio.current_time()
+            with pytest.raises(UpstreamError, match="nothing heard"):
+                await upstream.run()
+        assert 1.9 < trio.current_time() - started < 3
+        assert len(heard) >= 3  # one every half interval while we had nothing to say
+        with trio.move_on_after(0.1):
+            await upstream.close()
+        nursery.cancel_scope.cancel()

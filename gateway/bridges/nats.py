@@ -22,15 +22,16 @@ import secrets
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import count
-from typing import Any, Literal
+from typing import Any, Literal, assert_never
 
 import msgspec
 import trio
 
 from .. import __version__
 from ..core.message import Message, is_utf8
+from . import nats_protocol as wire
 from .base import (
     ORIGIN_HEADER,
     Endpoint,
@@ -43,38 +44,18 @@ from .base import (
     client_tls_context,
 )
 from .config import BridgeConfig
-from .nats_protocol import (
-    CLOSED,
-    NEED_DATA,
-    Connect,
-    Err,
-    Event,
-    HMsg,
-    HPub,
-    Info,
-    Msg,
-    NatsConnection,
-    NatsProtocolError,
-    Ok,
-    Ping,
-    Pong,
-    Pub,
-    Sub,
-    Unsub,
-    encode,
-    valid_header_name,
-    valid_subject,
-)
 
 _PORTS = {"nats": 4222, "tls": 4222, "nats+tls": 4222}
 _TLS_SCHEMES = frozenset({"tls", "nats+tls"})
 _JETSTREAM_PREFIX = "jetstream:"
 # Message fields carried as headers; inbound, these names (any case) become fields.
 _MSG_ID = "Nats-Msg-Id"
-_MAPPED = frozenset({"nats-msg-id", "content-type", "correlation-id", "reply-to", "priority"})
-_MAPPED_ALL = _MAPPED | {"expires"}
+_MAPPED = frozenset(
+    {"nats-msg-id", "content-type", "correlation-id", "reply-to", "priority", "expires"}
+)
 _STREAM_NAME_IN_USE = 10058  # JetStream: a stream of that name exists (other config)
 _NS = 1_000_000_000
+_IO_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ssl.SSLError)
 
 
 class StreamDecl(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -88,7 +69,7 @@ class StreamDecl(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
         if not self.name or any(c in self.name for c in ".*> \t\r\n"):
             raise ValueError(f"stream name {self.name!r}: no '.', '*', '>' or blanks")
         for subject in self.subjects:
-            if not valid_subject(subject, wildcards=True):
+            if not wire.valid_subject(subject, wildcards=True):
                 raise ValueError(f"stream {self.name}: invalid subject {subject!r}")
 
 
@@ -123,7 +104,7 @@ def parse_source(source: str) -> str | JetStreamSource:
     """An inbound ``from``: a subject (wildcards allowed) or a JetStreamSource.
     Raises ValueError."""
     if not source.startswith(_JETSTREAM_PREFIX):
-        if not valid_subject(source, wildcards=True):
+        if not wire.valid_subject(source, wildcards=True):
             raise ValueError(f"invalid subject {source!r}")
         return source
     parts = source[len(_JETSTREAM_PREFIX) :].split("/", 2)
@@ -133,7 +114,7 @@ def parse_source(source: str) -> str | JetStreamSource:
         if any(c in name for c in ".*> \t\r\n"):
             raise ValueError(f"{source!r}: invalid stream or consumer name {name!r}")
     filter_ = parts[2] if len(parts) == 3 else None
-    if filter_ is not None and not valid_subject(filter_, wildcards=True):
+    if filter_ is not None and not wire.valid_subject(filter_, wildcards=True):
         raise ValueError(f"{source!r}: invalid filter subject {filter_!r}")
     return JetStreamSource(parts[0], parts[1], filter_)
 
@@ -142,9 +123,9 @@ def outbound_headers(message: Message, bridge: str) -> tuple[tuple[str, str], ..
     """The NATS headers of ``message``: its own (those that cannot be written are
     dropped, line breaks in values become spaces), the origin, and its fields."""
     headers = [
-        (name, value.replace("\r", " ").replace("\n", " "))
+        (name, _one_line(value))
         for name, value in message.headers.items()
-        if valid_header_name(name) and name.lower() not in _MAPPED_ALL and name != ORIGIN_HEADER
+        if wire.valid_header_name(name) and name.lower() not in _MAPPED and name != ORIGIN_HEADER
     ]
     headers.append((ORIGIN_HEADER, bridge))
     headers.append((_MSG_ID, str(message.message_id)))
@@ -171,7 +152,7 @@ def inbound_message(headers: Iterable[tuple[str, str]], payload: bytes, qos: int
     own: dict[str, str] = {}
     fields: dict[str, str] = {}
     for name, value in headers:
-        if name.lower() in _MAPPED_ALL:
+        if name.lower() in _MAPPED:
             fields[name.lower()] = value
         else:
             own[name] = value
@@ -232,12 +213,6 @@ class _Pull:
     deadline: float = math.inf  # when the outstanding pull must have ended
 
 
-@dataclass
-class _Request:
-    done: trio.Event = field(default_factory=trio.Event)
-    reply: Msg | HMsg | None = None
-
-
 class NatsUpstream(Upstream):
     """One connection to a NATS server (docs/bridge-nats.md)."""
 
@@ -257,14 +232,14 @@ class NatsUpstream(Upstream):
         assert isinstance(options, Options)
         self.options = options
         self._stream: trio.abc.Stream | None = None
-        self._conn = NatsConnection()
+        self._conn = wire.NatsConnection()
         self._info: dict[str, Any] = {}
         self._out = bytearray()
         self._wake = trio.Event()
         self._send_lock = trio.Lock()
         self._inbox = f"_INBOX.{secrets.token_urlsafe(16)}"
         self._tokens = count(1)
-        self._requests: dict[str, _Request] = {}
+        self._replies: dict[str, wire.Msg | wire.HMsg | None] = {}  # open()'s requests
         self._acks: dict[str, tuple[int, str]] = {}  # inbox token -> (tag, subject)
         self._pongs: deque[list[int] | None] = deque()
         self._core: dict[str, int] = {}  # sid -> rule index
@@ -277,6 +252,15 @@ class NatsUpstream(Upstream):
 
     async def open(self) -> None:
         try:
+            await self._open()
+        except BaseException:
+            self._torn = True  # close() sends nothing more
+            if self._stream is not None:
+                await trio.aclose_forcefully(self._stream)
+            raise
+
+    async def _open(self) -> None:
+        try:
             endpoint = Endpoint.parse(self.config.url, _PORTS, _TLS_SCHEMES)
             sources = [(rule, parse_source(rule.source)) for rule in self.inbound]
         except ValueError as exc:
@@ -288,16 +272,16 @@ class NatsUpstream(Upstream):
                 f"cannot connect to {endpoint.host}:{endpoint.port}: {exc}"
             ) from exc
         event = await self._next_event()
-        if not isinstance(event, Info):
+        if not isinstance(event, wire.Info):
             raise UpstreamError(f"nats: expected INFO, got {type(event).__name__}")
         self._on_info(event)
         tls = endpoint.tls or self.config.tls is not None or bool(self._info.get("tls_required"))
         if tls:
             await self._start_tls(endpoint)
-        self._write(encode(Connect(options=self._connect_options(endpoint, tls))))
-        self._write(encode(Ping()))
+        self._send_op(wire.Connect(options=self._connect_options(endpoint, tls)))
+        self._send_op(wire.Ping())
         self._pongs.append(None)
-        self._write(encode(Sub(subject=f"{self._inbox}.*", sid="1")))
+        self._send_op(wire.Sub(subject=f"{self._inbox}.*", sid="1"))
         await self._flush()
         while self._pongs:  # the CONNECT's PONG (an -ERR raises)
             self._dispatch(await self._next_event())
@@ -311,11 +295,11 @@ class NatsUpstream(Upstream):
         for sid, (rule, source) in enumerate(sources, start=2):
             if isinstance(source, str):
                 self._core[str(sid)] = rule.index
-                self._write(encode(Sub(subject=source, sid=str(sid))))
+                self._send_op(wire.Sub(subject=source, sid=str(sid)))
             else:
                 inbox = f"{self._inbox}.pull.{rule.index}"
                 self._pulls[str(sid)] = _Pull(rule.index, source, str(sid), inbox)
-                self._write(encode(Sub(subject=inbox, sid=str(sid))))
+                self._send_op(wire.Sub(subject=inbox, sid=str(sid)))
         for pull in self._pulls.values():
             self._pull(pull)
         await self._flush()
@@ -356,25 +340,25 @@ class NatsUpstream(Upstream):
             options["auth_token"] = endpoint.username
         return options
 
-    async def _request(self, subject: str, body: dict[str, Any]) -> Msg | HMsg:
-        """Send a request and read (during ``open``) until its reply."""
+    async def _request(self, subject: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A JetStream API request's JSON reply, read during ``open``."""
         token = str(next(self._tokens))
-        request = self._requests[token] = _Request()
+        self._replies[token] = None
         payload = json.dumps(body, separators=(",", ":")).encode()
-        self._write(encode(Pub(subject=subject, payload=payload, reply=f"{self._inbox}.{token}")))
+        reply = f"{self._inbox}.{token}"
+        self._send_op(wire.Pub(subject=subject, payload=payload, reply=reply))
         await self._flush()
-        while not request.done.is_set():
+        while (msg := self._replies[token]) is None:
             self._dispatch(await self._next_event())
             await self._flush()
-        assert request.reply is not None
-        return request.reply
+        del self._replies[token]
+        if isinstance(msg, wire.HMsg) and msg.status == 503:
+            raise UpstreamError("nats: JetStream is not enabled on the server", retry=False)
+        return _json(msg.payload)
 
     async def _create_stream(self, name: str, subjects: list[str], storage: str) -> None:
         config = {"name": name, "subjects": subjects, "storage": storage}
-        reply = await self._request(f"$JS.API.STREAM.CREATE.{name}", config)
-        if isinstance(reply, HMsg) and reply.status == 503:
-            raise UpstreamError("nats: JetStream is not enabled on the server", retry=False)
-        error = _api_error(_json(reply.payload))
+        error = _api_error(await self._request(f"$JS.API.STREAM.CREATE.{name}", config))
         if error is not None and error[1] != _STREAM_NAME_IN_USE:
             raise UpstreamError(f"jetstream: stream {name}: {error[0]}", code=error[1], retry=False)
 
@@ -391,16 +375,12 @@ class NatsUpstream(Upstream):
         version = tuple(int(p) for p in str(self._info.get("version", "0.0")).split(".")[:2])
         api = "CREATE" if version >= (2, 9) else "DURABLE.CREATE"
         subject = f"$JS.API.CONSUMER.{api}.{source.stream}.{source.durable}"
-        reply = await self._request(subject, {"stream_name": source.stream, "config": config})
-        if isinstance(reply, HMsg) and reply.status == 503:
-            raise UpstreamError("nats: JetStream is not enabled on the server", retry=False)
-        error = _api_error(_json(reply.payload))
-        if error is None:
+        body = {"stream_name": source.stream, "config": config}
+        if (error := _api_error(await self._request(subject, body))) is None:
             return
         # An existing pull consumer of another configuration is reused as it is.
         info_subject = f"$JS.API.CONSUMER.INFO.{source.stream}.{source.durable}"
-        info = _json((await self._request(info_subject, {})).payload)
-        existing = info.get("config")
+        existing = (await self._request(info_subject, {})).get("config")
         if isinstance(existing, dict) and not existing.get("deliver_subject"):
             return
         where = f"{source.stream}/{source.durable}"
@@ -413,16 +393,16 @@ class NatsUpstream(Upstream):
         parts: list[bytes] = []
         tags: list[int] = []
         for out in batch:
-            if not valid_subject(out.target):
+            if not wire.valid_subject(out.target):
                 self.link.refused(out.tag, f"nats: invalid subject {out.target!r}")
                 continue
             headers = outbound_headers(out.message, self.config.name)
             token = str(next(self._tokens)) if self.options.jetstream else ""
             reply = f"{self._inbox}.{token}" if token else None
-            hpub = HPub(
+            hpub = wire.HPub(
                 subject=out.target, headers=headers, payload=out.message.payload, reply=reply
             )
-            data = encode(hpub)
+            data = wire.encode(hpub)
             if len(data) - data.index(b"\r\n") - 4 > limit:  # headers and payload
                 self.link.refused(out.tag, f"nats: message larger than max_payload {limit}")
                 continue
@@ -434,7 +414,7 @@ class NatsUpstream(Upstream):
             return
         async with self._send_lock:
             if not self.options.jetstream:
-                parts.append(encode(Ping()))
+                parts.append(wire.encode(wire.Ping()))
                 self._pongs.append(tags)
             data = bytes(self._out) + b"".join(parts)
             self._out.clear()
@@ -478,6 +458,7 @@ class NatsUpstream(Upstream):
                 if pull.remaining and now > pull.deadline:
                     where = f"{pull.source.stream}/{pull.source.durable}"
                     raise UpstreamError(f"jetstream: no answer to a pull from {where}")
+                self._pull(pull)  # after a 409, nothing else asks again
             if self._received != seen:
                 seen, unanswered = self._received, 0
                 continue
@@ -485,53 +466,54 @@ class NatsUpstream(Upstream):
                 raise UpstreamError("nats: no PONG to two PINGs, connection lost")
             unanswered += 1
             self._pongs.append(None)
-            self._write(encode(Ping()))
+            self._send_op(wire.Ping())
 
     # ------------------------------------------------------------------ events
 
-    def _dispatch(self, event: Event) -> None:
+    def _dispatch(self, event: wire.Event) -> None:
         match event:
-            case Msg() | HMsg():
+            case wire.Msg() | wire.HMsg():
                 self._on_message(event)
-            case Ping():
-                self._write(encode(Pong()))
-            case Pong():
+            case wire.Ping():
+                self._send_op(wire.Pong())
+            case wire.Pong():
                 if self._pongs and (tags := self._pongs.popleft()) is not None:
                     for tag in tags:
                         self.link.confirmed(tag)
-            case Info():
+            case wire.Info():
                 self._on_info(event)
-            case Err(message=text):
+            case wire.Err(message=text):
                 denied = "authorization violation" in text.lower() or "permissions" in text.lower()
                 raise UpstreamError(f"nats: {text}", code=text, retry=not denied)
-            case Ok():
+            case wire.Ok():
                 pass
+            case _:
+                assert_never(event)
 
-    def _on_info(self, event: Info) -> None:
+    def _on_info(self, event: wire.Info) -> None:
         self._info.update(event.data)
         if isinstance(limit := self._info.get("max_payload"), int):
             self._conn.max_payload = limit + 64 * 1024  # the server's own headers
 
-    def _on_message(self, msg: Msg | HMsg) -> None:
+    def _on_message(self, msg: wire.Msg | wire.HMsg) -> None:
         if msg.sid == "1":
             self._on_reply(msg)
         elif (pull := self._pulls.get(msg.sid)) is not None:
             self._on_pulled(pull, msg)
         elif (rule := self._core.get(msg.sid)) is not None:
-            headers = msg.headers if isinstance(msg, HMsg) else ()
+            headers = msg.headers if isinstance(msg, wire.HMsg) else ()
             message = inbound_message(headers, msg.payload, 0)
             self.link.received(rule, msg.subject, message, _no_settle)
 
-    def _on_reply(self, msg: Msg | HMsg) -> None:
+    def _on_reply(self, msg: wire.Msg | wire.HMsg) -> None:
         token = msg.subject.rpartition(".")[2]
-        if (request := self._requests.pop(token, None)) is not None:
-            request.reply = msg
-            request.done.set()
+        if token in self._replies:
+            self._replies[token] = msg
             return
         if (pending := self._acks.pop(token, None)) is None:
             return
         tag, subject = pending
-        if isinstance(msg, HMsg) and msg.status is not None:
+        if isinstance(msg, wire.HMsg) and msg.status is not None:
             if msg.status == 503:
                 self.link.refused(tag, f"jetstream: no stream captures subject {subject}")
             else:
@@ -539,6 +521,8 @@ class NatsUpstream(Upstream):
             return
         reply = _json(msg.payload)
         error = _api_error(reply)
+        if error is not None and reply["error"].get("code") == 503:  # unavailable for now
+            raise UpstreamError(f"jetstream: {error[0]}", code=error[1])
         if error is not None:
             self.link.refused(tag, f"jetstream: {error[0]} ({error[1]})")
         elif "stream" in reply:
@@ -546,21 +530,20 @@ class NatsUpstream(Upstream):
         else:
             self.link.refused(tag, "jetstream: unexpected publish ack")
 
-    def _on_pulled(self, pull: _Pull, msg: Msg | HMsg) -> None:
-        if isinstance(msg, HMsg) and msg.status is not None:
+    def _on_pulled(self, pull: _Pull, msg: wire.Msg | wire.HMsg) -> None:
+        if isinstance(msg, wire.HMsg) and msg.status is not None:
             if msg.status == 100:  # idle heartbeat / flow control: not asked for
                 return
-            if msg.status in (404, 408) or (
-                msg.status == 409 and "deleted" not in msg.description.lower()
-            ):
+            if msg.status in (404, 408, 409) and "deleted" not in msg.description.lower():
                 pull.remaining = 0
-                self._pull(pull)
+                if msg.status != 409:  # 409: too many pending or waiting; ask again later
+                    self._pull(pull)
                 return
             where = f"{pull.source.stream}/{pull.source.durable}"
             raise UpstreamError(f"jetstream: pull from {where}: {msg.status} {msg.description}")
         pull.remaining = max(0, pull.remaining - 1)
         pull.unsettled += 1
-        headers = msg.headers if isinstance(msg, HMsg) else ()
+        headers = msg.headers if isinstance(msg, wire.HMsg) else ()
         message = inbound_message(headers, msg.payload, 1)
         settle = self._settler(pull, msg.reply)
         self.link.received(pull.rule, msg.subject, message, settle)
@@ -576,7 +559,7 @@ class NatsUpstream(Upstream):
             settled = True
             pull.unsettled -= 1
             if reply:
-                self._write(encode(Pub(subject=reply, payload=b"+ACK" if ok else b"-NAK")))
+                self._send_op(wire.Pub(subject=reply, payload=b"+ACK" if ok else b"-NAK"))
             self._pull(pull)
 
         return settle
@@ -590,11 +573,14 @@ class NatsUpstream(Upstream):
         payload = json.dumps(body, separators=(",", ":")).encode()
         source = pull.source
         subject = f"$JS.API.CONSUMER.MSG.NEXT.{source.stream}.{source.durable}"
-        self._write(encode(Pub(subject=subject, payload=payload, reply=pull.inbox)))
+        self._send_op(wire.Pub(subject=subject, payload=payload, reply=pull.inbox))
         pull.remaining = room
         pull.deadline = trio.current_time() + self.pull_expires + self.pull_grace
 
     # ------------------------------------------------------------------ I/O
+
+    def _send_op(self, op: wire.Operation) -> None:
+        self._write(wire.encode(op))
 
     def _write(self, data: bytes) -> None:
         self._out += data
@@ -617,38 +603,28 @@ class NatsUpstream(Upstream):
         with trio.CancelScope(shield=True, deadline=deadline) as scope:
             try:
                 await self._stream.send_all(data)
-            except (
-                trio.BrokenResourceError,
-                trio.ClosedResourceError,
-                OSError,
-                ssl.SSLError,
-            ) as exc:
+            except _IO_ERRORS as exc:
                 self._torn = True
                 raise UpstreamError(f"nats: connection lost: {exc}") from exc
         if scope.cancelled_caught:
             self._torn = True
             raise UpstreamError(f"nats: a write took more than {self.write_timeout} s")
 
-    async def _next_event(self) -> Event:
+    async def _next_event(self) -> wire.Event:
         assert self._stream is not None
         while True:
             try:
                 event = self._conn.next_event()
-            except NatsProtocolError as exc:
+            except wire.NatsProtocolError as exc:
                 raise UpstreamError(f"nats: protocol error: {exc}") from exc
-            if event is CLOSED:
+            if event is wire.CLOSED:
                 raise UpstreamError("nats: the server closed the connection")
-            if event is not NEED_DATA:
-                assert not isinstance(event, type(CLOSED))
+            if event is not wire.NEED_DATA:
+                assert not isinstance(event, type(wire.CLOSED))
                 return event
             try:
                 data = await self._stream.receive_some(65536)
-            except (
-                trio.BrokenResourceError,
-                trio.ClosedResourceError,
-                OSError,
-                ssl.SSLError,
-            ) as exc:
+            except _IO_ERRORS as exc:
                 raise UpstreamError(f"nats: connection lost: {exc}") from exc
             self._received += 1
             self._conn.receive_data(data)
@@ -659,7 +635,7 @@ class NatsUpstream(Upstream):
         if self._stream is None:
             return
         for sid in [*self._pulls, *self._core]:
-            self._write(encode(Unsub(sid=sid)))
+            self._send_op(wire.Unsub(sid=sid))
         self._closed = True
         try:
             if not self._torn:

@@ -255,7 +255,7 @@ _names = st.text(
     max_size=10,
 )
 _values = st.text(
-    alphabet=st.characters(exclude_categories=("Cs",), exclude_characters="\r\n"), max_size=20
+    alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\r\n"), max_size=20
 ).map(str.strip)
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import pathlib
+import ssl
 import threading
 import time
 import uuid
@@ -15,10 +17,11 @@ from typing import Any, TypeVar
 import nats
 import pytest
 import trio
+import trustme
 from nats.aio.client import Client as NatsClient
 
 from gateway.bridges.base import ORIGIN_HEADER, InboundRule, Outbound, UpstreamError
-from gateway.bridges.config import BridgeConfig
+from gateway.bridges.config import BridgeConfig, BridgeTLSConfig
 from gateway.bridges.nats import NatsUpstream, Options
 from gateway.core.message import Message
 from tests.bridges.conftest import RecordingLink
@@ -379,3 +382,34 @@ async def test_tls_url_against_a_server_without_tls(nursery: trio.Nursery) -> No
     with pytest.raises(UpstreamError, match="does not offer TLS"), trio.fail_after(5):
         await up.open()
     await up.close()
+
+
+async def test_tls_upgrade_when_the_server_requires_it(
+    nursery: trio.Nursery, tmp_path: pathlib.Path
+) -> None:
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    seen: list[bytes] = []
+
+    async def handler(stream: trio.SocketStream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(INFO.replace(b"{", b'{"tls_required":true,', 1))
+            tls = trio.SSLStream(stream, server_context, server_side=True)
+            seen.append(bytes(await tls.receive_some()))
+            await tls.send_all(b"PONG\r\n")
+            await tls.receive_some()
+
+    port = await fake_server(nursery, handler)
+    # A nats:// URL: the server's INFO asks for TLS, and gets it.
+    tls = BridgeTLSConfig(ca=str(tmp_path / "ca.pem"))
+    config = BridgeConfig(name="t", kind="nats", url=f"nats://127.0.0.1:{port}", tls=tls)
+    opts = config.options()
+    assert isinstance(opts, Options)
+    up = NatsUpstream(config, opts, RecordingLink(), [])
+    with trio.fail_after(5):
+        await up.open()
+        await up.close()
+    assert seen[0].startswith(b"CONNECT {")
+    assert b'"tls_required":true' in seen[0]

@@ -633,16 +633,25 @@ class Router:
         if routed.dropped is not None:
             stats.published += 1
             stats.drops[DROP_PREFIX + routed.dropped] += 1
+        forwarded = 0
         for bridge, item in routed.forwards:
             sink = self._bridges.get(bridge)
             if sink is None:
                 counters.skipped["no-bridge"] += 1
             else:
                 sink(item)
-                counters.forwarded += 1
+                forwarded += 1
+        counters.forwarded += forwarded
         if len(results) == 1 and routed.primary == 1:
-            return results[0]
-        return _combine(results, routed.primary)
+            result = results[0]
+        else:
+            result = _combine(results, routed.primary)
+        if forwarded and result.accepted:
+            # A bridge's outbox took it too: it reached somebody (MQTT 5 says 0x10 otherwise).
+            return PublishResult(
+                result.status, result.routed + forwarded, result.reason, result.congested
+            )
+        return result
 
 
 def _by_index(rule: _Rule) -> int:

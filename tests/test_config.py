@@ -74,6 +74,54 @@ def test_default_file_matches_the_built_in_defaults() -> None:
             "listeners[1].name",
             "duplicate",
         ),
+        (
+            "[[bridges]]\nname = 'r'\nkind = 'kafka'\nurl = 'x://h'\n",
+            "bridges[0].kind",
+            "invalid enum",
+        ),
+        (
+            "[[bridges]]\nname = 'r'\nkind = 'amqp'\nurl = 'amqp://h'\n" * 2,
+            "bridges[1].name",
+            "duplicate bridge name",
+        ),
+        (
+            "[[bridges]]\nname = 'r'\nkind = 'amqp'\nurl = 'http://h'\n",
+            "bridges[0].url",
+            "scheme must be one of amqp, amqps",
+        ),
+        (
+            "[[bridges]]\nname = 'r'\nkind = 'amqp'\nurl = 'amqp://h'\n"
+            "[bridges.amqp]\nprefetch = -1\n",
+            "bridges[0].amqp",
+            "prefetch",
+        ),
+        (
+            "[[bridges]]\nname = 'r'\nkind = 'amqp'\nurl = 'amqp://h'\n[bridges.mqtt]\nqos = 1\n",
+            "bridges[0].mqtt",
+            "a table for kind 'mqtt' on a 'amqp' bridge",
+        ),
+        (
+            "[[bridges]]\nname = 'r'\nkind = 'amqp'\nurl = 'amqp://h'\n"
+            "inbound = [{ from = 'queue:' }]\n",
+            "bridges[0].inbound[0].from",
+            "no queue name",
+        ),
+        (
+            "[[bridges]]\nname = 'r'\nkind = 'mqtt'\nurl = 'mqtt://h'\n"
+            "outbound = [{ match = '$queue/q', selector = 'a = 1' }]\n",
+            "bridges[0].outbound[0].selector",
+            "drained whole",
+        ),
+        (
+            "[[bridges]]\nname = 'r'\nkind = 'redis'\nurl = 'redis://h'\nmax_in_flight = 0\n",
+            "bridges[0].max_in_flight",
+            "at least 1",
+        ),
+        (
+            "[[routes]]\nmatch = 'a'\nforward_to_bridge = 'up'\n",
+            "routes[0].forward_to_bridge",
+            "bridge 'up' is not configured",
+        ),
     ],
 )
 def test_errors_name_the_file_key_and_problem(text: str, key: str, problem: str) -> None:

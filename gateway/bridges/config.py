@@ -127,4 +127,54 @@ def check_bridge(bridge: BridgeConfig) -> tuple[str, str] | None:
         return bridge.kind, str(exc)
     except ImportError:
         return "kind", f"{bridge.kind!r} bridges are not built yet"
+    return _check_kind(bridge)
+
+
+# Where each kind parses its URL schemes, outbound targets and inbound sources, so that
+# a mistake is refused when the configuration loads, not at the first connect.
+_PARSERS = {
+    "amqp": ("gateway.bridges.amqp_protocol", "parse_target", "parse_source"),
+    "nats": ("gateway.bridges.nats", None, "parse_source"),
+}
+
+
+def _check_kind(bridge: BridgeConfig) -> tuple[str, str] | None:
+    from .base import Endpoint
+
+    kind = importlib.import_module(f"gateway.bridges.{bridge.kind}")
+    ports = getattr(kind, "DEFAULT_PORTS", None) or getattr(kind, "_PORTS", None)
+    schemes: frozenset[str] = getattr(kind, "TLS_SCHEMES", None) or getattr(
+        kind, "_TLS_SCHEMES", frozenset()
+    )
+    if ports is not None:
+        try:
+            Endpoint.parse(bridge.url, ports, schemes)
+        except ValueError as exc:
+            return "url", str(exc)
+    module_name, target_name, source_name = _PARSERS.get(bridge.kind, ("", None, None))
+    if not module_name:
+        return None
+    module = importlib.import_module(module_name)
+    checks: list[tuple[str, str | None, list[tuple[str, str]]]] = [
+        (
+            "outbound",
+            target_name,
+            [(f"outbound[{i}].to", rule.to) for i, rule in enumerate(bridge.outbound)]
+            + [("forward_to", bridge.forward_to)],
+        ),
+        (
+            "inbound",
+            source_name,
+            [(f"inbound[{i}].from", rule.source) for i, rule in enumerate(bridge.inbound)],
+        ),
+    ]
+    for _, parser_name, items in checks:
+        if parser_name is None:
+            continue
+        parse = getattr(module, parser_name)
+        for key, text in items:
+            try:
+                parse(text)
+            except ValueError as exc:
+                return key, str(exc)
     return None

@@ -143,9 +143,7 @@ def _check_kind(bridge: BridgeConfig) -> tuple[str, str] | None:
 
     kind = importlib.import_module(f"gateway.bridges.{bridge.kind}")
     ports = getattr(kind, "DEFAULT_PORTS", None) or getattr(kind, "_PORTS", None)
-    schemes: frozenset[str] = getattr(kind, "TLS_SCHEMES", None) or getattr(
-        kind, "_TLS_SCHEMES", frozenset()
-    )
+    schemes = frozenset(getattr(kind, "TLS_SCHEMES", ()) or getattr(kind, "_TLS_SCHEMES", ()))
     if ports is not None:
         try:
             Endpoint.parse(bridge.url, ports, schemes)

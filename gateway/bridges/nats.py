@@ -27,6 +27,7 @@ from itertools import count
 from typing import Any, Literal, assert_never
 
 import msgspec
+import structlog
 import trio
 
 from .. import __version__
@@ -45,6 +46,7 @@ from .base import (
 )
 from .config import BridgeConfig
 
+log = structlog.get_logger(__name__)
 _PORTS = {"nats": 4222, "tls": 4222, "nats+tls": 4222}
 _TLS_SCHEMES = frozenset({"tls", "nats+tls"})
 _JETSTREAM_PREFIX = "jetstream:"
@@ -231,6 +233,7 @@ class NatsUpstream(Upstream):
         super().__init__(config, options, link, inbound)
         assert isinstance(options, Options)
         self.options = options
+        self.log = log.bind(bridge=config.name, kind="nats")
         self._stream: trio.abc.Stream | None = None
         self._conn = wire.NatsConnection()
         self._info: dict[str, Any] = {}
@@ -303,6 +306,15 @@ class NatsUpstream(Upstream):
         for pull in self._pulls.values():
             self._pull(pull)
         await self._flush()
+        self.log.info(
+            "bridge.nats.connected",
+            host=endpoint.host,
+            server=self._info.get("version"),
+            tls=tls,
+            jetstream=self.options.jetstream,
+            subscriptions=len(self._core),
+            consumers=len(self._pulls),
+        )
 
     async def _start_tls(self, endpoint: Endpoint) -> None:
         if not (self._info.get("tls_required") or self._info.get("tls_available")):
@@ -361,6 +373,8 @@ class NatsUpstream(Upstream):
         error = _api_error(await self._request(f"$JS.API.STREAM.CREATE.{name}", config))
         if error is not None and error[1] != _STREAM_NAME_IN_USE:
             raise UpstreamError(f"jetstream: stream {name}: {error[0]}", code=error[1], retry=False)
+        if error is not None:
+            self.log.info("bridge.nats.stream_exists", stream=name, detail=error[0])
 
     async def _create_consumer(self, source: JetStreamSource) -> None:
         config: dict[str, Any] = {
@@ -378,12 +392,13 @@ class NatsUpstream(Upstream):
         body = {"stream_name": source.stream, "config": config}
         if (error := _api_error(await self._request(subject, body))) is None:
             return
+        where = f"{source.stream}/{source.durable}"
         # An existing pull consumer of another configuration is reused as it is.
         info_subject = f"$JS.API.CONSUMER.INFO.{source.stream}.{source.durable}"
         existing = (await self._request(info_subject, {})).get("config")
         if isinstance(existing, dict) and not existing.get("deliver_subject"):
+            self.log.info("bridge.nats.consumer_reused", consumer=where, detail=error[0])
             return
-        where = f"{source.stream}/{source.durable}"
         raise UpstreamError(f"jetstream: consumer {where}: {error[0]}", code=error[1], retry=False)
 
     # ------------------------------------------------------------------ publish
@@ -491,6 +506,8 @@ class NatsUpstream(Upstream):
                 assert_never(event)
 
     def _on_info(self, event: wire.Info) -> None:
+        if event.data.get("ldm") and not self._info.get("ldm"):
+            self.log.warning("bridge.nats.lame_duck")  # the server will close us soon
         self._info.update(event.data)
         if isinstance(limit := self._info.get("max_payload"), int):
             self._conn.max_payload = limit + 64 * 1024  # the server's own headers
@@ -644,6 +661,7 @@ class NatsUpstream(Upstream):
             pass
         finally:
             await trio.aclose_forcefully(self._stream)
+            self.log.info("bridge.nats.closed")
 
 
 def _no_settle(ok: bool) -> None:

@@ -47,8 +47,8 @@ from .base import (
 from .config import BridgeConfig
 
 log = structlog.get_logger(__name__)
-_PORTS = {"nats": 4222, "tls": 4222, "nats+tls": 4222}
-_TLS_SCHEMES = frozenset({"tls", "nats+tls"})
+DEFAULT_PORTS = {"nats": 4222, "tls": 4222, "nats+tls": 4222}
+TLS_SCHEMES = frozenset({"tls", "nats+tls"})
 _JETSTREAM_PREFIX = "jetstream:"
 # Message fields carried as headers; inbound, these names (any case) become fields.
 _MSG_ID = "Nats-Msg-Id"
@@ -264,7 +264,7 @@ class NatsUpstream(Upstream):
 
     async def _open(self) -> None:
         try:
-            endpoint = Endpoint.parse(self.config.url, _PORTS, _TLS_SCHEMES)
+            endpoint = Endpoint.parse(self.config.url, DEFAULT_PORTS, TLS_SCHEMES)
             sources = [(rule, parse_source(rule.source)) for rule in self.inbound]
         except ValueError as exc:
             raise UpstreamError(f"nats: {exc}", retry=False) from None

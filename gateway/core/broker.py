@@ -721,7 +721,16 @@ class Broker:
         policy. Raises InvalidFilter."""
         queue = self.queues.get(name)
         if queue is not None:
-            if self._durable.get(name) == topic_filter:
+            previous = self._durable.get(name)
+            if previous is not None:
+                # Taken back after a restart, perhaps with a changed filter (a bridge's
+                # outbox whose rule was edited): the queue keeps what it holds.
+                if previous != topic_filter:
+                    check_filter(topic_filter)
+                    self._trie.remove(previous, name)
+                    self._durable[name] = topic_filter
+                    if queue.durable:
+                        self.store.save_durable_subscription(name, topic_filter)
                 if policy is not None:
                     queue.set_policy(policy)
                 self._trie.add(

@@ -1,4 +1,5 @@
-"""Acknowledgements held until a message leaves a queue (bridges' ack = "upstream")."""
+"""Bridge outboxes in the core: acknowledgements held until a message leaves a queue
+(ack = "upstream"), and outboxes taken back after a restart."""
 
 from __future__ import annotations
 
@@ -109,3 +110,13 @@ def test_a_full_outbox_refuses_the_publish() -> None:
     refused = broker.publish(_message(ALICE))
     assert not refused.accepted
     assert refused.reason == "queue-full"
+
+
+def test_an_outbox_taken_back_with_another_filter_is_fed_by_the_new_one() -> None:
+    broker = Broker()
+    queue = broker.durable_subscription("$bridge/up/0", "old/#")
+    assert broker.durable_subscription("$bridge/up/0", "new/#") is queue
+    broker.publish(_message(ALICE, topic="old/a"))
+    broker.publish(_message(ALICE, topic="new/a"))
+    assert [e.message.destination for e in queue.entries()] == ["new/a"]
+    assert broker.store.durable_subscriptions == {"$bridge/up/0": "new/#"}  # type: ignore[attr-defined]

@@ -56,6 +56,7 @@ _MAPPED = frozenset(
     {"nats-msg-id", "content-type", "correlation-id", "reply-to", "priority", "expires"}
 )
 _STREAM_NAME_IN_USE = 10058  # JetStream: a stream of that name exists (other config)
+_UNAVAILABLE = 10008  # JetStream: "JetStream system temporarily unavailable"
 _NS = 1_000_000_000
 _IO_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ssl.SSLError)
 
@@ -213,6 +214,7 @@ class _Pull:
     unsettled: int = 0
     remaining: int = 0  # what the outstanding pull may still deliver; 0: none out
     deadline: float = math.inf  # when the outstanding pull must have ended
+    silent: int = 0  # pulls in a row that ended with no answer at all
 
 
 class NatsUpstream(Upstream):
@@ -223,7 +225,7 @@ class NatsUpstream(Upstream):
     ping_interval: float = 30.0
     # A pull request's expiry, and how long after it its end (408) may still come.
     pull_expires: float = 30.0
-    pull_grace: float = 10.0
+    pull_grace: float = 2.0
     # The longest a write may take (writes are shielded from cancellation).
     write_timeout: float = 5.0
 
@@ -448,7 +450,7 @@ class NatsUpstream(Upstream):
                 nursery.cancel_scope.cancel()
 
         async with trio.open_nursery() as nursery:
-            for task in (self._reader, self._writer, self._keepalive):
+            for task in (self._reader, self._writer, self._keepalive, self._pull_timer):
                 nursery.start_soon(guard, task)
         if failures:
             raise failures[0]
@@ -468,12 +470,6 @@ class NatsUpstream(Upstream):
         seen = self._received
         while True:
             await trio.sleep(self.ping_interval)
-            now = trio.current_time()
-            for pull in self._pulls.values():
-                if pull.remaining and now > pull.deadline:
-                    where = f"{pull.source.stream}/{pull.source.durable}"
-                    raise UpstreamError(f"jetstream: no answer to a pull from {where}")
-                self._pull(pull)  # after a 409, nothing else asks again
             if self._received != seen:
                 seen, unanswered = self._received, 0
                 continue
@@ -482,6 +478,26 @@ class NatsUpstream(Upstream):
             unanswered += 1
             self._pongs.append(None)
             self._send_op(wire.Ping())
+
+    async def _pull_timer(self) -> None:
+        """Pulls whose end never came. The server drops a pull that expires as a
+        message arrives without a 408, and a pull from a consumer that is gone
+        without any answer: ask again, and reconnect (which creates the consumer
+        again) after two silent pulls in a row. Also asks again after a 409."""
+        if not self._pulls:
+            return
+        while True:
+            waiting = [pull.deadline for pull in self._pulls.values() if pull.remaining]
+            await trio.sleep_until(min(waiting, default=trio.current_time() + self.pull_expires))
+            now = trio.current_time()
+            for pull in self._pulls.values():
+                if pull.remaining and now >= pull.deadline:
+                    pull.silent += 1
+                    if pull.silent >= 2:
+                        where = f"{pull.source.stream}/{pull.source.durable}"
+                        raise UpstreamError(f"jetstream: no answer to two pulls from {where}")
+                    pull.remaining = 0
+                self._pull(pull)
 
     # ------------------------------------------------------------------ events
 
@@ -538,7 +554,7 @@ class NatsUpstream(Upstream):
             return
         reply = _json(msg.payload)
         error = _api_error(reply)
-        if error is not None and reply["error"].get("code") == 503:  # unavailable for now
+        if error is not None and error[1] == _UNAVAILABLE:  # no meta leader yet: try again
             raise UpstreamError(f"jetstream: {error[0]}", code=error[1])
         if error is not None:
             self.link.refused(tag, f"jetstream: {error[0]} ({error[1]})")
@@ -548,6 +564,7 @@ class NatsUpstream(Upstream):
             self.link.refused(tag, "jetstream: unexpected publish ack")
 
     def _on_pulled(self, pull: _Pull, msg: wire.Msg | wire.HMsg) -> None:
+        pull.silent = 0
         if isinstance(msg, wire.HMsg) and msg.status is not None:
             if msg.status == 100:  # idle heartbeat / flow control: not asked for
                 return

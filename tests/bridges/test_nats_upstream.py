@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import functools
 import pathlib
+import re
 import ssl
 import threading
 import time
@@ -57,16 +58,18 @@ def upstream(link: RecordingLink, sources: tuple[str, ...] = (), **options: Any)
 @contextlib.asynccontextmanager
 async def running(up: NatsUpstream) -> AsyncIterator[NatsUpstream]:
     """``up`` opened, with ``run`` in a task; cancelled and closed on exit."""
-    with trio.fail_after(10):
-        await up.open()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(up.run)
-        try:
-            yield up
-        finally:
-            nursery.cancel_scope.cancel()
-    with trio.fail_after(5):
-        await up.close()
+    try:
+        with trio.fail_after(10):
+            await up.open()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(up.run)
+            try:
+                yield up
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        with trio.fail_after(5):
+            await up.close()
 
 
 @pytest.fixture
@@ -178,6 +181,26 @@ async def test_jetstream_publish_no_stream_is_refused(names: tuple[str, str]) ->
     assert link.confirms == []
 
 
+async def test_jetstream_error_reply_is_refused(names: tuple[str, str]) -> None:
+    stream, prefix = names
+
+    async def add(client: NatsClient) -> None:
+        js = client.jetstream()
+        await js.add_stream(
+            name=stream, subjects=[f"{prefix}.>"], storage="memory", max_msgs=1, discard="new"
+        )
+
+    await nats_run(add)
+    link = RecordingLink()
+    async with running(upstream(link)) as up:
+        await up.publish([outbound(1, f"{prefix}.a"), outbound(2, f"{prefix}.b")])
+        await link.wait_for(lambda: link.confirms and link.refusals)
+    assert link.confirms == [1]
+    [(tag, reason)] = link.refusals
+    assert tag == 2
+    assert reason.startswith("jetstream: maximum messages exceeded")
+
+
 async def test_core_publish_is_confirmed_by_pong_and_delivered(names: tuple[str, str]) -> None:
     _, prefix = names
     ready = threading.Event()
@@ -287,7 +310,7 @@ async def test_pull_expiry_is_renewed(names: tuple[str, str]) -> None:
     await add_stream(stream, prefix)
     link = RecordingLink(auto_settle=True)
     up = upstream(link, (f"jetstream:{stream}/renew",))
-    up.pull_expires = 0.2
+    up.pull_expires, up.pull_grace = 0.2, 0.3
     async with running(up):
         await trio.sleep(0.6)  # a few pulls expire (408) and are issued again
         await js_publish(f"{prefix}.late", b"late")
@@ -413,3 +436,41 @@ async def test_tls_upgrade_when_the_server_requires_it(
         await up.close()
     assert seen[0].startswith(b"CONNECT {")
     assert b'"tls_required":true' in seen[0]
+
+
+async def test_silent_pulls_are_asked_again_then_end_the_connection(
+    nursery: trio.Nursery,
+) -> None:
+    """A server that never answers a pull (it drops one that expires as a message
+    arrives; a consumer that is gone answers nothing): pull again, then give up."""
+    pulls: list[bytes] = []
+
+    async def handler(stream: trio.SocketStream) -> None:
+        await stream.send_all(INFO)
+        buffer = b""
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while data := await stream.receive_some():
+                buffer += data
+                if b"PING\r\n" in buffer:
+                    buffer = buffer.replace(b"PING\r\n", b"", 1)
+                    await stream.send_all(b"PONG\r\n")
+                for match in re.finditer(rb"PUB (\S+) (\S+) \d+\r\n", buffer):
+                    subject, reply = match.groups()
+                    if subject.startswith(b"$JS.API.CONSUMER.CREATE."):
+                        await stream.send_all(b"MSG " + reply + b" 1 2\r\n{}\r\n")
+                    elif subject.startswith(b"$JS.API.CONSUMER.MSG.NEXT."):
+                        pulls.append(subject)
+                buffer = buffer[buffer.rfind(b"\r\n") + 2 :] if b"PUB" in buffer else buffer
+
+    port = await fake_server(nursery, handler)
+    config = BridgeConfig(name="t", kind="nats", url=f"nats://127.0.0.1:{port}")
+    opts = config.options()
+    assert isinstance(opts, Options)
+    up = NatsUpstream(config, opts, RecordingLink(), [InboundRule(0, "jetstream:S/D")])
+    up.pull_expires, up.pull_grace = 0.05, 0.05
+    with trio.fail_after(5):
+        await up.open()
+        with pytest.raises(UpstreamError, match="no answer to two pulls from S/D"):
+            await up.run()
+    await up.close()
+    assert pulls == [b"$JS.API.CONSUMER.MSG.NEXT.S.D"] * 2

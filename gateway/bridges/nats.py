@@ -1,5 +1,6 @@
 """The NATS bridge (docs/bridge-nats.md): core NATS subjects and JetStream streams,
-over a small client of our own (``nats_protocol`` is its sans-I/O codec).
+over a small client of our own (``nats_protocol`` is its sans-I/O codec, and
+holds the source syntax and the header mapping).
 
 Targets are subjects (``separator`` is ``.``: the framework has already turned the
 core's ``/`` into dots). Inbound ``from``: ``SUBJECT`` (a core subscription, at most
@@ -21,7 +22,7 @@ import math
 import secrets
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from itertools import count
 from typing import Any, Literal, assert_never
@@ -31,7 +32,6 @@ import structlog
 import trio
 
 from .. import __version__
-from ..core.message import Message, is_utf8
 from . import nats_protocol as wire
 from .base import (
     ORIGIN_HEADER,
@@ -45,16 +45,11 @@ from .base import (
     client_tls_context,
 )
 from .config import BridgeConfig
+from .nats_protocol import parse_source as parse_source  # the configuration check's
 
 log = structlog.get_logger(__name__)
 DEFAULT_PORTS = {"nats": 4222, "tls": 4222, "nats+tls": 4222}
 TLS_SCHEMES = frozenset({"tls", "nats+tls"})
-_JETSTREAM_PREFIX = "jetstream:"
-# Message fields carried as headers; inbound, these names (any case) become fields.
-_MSG_ID = "Nats-Msg-Id"
-_MAPPED = frozenset(
-    {"nats-msg-id", "content-type", "correlation-id", "reply-to", "priority", "expires"}
-)
 _STREAM_NAME_IN_USE = 10058  # JetStream: a stream of that name exists (other config)
 _UNAVAILABLE = 10008  # JetStream: "JetStream system temporarily unavailable"
 _NS = 1_000_000_000
@@ -96,97 +91,6 @@ class Options(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
             raise ValueError("max_ack_pending must be at least 1")
 
 
-@dataclass(frozen=True, slots=True)
-class JetStreamSource:
-    stream: str
-    durable: str
-    filter: str | None = None
-
-
-def parse_source(source: str) -> str | JetStreamSource:
-    """An inbound ``from``: a subject (wildcards allowed) or a JetStreamSource.
-    Raises ValueError."""
-    if not source.startswith(_JETSTREAM_PREFIX):
-        if not wire.valid_subject(source, wildcards=True):
-            raise ValueError(f"invalid subject {source!r}")
-        return source
-    parts = source[len(_JETSTREAM_PREFIX) :].split("/", 2)
-    if len(parts) < 2 or not all(parts[:2]):
-        raise ValueError(f"{source!r}: expected jetstream:STREAM/DURABLE[/FILTER]")
-    for name in parts[:2]:
-        if any(c in name for c in ".*> \t\r\n"):
-            raise ValueError(f"{source!r}: invalid stream or consumer name {name!r}")
-    filter_ = parts[2] if len(parts) == 3 else None
-    if filter_ is not None and not wire.valid_subject(filter_, wildcards=True):
-        raise ValueError(f"{source!r}: invalid filter subject {filter_!r}")
-    return JetStreamSource(parts[0], parts[1], filter_)
-
-
-def outbound_headers(message: Message, bridge: str) -> tuple[tuple[str, str], ...]:
-    """The NATS headers of ``message``: its own (those that cannot be written are
-    dropped, line breaks in values become spaces), the origin, and its fields."""
-    headers = [
-        (name, _one_line(value))
-        for name, value in message.headers.items()
-        if wire.valid_header_name(name) and name.lower() not in _MAPPED and name != ORIGIN_HEADER
-    ]
-    headers.append((ORIGIN_HEADER, bridge))
-    headers.append((_MSG_ID, str(message.message_id)))
-    if message.content_type is not None:
-        headers.append(("content-type", _one_line(message.content_type)))
-    if message.correlation_id is not None:
-        correlation = message.correlation_id.decode("utf-8", errors="replace")
-        headers.append(("correlation-id", _one_line(correlation)))
-    if message.reply_to is not None:
-        headers.append(("reply-to", _one_line(message.reply_to)))
-    if message.priority != 4:
-        headers.append(("priority", str(message.priority)))
-    if message.expiry is not None:
-        headers.append(("expires", str(int(message.expiry * 1000))))
-    return tuple(headers)
-
-
-def _one_line(value: str) -> str:
-    return value.replace("\r", " ").replace("\n", " ")
-
-
-def inbound_message(headers: Iterable[tuple[str, str]], payload: bytes, qos: int) -> Message:
-    """A core message from a NATS message (the last value of a repeated name wins)."""
-    own: dict[str, str] = {}
-    fields: dict[str, str] = {}
-    for name, value in headers:
-        if name.lower() in _MAPPED:
-            fields[name.lower()] = value
-        else:
-            own[name] = value
-    priority = 4
-    if (text := fields.get("priority")) is not None:
-        if text.isdigit() and 0 <= int(text) <= 9:
-            priority = int(text)
-        else:
-            own["priority"] = text
-    expiry = None
-    if (text := fields.get("expires")) is not None:
-        try:
-            expiry = int(text) / 1000
-        except ValueError:
-            own["expires"] = text
-    content_type = fields.get("content-type")
-    correlation = fields.get("correlation-id")
-    return Message(
-        destination="",
-        payload=payload,
-        headers=own,
-        qos=qos,
-        priority=priority,
-        expiry=expiry,
-        content_type=content_type,
-        text=content_type is not None and content_type.startswith("text/") and is_utf8(payload),
-        correlation_id=correlation.encode() if correlation is not None else None,
-        reply_to=fields.get("reply-to"),
-    )
-
-
 def _json(payload: bytes) -> dict[str, Any]:
     try:
         data = json.loads(payload)
@@ -208,7 +112,7 @@ class _Pull:
     """A JetStream rule's durable pull consumer: one pull request at a time."""
 
     rule: int
-    source: JetStreamSource
+    source: wire.JetStreamSource
     sid: str
     inbox: str
     unsettled: int = 0
@@ -267,7 +171,7 @@ class NatsUpstream(Upstream):
     async def _open(self) -> None:
         try:
             endpoint = Endpoint.parse(self.config.url, DEFAULT_PORTS, TLS_SCHEMES)
-            sources = [(rule, parse_source(rule.source)) for rule in self.inbound]
+            sources = [(rule, wire.parse_source(rule.source)) for rule in self.inbound]
         except ValueError as exc:
             raise UpstreamError(f"nats: {exc}", retry=False) from None
         try:
@@ -294,7 +198,7 @@ class NatsUpstream(Upstream):
         for stream in self.options.streams:
             await self._create_stream(stream.name, list(stream.subjects), stream.storage)
         for _, source in sources:
-            if isinstance(source, JetStreamSource):
+            if isinstance(source, wire.JetStreamSource):
                 await self._create_consumer(source)
         # Subscribe only once every request is answered: open() delivers nothing.
         for sid, (rule, source) in enumerate(sources, start=2):
@@ -378,7 +282,7 @@ class NatsUpstream(Upstream):
         if error is not None:
             self.log.info("bridge.nats.stream_exists", stream=name, detail=error[0])
 
-    async def _create_consumer(self, source: JetStreamSource) -> None:
+    async def _create_consumer(self, source: wire.JetStreamSource) -> None:
         config: dict[str, Any] = {
             "durable_name": source.durable,
             "deliver_policy": "all",
@@ -413,7 +317,7 @@ class NatsUpstream(Upstream):
             if not wire.valid_subject(out.target):
                 self.link.refused(out.tag, f"nats: invalid subject {out.target!r}")
                 continue
-            headers = outbound_headers(out.message, self.config.name)
+            headers = wire.outbound_headers(out.message, (ORIGIN_HEADER, self.config.name))
             token = str(next(self._tokens)) if self.options.jetstream else ""
             reply = f"{self._inbox}.{token}" if token else None
             hpub = wire.HPub(
@@ -535,7 +439,7 @@ class NatsUpstream(Upstream):
             self._on_pulled(pull, msg)
         elif (rule := self._core.get(msg.sid)) is not None:
             headers = msg.headers if isinstance(msg, wire.HMsg) else ()
-            message = inbound_message(headers, msg.payload, 0)
+            message = wire.inbound_message(headers, msg.payload, 0)
             self.link.received(rule, msg.subject, message, _no_settle)
 
     def _on_reply(self, msg: wire.Msg | wire.HMsg) -> None:
@@ -578,7 +482,7 @@ class NatsUpstream(Upstream):
         pull.remaining = max(0, pull.remaining - 1)
         pull.unsettled += 1
         headers = msg.headers if isinstance(msg, wire.HMsg) else ()
-        message = inbound_message(headers, msg.payload, 1)
+        message = wire.inbound_message(headers, msg.payload, 1)
         settle = self._settler(pull, msg.reply)
         self.link.received(pull.rule, msg.subject, message, settle)
         self._pull(pull)

@@ -1,5 +1,7 @@
 """The NATS client protocol, sans-I/O: bytes from the server in, events out; client
-operations in, bytes out.
+operations in, bytes out. Also the bridge's pure mapping (no I/O either): the
+inbound source syntax and the core message <-> NATS headers mapping
+(docs/bridge-nats.md).
 
 Used like h11 and the gateway's own codecs: ``receive_data(bytes)`` (``b""`` means
 end of stream), then ``next_event()`` until it returns ``NEED_DATA`` (or ``CLOSED``
@@ -28,6 +30,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum, auto
 from typing import Any, Final, assert_never
+
+from ..core.message import Message, is_utf8
 
 MAX_CONTROL_LINE: Final = 4096
 HEADER_VERSION: Final = "NATS/1.0"
@@ -368,3 +372,107 @@ class NatsConnection:
             status=status,
             description=description,
         )
+
+
+# ---------------------------------------------------------------- the bridge's mapping
+
+_JETSTREAM_PREFIX = "jetstream:"
+# Message fields carried as headers; inbound, these names (any case) become fields.
+_MSG_ID = "Nats-Msg-Id"
+_MAPPED = frozenset(
+    {"nats-msg-id", "content-type", "correlation-id", "reply-to", "priority", "expires"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class JetStreamSource:
+    """``jetstream:STREAM/DURABLE[/FILTER]``: a durable pull consumer."""
+
+    stream: str
+    durable: str
+    filter: str | None = None
+
+
+def parse_source(source: str) -> str | JetStreamSource:
+    """An inbound ``from``: a subject (wildcards allowed) or a JetStreamSource.
+    Raises ValueError."""
+    if not source.startswith(_JETSTREAM_PREFIX):
+        if not valid_subject(source, wildcards=True):
+            raise ValueError(f"invalid subject {source!r}")
+        return source
+    parts = source[len(_JETSTREAM_PREFIX) :].split("/", 2)
+    if len(parts) < 2 or not all(parts[:2]):
+        raise ValueError(f"{source!r}: expected jetstream:STREAM/DURABLE[/FILTER]")
+    for name in parts[:2]:
+        if any(c in name for c in ".*> \t\r\n"):
+            raise ValueError(f"{source!r}: invalid stream or consumer name {name!r}")
+    filter_ = parts[2] if len(parts) == 3 else None
+    if filter_ is not None and not valid_subject(filter_, wildcards=True):
+        raise ValueError(f"{source!r}: invalid filter subject {filter_!r}")
+    return JetStreamSource(parts[0], parts[1], filter_)
+
+
+def outbound_headers(message: Message, origin: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+    """The NATS headers of ``message``: its own (those that cannot be written are
+    dropped, line breaks in values become spaces), ``origin`` (the bridge's loop
+    guard, which replaces one the message has), and its fields."""
+    headers = [
+        (name, _one_line(value))
+        for name, value in message.headers.items()
+        if valid_header_name(name) and name.lower() not in _MAPPED and name != origin[0]
+    ]
+    headers.append(origin)
+    headers.append((_MSG_ID, str(message.message_id)))
+    if message.content_type is not None:
+        headers.append(("content-type", _one_line(message.content_type)))
+    if message.correlation_id is not None:
+        correlation = message.correlation_id.decode("utf-8", errors="replace")
+        headers.append(("correlation-id", _one_line(correlation)))
+    if message.reply_to is not None:
+        headers.append(("reply-to", _one_line(message.reply_to)))
+    if message.priority != 4:
+        headers.append(("priority", str(message.priority)))
+    if message.expiry is not None:
+        headers.append(("expires", str(int(message.expiry * 1000))))
+    return tuple(headers)
+
+
+def _one_line(value: str) -> str:
+    return value.replace("\r", " ").replace("\n", " ")
+
+
+def inbound_message(headers: Iterable[tuple[str, str]], payload: bytes, qos: int) -> Message:
+    """A core message from a NATS message (the last value of a repeated name wins)."""
+    own: dict[str, str] = {}
+    fields: dict[str, str] = {}
+    for name, value in headers:
+        if name.lower() in _MAPPED:
+            fields[name.lower()] = value
+        else:
+            own[name] = value
+    priority = 4
+    if (text := fields.get("priority")) is not None:
+        if text.isdigit() and 0 <= int(text) <= 9:
+            priority = int(text)
+        else:
+            own["priority"] = text
+    expiry = None
+    if (text := fields.get("expires")) is not None:
+        try:
+            expiry = int(text) / 1000
+        except ValueError:
+            own["expires"] = text
+    content_type = fields.get("content-type")
+    correlation = fields.get("correlation-id")
+    return Message(
+        destination="",
+        payload=payload,
+        headers=own,
+        qos=qos,
+        priority=priority,
+        expiry=expiry,
+        content_type=content_type,
+        text=content_type is not None and content_type.startswith("text/") and is_utf8(payload),
+        correlation_id=correlation.encode() if correlation is not None else None,
+        reply_to=fields.get("reply-to"),
+    )

@@ -1,5 +1,5 @@
-"""The sans-I/O NATS codec (gateway.bridges.nats_protocol), and the pure helpers of
-the NATS bridge (sources, header mapping): no server, no I/O."""
+"""gateway.bridges.nats_protocol: the sans-I/O NATS codec, and the bridge's pure
+mapping (sources, headers); no server, no I/O."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.bridges.base import ORIGIN_HEADER
-from gateway.bridges.nats import JetStreamSource, inbound_message, outbound_headers, parse_source
 from gateway.bridges.nats_protocol import (
     CLOSED,
     NEED_DATA,
@@ -20,6 +19,7 @@ from gateway.bridges.nats_protocol import (
     HMsg,
     HPub,
     Info,
+    JetStreamSource,
     Msg,
     NatsConnection,
     NatsProtocolError,
@@ -31,7 +31,10 @@ from gateway.bridges.nats_protocol import (
     Unsub,
     encode,
     encode_headers,
+    inbound_message,
+    outbound_headers,
     parse_headers,
+    parse_source,
     valid_subject,
 )
 from gateway.core.message import Message
@@ -317,7 +320,7 @@ def test_headers_out_and_back() -> None:
         priority=9,
         expiry=1700000000.5,
     )
-    headers = outbound_headers(message, "bridge")
+    headers = outbound_headers(message, (ORIGIN_HEADER, "bridge"))
     assert headers == (
         ("x-a", "1"),
         ("x-b", "l  f"),
@@ -344,6 +347,6 @@ def test_inbound_fields_that_do_not_parse_stay_headers() -> None:
     message = inbound_message([("Priority", "high"), ("Expires", "soon"), ("x", "y")], b"", 0)
     assert (message.priority, message.expiry) == (4, None)
     assert message.headers == {"priority": "high", "expires": "soon", "x": "y"}
-    plain = outbound_headers(Message(destination="a", payload=b""), "b")
+    plain = outbound_headers(Message(destination="a", payload=b""), (ORIGIN_HEADER, "b"))
     assert [name for name, _ in plain] == [ORIGIN_HEADER, "Nats-Msg-Id"]
     assert json.loads(encode(Connect(options={"a": [1]}))[8:]) == {"a": [1]}

@@ -70,7 +70,7 @@ class BridgeConfig(_Base, frozen=True):
     # Where a route's forward_to_bridge sends a message upstream.
     forward_to: str = "{topic}"
     outbox: OutboxConfig = OutboxConfig()
-    max_in_flight: int = 256
+    max_in_flight: int = 1024
     connect_timeout: float = 10.0
     reconnect_min: float = 0.5
     reconnect_max: float = 30.0

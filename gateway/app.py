@@ -89,6 +89,7 @@ class Gateway:
             {name: self._protocol_handler(name) for name in HANDLERS},
         )
         self.http.auth = self.auth
+        self.http.gateway = self
         # Links to upstream brokers (docs/bridges.md); their outboxes exist from bind.
         self.bridges = {item.name: Bridge(item, self.broker) for item in config.bridges}
         self._bridging = trio.CancelScope()

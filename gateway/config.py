@@ -120,6 +120,10 @@ class GatewaySection(_Base, frozen=True):
     durability: Durability = "sync"
     store_fsync: bool = True
     store_max_size: int | None = None
+    # GET /metrics on the HTTP listeners: "open" (no authentication, as Prometheus
+    # scrapes), "admin" (the admin role, like the admin API) or "off".
+    metrics: Literal["open", "admin", "off"] = "open"
+    dashboard: bool = True
 
 
 class QueueConfig(_Base, frozen=True):
@@ -233,6 +237,8 @@ class AuthConfig(_Base, frozen=True):
     users_file: str | None = None
     anonymous: AnonymousMode = "loopback"
     jwt: JwtConfig = JwtConfig()
+    # Members of this group (users file) may use the admin API, the dashboard and `gateway ctl`.
+    admin_group: str = "admin"
 
 
 AclAction = Literal["publish", "subscribe", "consume", "all"]

@@ -120,6 +120,9 @@ class HTTPService:
         self.ready = ready
         self.protocol_handlers = protocol_handlers
         self.pulls: dict[str, PullConsumer] = {}
+        self.routes = all_routes()
+        # Set by the Gateway: what the admin API and the operations pages report on.
+        self.gateway: Any = None
         self._exchanges = itertools.count(1)
         self.webhooks = build_webhooks(config.webhooks)
         # Set by the Gateway; None: no authentication, every request is anonymous.
@@ -191,7 +194,7 @@ class HTTPService:
                 await request.conn.auth_pause()
             self.authenticate(request)  # /healthz, /readyz and webhooks stay open
         allowed: list[str] = []
-        for item in ROUTES:
+        for item in self.routes:
             params = path_params(item.pattern, request.path)
             if params is None:
                 continue
@@ -720,3 +723,11 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/v1/request/{destination...}", request_reply, "Request/reply"),
     Route("POST", "/hooks/{name}", receive_webhook, "Receive a signed webhook"),
 )
+
+
+def all_routes() -> tuple[Route, ...]:
+    """The whole route table: the API's, the operations pages' and the admin API's."""
+    from .http_admin import ADMIN_ROUTES
+    from .http_ops import OPS_ROUTES
+
+    return (*ROUTES, *OPS_ROUTES, *ADMIN_ROUTES)

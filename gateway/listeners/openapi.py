@@ -145,6 +145,17 @@ def _webhook() -> dict[str, Any]:
 
 
 def openapi_document() -> dict[str, Any]:
+    document = _base_document()
+    # The operations pages (metrics, dashboard) and the admin API describe their own routes.
+    from .http_admin import admin_paths
+    from .http_ops import ops_paths
+
+    document["paths"].update(ops_paths())
+    document["paths"].update(admin_paths())
+    return document
+
+
+def _base_document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import trio
 
-from . import __version__
+from . import __version__, ctl
 from . import config as config_mod
 from . import logging as gw_logging
 from .app import Gateway
@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="load and check a configuration file, then exit")
     sub.add_parser("version", help="print the version")
     _add_passwd_parser(sub)
+    ctl.add_parser(sub)
     for p in (run, check):
         p.add_argument(
             "-c",
@@ -215,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         print(f"gateway {__version__}")
         return 0
+    if args.command == "ctl":
+        return ctl.main(args)
     if args.command == "passwd":
         return _passwd(args)
     try:

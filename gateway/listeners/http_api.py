@@ -728,6 +728,7 @@ ROUTES: tuple[Route, ...] = (
 def all_routes() -> tuple[Route, ...]:
     """The whole route table: the API's, the operations pages' and the admin API's."""
     from .http_admin import ADMIN_ROUTES
+    from .http_dashboard import DASHBOARD_ROUTES
     from .http_ops import OPS_ROUTES
 
-    return (*ROUTES, *OPS_ROUTES, *ADMIN_ROUTES)
+    return (*ROUTES, *OPS_ROUTES, *DASHBOARD_ROUTES, *ADMIN_ROUTES)

@@ -148,9 +148,11 @@ def openapi_document() -> dict[str, Any]:
     document = _base_document()
     # The operations pages (metrics, dashboard) and the admin API describe their own routes.
     from .http_admin import admin_paths
+    from .http_dashboard import dashboard_paths
     from .http_ops import ops_paths
 
     document["paths"].update(ops_paths())
+    document["paths"].update(dashboard_paths())
     document["paths"].update(admin_paths())
     return document
 

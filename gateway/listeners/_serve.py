@@ -11,6 +11,8 @@ hands the protocol handler the ``trio.SSLStream``.
 
 from __future__ import annotations
 
+import time
+
 import contextlib
 import errno
 import itertools
@@ -60,15 +62,22 @@ class Connection:
         "_auth_failed",
         "_reader_scope",
         "auth_throttle",
+        "bytes_in",
+        "bytes_out",
+        "client_id",
         "conn_id",
+        "connected_at",
         "identity",
         "ip",
         "limited",
         "listener",
         "log",
+        "messages_in",
+        "messages_out",
         "peer",
         "peer_cert",
         "peer_identity",
+        "protocol",
         "protocol_error",
         "stop_reason",
         "tls_version",
@@ -78,6 +87,15 @@ class Connection:
         self.conn_id = conn_id
         self.peer = peer
         self.listener = listener
+        self.protocol = protocol
+        # For the admin API and metrics: who is on it (set by the protocol handler once
+        # known) and what it moved.
+        self.client_id = ""
+        self.connected_at = time.time()
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.messages_in = 0
+        self.messages_out = 0
         self.log = get_logger(conn_id=conn_id, protocol=protocol, peer=peer)
         self.stop_reason: Any = None
         # Set by a protocol handler that refused its peer: WebSocket closes say why.

@@ -11,12 +11,11 @@ hands the protocol handler the ``trio.SSLStream``.
 
 from __future__ import annotations
 
-import time
-
 import contextlib
 import errno
 import itertools
 import socket
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import trio
 
+from . import config as config_mod
+from .auth import Authenticator
+from .auth.users import UserStore
 from .bridges.bridge import Bridge
-from .config import Config, ListenerConfig, QueueConfig, build_acl, build_router
+from .config import Config, ConfigError, ListenerConfig, QueueConfig, build_acl, build_router
 from .core import Broker, Overflow, QueuePolicy
-from .listeners import BoundAddress, StartupError, TCPServer
+from .listeners import BoundAddress, Connection, StartupError, TCPServer
 from .listeners._serve import Handler
 from .listeners.authn import build_authenticator
 from .listeners.http_api import HTTPService
 from .listeners.mqtt import mqtt_handler
 from .listeners.stomp import stomp_handler
+from .listeners.webhooks import build_webhook
 from .logging import get_logger
 from .store import MemoryStore, Store
 from .store.sqlite import SQLiteStore, StoreError, run_writer
@@ -66,11 +72,67 @@ def _address(item: BoundAddress) -> str:
     return f"[{item.host}]:{item.port}" if ":" in item.host else f"{item.host}:{item.port}"
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _ReloadPlan:
+    """What a reload built and will apply (Gateway._plan_reload)."""
+
+    auth: Authenticator | None  # a new one: [auth] changed
+    users: UserStore | None  # the users file read again: [auth] unchanged
+    webhooks: dict[str, Any]
+    acl: Any
+    router: Any
+    added: list[str]
+    removed: list[str]
+    changed: list[str]
+    restart_required: list[str]
+
+
+# [gateway] keys that only a restart applies.
+_RESTART_KEYS = (
+    "data_dir",
+    "durability",
+    "store_fsync",
+    "store_max_size",
+    "log_level",
+    "log_format",
+)
+
+
+def _restart_required(old: Config, new: Config, broker: Broker) -> list[str]:
+    """The keys whose change a reload cannot apply: listeners (their sockets, protocols
+    and settings), the data directory, durability, logging."""
+    keys = [
+        f"gateway.{key}"
+        for key in _RESTART_KEYS
+        if getattr(old.gateway, key) != getattr(new.gateway, key)
+    ]
+    before = {item.label: item for item in old.listeners}
+    after = {item.label: item for item in new.listeners}
+    keys += [
+        f"listeners[{label!r}]"
+        for label in sorted(set(before) | set(after))
+        if before.get(label) != after.get(label)
+    ]
+    for item in new.queues:
+        queue = broker.queues.get(item.name)
+        if queue is not None and queue.policy.durability != item.durability:
+            keys.append(f"queues[{item.name!r}].durability")
+    return keys
+
+
 class Gateway:
     """Owns the core and the listeners; binds them all before serving any."""
 
-    def __init__(self, config: Config, broker: Broker | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        broker: Broker | None = None,
+        *,
+        reload_config: Callable[[], Config] | None = None,
+    ) -> None:
         self.config = config
+        # What ``reload`` reads: the file again, with the command line's overrides (cli.py).
+        self.reload_config = reload_config or (lambda: config_mod.load(config.source))
         self.broker = broker if broker is not None else build_broker(config, build_store(config))
         self.bound: list[BoundAddress] = []
         self.log = get_logger()
@@ -80,7 +142,8 @@ class Gateway:
         self._ticking = trio.CancelScope()
         self._serving = False
         self._store_open = False
-        # Who may connect, for every listener (docs/security.md): built once.
+        # Who may connect, for every listener (docs/security.md). Handlers read it for
+        # each new connection, so that a reload can replace it.
         self.auth = build_authenticator(config)
         self.http = HTTPService(
             self.broker,
@@ -93,17 +156,24 @@ class Gateway:
         # Links to upstream brokers (docs/bridges.md); their outboxes exist from bind.
         self.bridges = {item.name: Bridge(item, self.broker) for item in config.bridges}
         self._bridging = trio.CancelScope()
+        # Each bridge runs under its own cancel scope, so that a reload can stop one.
+        self._bridge_nursery: trio.Nursery | None = None
+        self._bridge_tasks: dict[str, tuple[trio.CancelScope, trio.Event]] = {}
 
     def _protocol_handler(self, protocol: str) -> Callable[[ListenerConfig], Handler]:
         def make(listener: ListenerConfig) -> Handler:
-            return HANDLERS[protocol](self.broker, listener, self.auth)
+            async def handle(stream: trio.abc.Stream, conn: Connection) -> None:
+                # The authenticator in force when the connection opened (reload swaps it).
+                await HANDLERS[protocol](self.broker, listener, self.auth)(stream, conn)
+
+            return handle
 
         return make
 
     def _handler(self, listener: ListenerConfig) -> Handler:
         if listener.protocol == "http":
             return self.http.handler(listener)
-        return HANDLERS[listener.protocol](self.broker, listener, self.auth)
+        return self._protocol_handler(listener.protocol)(listener)
 
     def readiness(self) -> dict[str, object]:
         """What /readyz reports: every listener bound and serving, the store open."""
@@ -178,6 +248,125 @@ class Gateway:
         ``tls.reload_failed`` and keeps its previous ones. Returns how many reloaded."""
         return sum(server.tls.reload(reason) for server in self._servers if server.tls)
 
+    def reload(self, reason: str) -> dict[str, Any]:
+        """Read the configuration again (``reload_config``) and apply what can change
+        while connections stay open: users and ``[auth]``, ACLs, routes, queue policies,
+        webhooks, bridges, TLS files, and a few ``[gateway]`` keys. What cannot
+        (listeners, the data directory, durability) is named in ``restart_required``.
+
+        An invalid configuration raises ConfigError, logged as ``config.reload_failed``,
+        and changes nothing. Returns what changed (logged as ``config.reloaded``)."""
+        try:
+            new = self.reload_config()
+            plan = self._plan_reload(new)
+        except ConfigError as exc:
+            self.log.error("config.reload_failed", reason=reason, error=str(exc))
+            raise
+        summary = self._apply_reload(new, plan, reason)
+        self.log.info("config.reloaded", reason=reason, source=new.source, **summary)
+        if summary["restart_required"]:
+            self.log.warning(
+                "config.restart_required", reason=reason, keys=summary["restart_required"]
+            )
+        return {"reason": reason, "source": new.source, **summary}
+
+    def _plan_reload(self, new: Config) -> _ReloadPlan:
+        """Everything a reload builds, before anything is applied; ConfigError if a part
+        of ``new`` cannot be used (``load`` checked the rest)."""
+        old = self.config
+        if new.auth != old.auth:
+            auth: Authenticator | None = Authenticator.from_config(new)
+            users = None
+        else:
+            auth = None
+            # The users file, read now rather than at the next second's look.
+            users = None if new.auth.users_file is None else UserStore(new.auth.users_file)
+        old_hooks = {item.name: item for item in old.webhooks}
+        webhooks = {
+            item.name: (
+                self.http.webhooks[item.name]  # unchanged: keeps what it deduplicates
+                if old_hooks.get(item.name) == item and item.name in self.http.webhooks
+                else build_webhook(item)
+            )
+            for item in new.webhooks
+        }
+        router = build_router(new)
+        old_forwards = self.broker.router.bridges if self.broker.router else frozenset()
+        new_forwards = router.bridges if router else frozenset()
+        current = {name: bridge.config for name, bridge in self.bridges.items()}
+        wanted = {item.name: item for item in new.bridges}
+        changed = sorted(
+            name
+            for name, item in wanted.items()
+            if name in current
+            and (current[name] != item or (name in old_forwards) != (name in new_forwards))
+        )
+        return _ReloadPlan(
+            auth=auth,
+            users=users,
+            webhooks=webhooks,
+            acl=build_acl(new),
+            router=router,
+            added=sorted(set(wanted) - set(current)),
+            removed=sorted(set(current) - set(wanted)),
+            changed=changed,
+            restart_required=_restart_required(old, new, self.broker),
+        )
+
+    def _apply_reload(self, new: Config, plan: _ReloadPlan, reason: str) -> dict[str, Any]:
+        broker = self.broker
+        self.config = new
+        self.http.config = new
+        # Who may connect: new connections and requests use it, open ones keep theirs.
+        if plan.auth is not None:
+            self.auth = plan.auth
+            self.http.auth = plan.auth
+        elif plan.users is not None:
+            self.auth.store = plan.users
+        broker.set_acl(plan.acl)
+        broker.auto_create_queues = new.gateway.auto_create_queues
+        broker.session_queue_policy = QueuePolicy(max_length=new.gateway.max_queued_messages)
+        for queue in new.queues:
+            policy = queue_policy(queue)
+            existing = broker.queues.get(queue.name)
+            if existing is not None:  # a queue's durability is fixed while it exists
+                policy = dataclasses.replace(policy, durability=existing.policy.durability)
+            broker.declare_queue(queue.name, policy)
+        self.http.webhooks = plan.webhooks
+        for server in self._servers:
+            server.drain_timeout = new.gateway.drain_timeout
+        # Routes, then the bridges' forward sinks on the new router.
+        broker.router = plan.router
+        for name in plan.removed:
+            self._stop_bridge(name)
+            del self.bridges[name]
+        for wanted in new.bridges:
+            name = wanted.name
+            if name in plan.added or name in plan.changed:
+                bridge = Bridge(wanted, broker)
+                bridge.attach()  # its outboxes fill from now on, under the new rules
+                after = self._stop_bridge(name) if name in plan.changed else None
+                self.bridges[name] = bridge
+                self._start_bridge(bridge, after)
+            elif plan.router is not None:
+                self.bridges[name].attach()  # the same outboxes; the new router's sink
+        # TLS files: a listener whose files fail logs tls.reload_failed and keeps its own.
+        tls = self.reload_tls(reason)
+        return {
+            "users": len(self.auth.users.records),
+            "auth_rebuilt": plan.auth is not None,
+            "acl_rules": len(new.acl),
+            "routes": len(new.routes),
+            "queues": len(new.queues),
+            "webhooks": len(new.webhooks),
+            "bridges_added": plan.added,
+            "bridges_removed": plan.removed,
+            "bridges_changed": plan.changed,
+            "tls_reloaded": tls,
+            "tls_failed": sum(1 for server in self._servers if server.tls) - tls,
+            "restart_required": plan.restart_required,
+        }
+
     async def _write(self, store: SQLiteStore, scope: trio.CancelScope) -> None:
         with scope:
             await run_writer(store, self.log)
@@ -221,15 +410,49 @@ class Gateway:
     async def _bridge_all(self) -> None:
         with self._bridging:
             async with trio.open_nursery() as nursery:
+                self._bridge_nursery = nursery
                 for bridge in self.bridges.values():
-                    nursery.start_soon(bridge.run)
+                    self._start_bridge(bridge)
+                await trio.sleep_forever()
+
+    def _start_bridge(self, bridge: Bridge, after: trio.Event | None = None) -> None:
+        """Run ``bridge`` in the bridges' nursery (once ``after`` is set: its predecessor
+        of the same name has stopped). Before the nursery exists, ``_bridge_all`` does."""
+        nursery = self._bridge_nursery
+        if nursery is None:
+            return
+        scope, done = trio.CancelScope(), trio.Event()
+        self._bridge_tasks[bridge.name] = (scope, done)
+        nursery.start_soon(self._run_bridge, bridge, scope, done, after)
+
+    async def _run_bridge(
+        self, bridge: Bridge, scope: trio.CancelScope, done: trio.Event, after: trio.Event | None
+    ) -> None:
+        try:
+            with scope:
+                if after is not None:
+                    await after.wait()
+                await bridge.run()
+        finally:
+            done.set()
+
+    def _stop_bridge(self, name: str) -> trio.Event | None:
+        """Cancel the bridge's task: its link closes, what was in flight goes back to its
+        outboxes, which stay (core queues, in the store). Returns the event set once it
+        has stopped (None: it was not running)."""
+        task = self._bridge_tasks.pop(name, None)
+        if task is None:
+            return None
+        scope, done = task
+        scope.cancel()
+        return done
 
     async def _tick(self) -> None:
-        interval = self.config.gateway.sys_interval
         started = trio.current_time()
         next_sys = started
         with self._ticking:
             while True:
+                interval = self.config.gateway.sys_interval  # a reload may change it
                 now = trio.current_time()
                 if interval and now >= next_sys:
                     publish_sys(self.broker, now - started)

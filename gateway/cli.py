@@ -7,6 +7,7 @@ or a listener that cannot bind, 1 for anything unexpected.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import resource
 import signal
@@ -82,9 +83,19 @@ def _raise_open_file_limit() -> int:
     return soft
 
 
+def _run_config(args: argparse.Namespace) -> config_mod.Config:
+    """The configuration of ``gateway run``: the file with the command line's overrides.
+    Read again, the same way, by a reload (SIGHUP)."""
+    config = _load(args)
+    listen = [config_mod.parse_listen(spec) for spec in args.listen]
+    return config_mod.override(
+        config, listen=listen, data_dir=args.data_dir, log_level=args.log_level
+    )
+
+
 async def _run(gateway: Gateway) -> None:
     # Signals are caught from before the first bind, so an early SIGINT still drains.
-    # SIGHUP reloads the TLS listeners' certificates and keys.
+    # SIGHUP reloads the configuration (docs/operations.md, "Reload").
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         await gateway.bind()
         async with trio.open_nursery() as nursery:
@@ -92,7 +103,8 @@ async def _run(gateway: Gateway) -> None:
             async for signum in signals:
                 gateway.log.info("gateway.signal", signal=signal.Signals(signum).name)
                 if signum == signal.SIGHUP:
-                    gateway.reload_tls("SIGHUP")
+                    with contextlib.suppress(config_mod.ConfigError):  # logged; nothing changed
+                        gateway.reload("SIGHUP")
                     continue
                 gateway.stop()
                 break
@@ -221,12 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "passwd":
         return _passwd(args)
     try:
-        config = _load(args)
-        if args.command == "run":
-            listen = [config_mod.parse_listen(spec) for spec in args.listen]
-            config = config_mod.override(
-                config, listen=listen, data_dir=args.data_dir, log_level=args.log_level
-            )
+        config = _run_config(args) if args.command == "run" else _load(args)
     except config_mod.ConfigError as exc:
         print(f"gateway: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -237,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     open_files = _raise_open_file_limit()
     gw_logging.get_logger().info("gateway.limits", open_files=open_files)
     try:
-        trio.run(_run, Gateway(config))
+        trio.run(_run, Gateway(config, reload_config=lambda: _run_config(args)))
     except StartupError as exc:
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         return 2

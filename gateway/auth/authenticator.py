@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -115,6 +116,8 @@ class Authenticator:
         self.store = users
         self.jwt = _jwt_verifier(config, source, environ, clock)
         self._log = get_logger()
+        # Refused authentications per (mechanism, reason), for the metrics.
+        self.failures: Counter[tuple[str, str]] = Counter()
 
     @classmethod
     def from_config(
@@ -301,6 +304,7 @@ class Authenticator:
     def _failure(
         self, error: AuthError, user: str | None, mechanism: str, peer: str, client_id: str
     ) -> None:
+        self.failures[mechanism, str(error.reason)] += 1
         self._log.warning(
             "auth.failure",
             user=user,

@@ -289,13 +289,14 @@ class Broker:
             destination = QUEUE_PREFIX + destination
         if acl.allows(identity, "publish", destination, origin.client_id):
             return True
-        acl.denied(identity, "publish", destination, origin.client_id)
+        self._denied(identity, "publish", destination, origin.client_id)
         return False
 
     def _denied(
         self, identity: Principal | Trust | None, action: str, destination: str, client_id: str
     ) -> None:
         if self.acl is not None and identity is not TRUSTED:
+            self.stats.denied[action] += 1
             self.acl.denied(identity, action, destination, client_id)
 
     def _readable(self, session: Session, topic: str) -> bool:

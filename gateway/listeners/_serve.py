@@ -26,6 +26,7 @@ import trio
 from ..auth import Identity
 from ..config import ListenerConfig
 from ..core import Broker
+from ..core.stats import Traffic
 from ..logging import get_logger
 from .limits import (
     AUTH_DELAYED,
@@ -54,15 +55,14 @@ class BoundAddress:
     tls: bool = False
 
 
-class Connection:
-    """What a protocol handler gets besides its stream: identity, logger, stop control."""
+class Connection(Traffic):
+    """What a protocol handler gets besides its stream: identity, logger, stop control,
+    and what it moved (``Traffic``: the handlers count bytes and messages)."""
 
     __slots__ = (
         "_auth_failed",
         "_reader_scope",
         "auth_throttle",
-        "bytes_in",
-        "bytes_out",
         "client_id",
         "conn_id",
         "connected_at",
@@ -71,8 +71,6 @@ class Connection:
         "limited",
         "listener",
         "log",
-        "messages_in",
-        "messages_out",
         "peer",
         "peer_cert",
         "peer_identity",
@@ -217,6 +215,9 @@ class TCPServer:
         self.drain_timeout = drain_timeout
         self.log = get_logger(listener=config.label, protocol=config.protocol)
         self.connections: set[Connection] = set()
+        # For the metrics: connections admitted, and what the closed ones moved.
+        self.accepted = 0
+        self.closed = Traffic()
         # Limits: refusals counted per reason (the broker's stats.limited when the
         # gateway passes it), per-IP caps at accept, authentication failure delays.
         self.limited: Counter[str] = Counter() if limited is None else limited
@@ -322,6 +323,7 @@ class TCPServer:
                 self.log.warning("listener.connection_refused", reason=refused, peer=peer)
                 await stream.aclose()
                 continue
+            self.accepted += 1
             handlers.start_soon(self._run_connection, stream, peer)
 
     async def _run_connection(self, tcp: trio.SocketStream, peer: str) -> None:
@@ -353,6 +355,7 @@ class TCPServer:
                 raise cancelled from None
         finally:
             self.connections.discard(conn)
+            self.closed.add(conn)
             self.per_ip.release(conn.ip)
             with trio.move_on_after(1) as cleanup:
                 cleanup.shield = True

@@ -23,6 +23,7 @@ import trio
 
 from ..auth import Identity
 from ..config import ListenerConfig
+from ..core.stats import Traffic
 from ._serve import Connection, Handler
 
 READ_SIZE = 65536
@@ -100,14 +101,20 @@ def error_response(exc: HTTPError) -> Response:
 class ChunkWriter:
     """Writes a streaming body's chunks; ``gone`` is set once the peer hung up."""
 
-    def __init__(self, stream: trio.abc.Stream, h11conn: h11.Connection) -> None:
+    def __init__(
+        self, stream: trio.abc.Stream, h11conn: h11.Connection, traffic: Traffic | None = None
+    ) -> None:
         self._stream = stream
         self._h11 = h11conn
         self.gone = trio.Event()
+        # Counts the bytes written (the Connection; None: a throwaway).
+        self.traffic = Traffic() if traffic is None else traffic
 
     async def write(self, data: bytes) -> None:
         if data:
-            await self._stream.send_all(self._h11.send(h11.Data(data=data)) or b"")
+            chunk = self._h11.send(h11.Data(data=data)) or b""
+            await self._stream.send_all(chunk)
+            self.traffic.bytes_out += len(chunk)
 
     async def watch(self) -> None:
         """Read until the peer closes (it sends nothing more during a streaming body)."""
@@ -255,6 +262,7 @@ async def _read_request(
                 data = await stream.receive_some(READ_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return None
+            conn.bytes_in += len(data)
             try:
                 h11conn.receive_data(bytes(data))
             except h11.RemoteProtocolError as exc:
@@ -388,14 +396,16 @@ async def _send_response(
                 data = (data or b"") + (h11conn.send(h11.Data(data=response.body)) or b"")
                 data += h11conn.send(h11.EndOfMessage()) or b""
                 await stream.send_all(data)
+                conn.bytes_out += len(data)
                 return True
             await stream.send_all(data or b"")
+            conn.bytes_out += len(data or b"")
     except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
         return False
     except h11.LocalProtocolError as exc:
         conn.log.warning("http.response_failed", error=str(exc))
         return False
-    writer = ChunkWriter(stream, h11conn)
+    writer = ChunkWriter(stream, h11conn, conn)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(writer.watch)

@@ -307,6 +307,7 @@ async def _publish_to(
     message = mapping.build_message(
         kind, name, request.body, fields, service.origin(listener, request)
     )
+    request.conn.messages_in += 1
     result = service.broker.publish(message, identity=service.identity_of(request))
     if result.status is Status.REFUSED:
         raise _refusal(result)
@@ -369,6 +370,7 @@ async def publish_batch(
     identity = service.identity_of(request)
     results: list[dict[str, object]] = []
     refused = unauthorized = 0
+    request.conn.messages_in += len(messages)
     for message in messages:
         result = service.broker.publish(message, identity=identity)
         if result.status is Status.REFUSED:
@@ -439,6 +441,7 @@ class _EventSink:
         self.pending = 0
         self.wake = trio.Event()
         self.closed = False
+        self.sent = 0  # events formatted, for the connection's messages_out
 
     def writable(self) -> bool:
         return self.pending < SSE_HIGH_WATER
@@ -449,6 +452,7 @@ class _EventSink:
         event = b"id: %d\nevent: message\ndata: %s\n\n" % (message.message_id, data)
         self.chunks.append(event)
         self.pending += len(event)
+        self.sent += 1
         self.wake.set()
 
     def close(self, reason: CloseReason) -> None:
@@ -459,6 +463,7 @@ class _EventSink:
         data = b"".join(self.chunks)
         self.chunks.clear()
         self.pending = 0
+        self.sent = 0
         self.wake = trio.Event()
         return data
 
@@ -503,6 +508,7 @@ async def topic_events(
                 while not sink.closed:
                     with trio.move_on_after(keepalive or float("inf")):
                         await sink.wake.wait()
+                    request.conn.messages_out += sink.sent
                     data = sink.take()
                     await writer.write(data or b": keep-alive\n\n")
                 nursery.cancel_scope.cancel()
@@ -558,6 +564,7 @@ async def pull_messages(
         # Shared by every request for this queue: each one is checked (require_consume).
         pull = service.pulls[key] = PullConsumer(service.broker, name, selector, TRUSTED)
     items = await pull.pull(limit, wait, visibility)
+    request.conn.messages_out += len(items)
     messages = [
         mapping.message_json(
             delivery.message,
@@ -635,6 +642,7 @@ async def request_reply(
         message = mapping.build_message(
             kind, name, request.body, fields, service.origin(listener, request)
         )
+        request.conn.messages_in += 1
         result = broker.publish(message, identity=identity)
         if result.status is Status.REFUSED:
             raise _refusal(result)
@@ -684,6 +692,7 @@ async def receive_webhook(
         kind, destination, request.body, fields, service.origin(listener, request)
     )
     # The operator chose the destination and the signature vouches for the sender.
+    request.conn.messages_in += 1
     result = service.broker.publish(message, identity=TRUSTED)
     if result.status is Status.REFUSED:
         raise _refusal(result)

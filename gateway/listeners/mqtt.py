@@ -54,13 +54,14 @@ def mqtt_handler(
             broker, codec, outbox.write, conn.stop, config=config, writable=outbox.writable
         )
         session.log = conn.log
+        session.traffic = conn
         if auth is not None:
             session.auth = ConnAuth(auth, conn)
         session.on_auth_failure = conn.auth_failed
         codec.on_plain_publish = session.publish_plain
         outbox.on_drain = session.resume
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(outbox.run, stream)
+            nursery.start_soon(outbox.run, stream, conn)
             try:
                 await _read(stream, codec, session, conn, config)
             finally:
@@ -87,6 +88,7 @@ async def _read(
         timer.deadline = trio.current_time() + config.connect_timeout
         while True:
             data = await stream.receive_some(READ_SIZE)
+            conn.bytes_in += len(data)
             if first:
                 # Earlier authentication failures from this address: answer late.
                 first = False

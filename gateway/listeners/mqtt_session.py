@@ -37,6 +37,7 @@ from ..core import (
 )
 from ..core.broker import NotAuthorized
 from ..core.selector import Selector, SelectorError, compile_selector
+from ..core.stats import SAMPLE_MASK, Traffic
 from ..logging import get_logger
 from .authn import (
     ConnAuth,
@@ -140,6 +141,7 @@ class MQTTSession:
         "send",
         "session",
         "stop",
+        "traffic",
         "version",
         "writable",
     )
@@ -197,6 +199,8 @@ class MQTTSession:
         # Called when CONNECT is refused for its credentials (the listener's
         # authentication throttle counts it against the client's address).
         self.on_auth_failure: Callable[[], None] | None = None
+        # Publishes received and deliveries sent (the listener's Connection, for metrics).
+        self.traffic = Traffic()
 
     @property
     def connected(self) -> bool:
@@ -355,6 +359,7 @@ class MQTTSession:
                 topic = known
             else:
                 raise MQTTProtocolError(f"unknown topic alias {alias}", ReasonCode.PROTOCOL_ERROR)
+        self.traffic.messages_in += 1
         qos = packet.qos
         pid = packet.packet_id
         if qos == 2:
@@ -452,6 +457,7 @@ class MQTTSession:
             # $SYS refusal and $queue/ routing, or no session: the general way.
             self.handle(mqtt.Publish(topic=topic, payload=payload, retain=retain))
             return not self.congested
+        self.traffic.messages_in += 1
         if self.limiter is not None:  # QoS 0 is never refused: reading pauses instead
             self.limiter.force(len(payload), self.clock())
         message = Message(
@@ -666,6 +672,10 @@ class MQTTSession:
             self._held.append((delivery, qos))
             return
         message = delivery.message
+        traffic = self.traffic
+        traffic.messages_out = sent = traffic.messages_out + 1
+        if not sent & SAMPLE_MASK:
+            self.broker.stats.latency.observe(self.clock() - message.timestamp)
         if qos == 0:
             v5 = self.version == 5
             if not v5 or not (delivery.subscription_ids or self._client_alias_max):

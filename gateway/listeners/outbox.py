@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import trio
 
+from ..core.stats import Traffic
+
 DEFAULT_HIGH_WATER = 1 << 20
 
 
@@ -61,13 +63,17 @@ class Outbox:
         self._finishing = True
         self._wake.set()
 
-    async def run(self, stream: trio.abc.SendStream) -> None:
+    async def run(self, stream: trio.abc.SendStream, traffic: Traffic | None = None) -> None:
+        """Send what is written, in batches; ``traffic`` (the Connection) counts the bytes."""
+        if traffic is None:
+            traffic = Traffic()
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
             while self._buf:
                 data, self._buf = self._buf, bytearray()
                 await stream.send_all(data)
+                traffic.bytes_out += len(data)
                 if self._was_full and self.on_drain is not None:
                     self._was_full = False
                     self.on_drain()

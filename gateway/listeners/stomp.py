@@ -41,11 +41,12 @@ def stomp_handler(
             broker, codec, outbox.write, conn.stop, config=config, writable=outbox.writable
         )
         session.log = conn.log
+        session.traffic = conn
         if auth is not None:
             session.auth = ConnAuth(auth, conn)
         outbox.on_drain = session.resume
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(outbox.run, stream)
+            nursery.start_soon(outbox.run, stream, conn)
             beating = trio.CancelScope()
             connected = trio.Event()
             session.on_connected = connected.set
@@ -101,6 +102,7 @@ async def _read(
         timer.deadline = trio.current_time() + config.connect_timeout
         while True:
             data = await stream.receive_some(READ_SIZE)
+            conn.bytes_in += len(data)
             if first:
                 # Earlier authentication failures from this address: answer late.
                 first = False
@@ -119,8 +121,10 @@ async def _read(
                         session.log.info("stomp.connection.eof", connected=session.connected)
                         return
                     if isinstance(event, Frame):
-                        if limiter is not None and event.command == "SEND":
-                            limiter.force(len(event.body), trio.current_time())
+                        if event.command == "SEND":
+                            conn.messages_in += 1
+                            if limiter is not None:
+                                limiter.force(len(event.body), trio.current_time())
                         session.handle(event)
                         if conn.stop_reason is not None or session.graceful:
                             return

@@ -31,6 +31,7 @@ from ..core import (
 )
 from ..core.broker import NotAuthorized
 from ..core.selector import Selector, SelectorError, compile_selector
+from ..core.stats import SAMPLE_MASK, Traffic
 from ..logging import get_logger
 from .authn import ConnAuth, over_user_limit, stomp_connect
 from .limits import MAX_SUBSCRIPTIONS
@@ -95,6 +96,7 @@ class STOMPSession:
         "session",
         "stop",
         "subscriptions",
+        "traffic",
         "transactions",
         "version",
     )
@@ -140,6 +142,8 @@ class STOMPSession:
         # Heart-beat periods in seconds once negotiated (0 = none).
         self.send_every = 0.0
         self.expect_every = 0.0
+        # Deliveries sent (the listener's Connection, for metrics; it counts SENDs).
+        self.traffic = Traffic()
 
     @property
     def connected(self) -> bool:
@@ -533,6 +537,10 @@ class STOMPSession:
             headers.extend(message_headers(delivery.message, self.version))
             frame = Frame(command="MESSAGE", headers=tuple(headers), body=delivery.message.payload)
             self.send(self.codec.send(frame))
+            traffic = self.traffic
+            traffic.messages_out = sent = traffic.messages_out + 1
+            if not sent & SAMPLE_MASK:
+                self.broker.stats.latency.observe(self.clock() - delivery.message.timestamp)
 
     def writable(self) -> bool:
         return self._writable()

@@ -40,6 +40,7 @@ import msgspec
 
 from ..core.headers import Headers, header_pairs
 from ..core.message import Kind, Message, Origin
+from ..core.stats import BATCH_BOUNDS, LATENCY_BOUNDS, Buckets
 from .base import (
     DurableCallback,
     SessionState,
@@ -342,6 +343,9 @@ class CommitStats:
     last_commit_seconds: float = 0.0
     # recent commit durations, for the benchmarks and metrics
     durations: list[float] = field(default_factory=list)
+    # every commit's duration (seconds) and size (entries), as histograms for the metrics
+    commit_seconds: Buckets = field(default_factory=lambda: Buckets(LATENCY_BOUNDS))
+    batch_entries: Buckets = field(default_factory=lambda: Buckets(BATCH_BOUNDS))
 
 
 class SQLiteStore:
@@ -637,6 +641,8 @@ class SQLiteStore:
         stats.entries_written += len(batch.entries)
         stats.last_commit_seconds = elapsed
         stats.durations.append(elapsed)
+        stats.commit_seconds.observe(elapsed)
+        stats.batch_entries.observe(len(batch.entries))
         if len(stats.durations) > 1000:
             del stats.durations[:500]
 

@@ -41,6 +41,7 @@ _STOP_REASONS = {
     CloseReason.TAKEN_OVER: ReasonCode.SESSION_TAKEN_OVER,
     CloseReason.SHUTDOWN: ReasonCode.SERVER_SHUTTING_DOWN,
     "shutdown": ReasonCode.SERVER_SHUTTING_DOWN,
+    "kicked": ReasonCode.ADMINISTRATIVE_ACTION,  # the admin API (http_admin.KICKED)
 }
 
 
@@ -110,6 +111,7 @@ async def _read(
                 timer.deadline = math.inf
                 await trio.sleep(pause)
             if session.connected:
+                conn.client_id = session.client_id  # for the admin API
                 timer.deadline = (
                     trio.current_time() + 1.5 * session.keep_alive
                     if session.keep_alive

@@ -55,6 +55,8 @@ def stomp_handler(
                 await _read(stream, codec, session, conn, config)
             finally:
                 beating.cancel()
+                if conn.stop_reason == "kicked":  # the admin API (http_admin.KICKED)
+                    _kicked(codec, session)
                 session.connection_ended()
                 await settle(broker)
                 outbox.finish()
@@ -139,6 +141,7 @@ async def _read(
                 timer.deadline = math.inf
                 await trio.sleep(pause)
             if session.connected:
+                conn.client_id = session.origin.client_id  # the session id, for the admin API
                 every = session.expect_every
                 timer.deadline = (
                     trio.current_time() + HEARTBEAT_GRACE * every if every else math.inf
@@ -160,3 +163,9 @@ def _refuse(exc: StompError, codec: STOMPConnection, session: STOMPSession) -> N
     session.log.warning("stomp.protocol_error", error=exc.message, detail=exc.detail)
     with contextlib.suppress(ValueError):  # the session had ended: nothing more to send
         session.send(codec.send(exc.error_frame()))
+
+
+def _kicked(codec: STOMPConnection, session: STOMPSession) -> None:
+    """Tell a client an administrator closed its connection (the admin API's kick)."""
+    with contextlib.suppress(ValueError):  # not connected: nothing to say
+        session.send(codec.send(StompError("kicked by an administrator").error_frame()))

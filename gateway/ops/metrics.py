@@ -15,6 +15,7 @@ never client ids. docs/metrics.md lists every metric.
 from __future__ import annotations
 
 import weakref
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -77,6 +78,10 @@ class GatewayCollector(Collector):
     def __init__(self, gateway: Any, *, all_queues: bool = False) -> None:
         self.gateway = gateway
         self.all_queues = all_queues
+        # A reload replaces the authenticator: its failures are kept, so that the
+        # counter never goes back.
+        self._auth: Any = None
+        self._auth_before: Counter[tuple[str, str]] = Counter()
 
     def collect(self) -> Iterator[Metric]:
         info = InfoMetricFamily("gateway", "The gateway's version")
@@ -332,9 +337,15 @@ class GatewayCollector(Collector):
             labels=["mechanism", "reason"],
         )
         auth = getattr(self.gateway, "auth", None)
+        if auth is not self._auth:
+            if self._auth is not None:
+                self._auth_before.update(self._auth.failures)
+            self._auth = auth
+        counts = Counter(self._auth_before)
         if auth is not None:
-            for (mechanism, reason), count in sorted(auth.failures.items()):
-                failures.add_metric([mechanism, reason], count)
+            counts.update(auth.failures)
+        for (mechanism, reason), count in sorted(counts.items()):
+            failures.add_metric([mechanism, reason], count)
         yield failures
         denied = CounterMetricFamily(
             "gateway_acl_denied", "Requests the ACL refused, per action", labels=["action"]

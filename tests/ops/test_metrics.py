@@ -215,7 +215,9 @@ outbound = [{{ match = "out/#", to = "{{topic}}" }}]
 # -- security -------------------------------------------------------------------------
 
 
-def secured_config(tmp_path: Path, metrics: str = "open") -> config_mod.Config:
+def secured_config(
+    tmp_path: Path, metrics: str = "open", admin_group: str = "users"
+) -> config_mod.Config:
     """MQTT and HTTP listeners, users alice (group "users", the admin group here) and bob,
     anonymous clients refused; alice may not publish to secret/#."""
     users = make_users(tmp_path / "users.toml")
@@ -228,7 +230,7 @@ metrics = "{metrics}"
 [auth]
 users_file = "{users}"
 anonymous = "deny"
-admin_group = "users"
+admin_group = "{admin_group}"
 
 [[acl]]
 user = "alice"
@@ -272,6 +274,12 @@ async def test_auth_failures_and_acl_denials(nursery: trio.Nursery, tmp_path: Pa
             )
             await alice.close()
             samples = await scrape(gw.port("http"))
+            # A reload that changes [auth] brings a new authenticator: the count stays.
+            before = gw.auth
+            gw.reload_config = lambda: secured_config(tmp_path, admin_group="ops")
+            gw.reload("test")
+            assert gw.auth is not before
+            reloaded = await scrape(gw.port("http"))
     assert (
         value(
             samples, "gateway_auth_failures_total", mechanism="password", reason="bad-credentials"
@@ -280,6 +288,8 @@ async def test_auth_failures_and_acl_denials(nursery: trio.Nursery, tmp_path: Pa
     )
     assert value(samples, "gateway_acl_denied_total", action="publish") == 1
     assert value(samples, "gateway_publishes_total", outcome="refused") == 1
+    failures = "gateway_auth_failures_total"
+    assert value(reloaded, failures, mechanism="password", reason="bad-credentials") == 1
 
 
 async def test_admin_mode(nursery: trio.Nursery, tmp_path: Path) -> None:

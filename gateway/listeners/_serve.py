@@ -173,6 +173,29 @@ async def settle(broker: Broker) -> None:
         await done.wait()
 
 
+# How long a connection the server ends waits, after its last bytes, for the peer to close.
+LINGER_TIMEOUT = 1.0
+
+
+async def _linger(stream: trio.abc.Stream) -> None:
+    """Send FIN and read until the peer closes too (at most ``LINGER_TIMEOUT``).
+
+    Closing a socket with unread input sends a reset instead of a FIN, and a reset can
+    make the peer's system discard what it received but its client had not read yet:
+    the last acknowledgements and the DISCONNECT 0x8B of a shutdown. A TLS stream cannot
+    half-close and is closed at once."""
+    if not isinstance(stream, trio.abc.HalfCloseableStream):
+        return
+    with trio.move_on_after(LINGER_TIMEOUT) as lingering:
+        lingering.shield = True
+        with contextlib.suppress(
+            trio.BrokenResourceError, trio.BusyResourceError, trio.ClosedResourceError, OSError
+        ):
+            await stream.send_eof()
+            while await stream.receive_some(65536):
+                pass
+
+
 def _peer_name(stream: trio.SocketStream) -> str:
     try:
         addr = stream.socket.getpeername()
@@ -357,6 +380,8 @@ class TCPServer:
             self.connections.discard(conn)
             self.closed.add(conn)
             self.per_ip.release(conn.ip)
+            if conn.stop_reason is not None and self.config.protocol != "http":
+                await _linger(stream)  # HTTP answers are framed: their clients need no FIN
             with trio.move_on_after(1) as cleanup:
                 cleanup.shield = True
                 await stream.aclose()

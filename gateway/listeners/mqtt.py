@@ -68,6 +68,9 @@ def mqtt_handler(
             finally:
                 reason = _STOP_REASONS.get(conn.stop_reason)
                 if reason is not None:
+                    # The acknowledgements already promised (waiting for the store's
+                    # commit) go out before the DISCONNECT: after it a client reads nothing.
+                    await settle(broker)
                     session.goodbye(reason)
                 session.connection_ended()
                 await settle(broker)

@@ -12,7 +12,6 @@ changes to queues and retained messages go through ``gateway.core.admin``.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import re
 import time
 from collections.abc import Iterator
@@ -465,14 +464,9 @@ async def get_config(service: HTTPService, listener: ListenerConfig, request: Re
 async def reload(service: HTTPService, listener: ListenerConfig, request: Request) -> Response:
     """Read the configuration file again and apply what can change (Gateway.reload)."""
     gateway = _gateway(service)
-    do_reload = getattr(gateway, "reload", None)
-    if do_reload is None:
-        raise HTTPError(501, "not_implemented", "this gateway cannot reload its configuration")
     user = request.identity.user if request.identity is not None else None
     try:
-        result = do_reload(f"admin API ({user or 'local'})")
-        if inspect.isawaitable(result):
-            result = await result
+        result = gateway.reload(f"admin API ({user or 'local'})")
     except ConfigError as exc:
         raise HTTPError(422, "invalid_config", str(exc)) from None
     return json_response(200, {"reloaded": result})

@@ -402,7 +402,9 @@ class Gateway:
             waiting = store.take_callbacks()
             with trio.CancelScope(shield=True):
                 ok = await trio.to_thread.run_sync(store.close)
-            if not ok:
+            if ok:
+                self.log.info("store.closed", path=str(store.path))  # the last commit is done
+            else:
                 self.log.error("store.close_failed", error=store.last_error, path=str(store.path))
             for callback in waiting:
                 callback(ok)

@@ -319,11 +319,21 @@ class TCPServer:
             finally:
                 self.close_sockets()
             # Drain: every connection flushes and closes; stragglers are cancelled.
-            if self.connections:
-                self.log.info("listener.draining", connections=len(self.connections))
+            draining = len(self.connections)
+            started = trio.current_time()
+            if draining:
+                self.log.info("listener.draining", connections=draining)
             for conn in list(self.connections):
                 conn.stop("shutdown")
-            handlers.cancel_scope.deadline = trio.current_time() + self.drain_timeout
+            handlers.cancel_scope.deadline = started + self.drain_timeout
+        if draining:
+            self.log.info(
+                "listener.drained",
+                connections=draining,
+                seconds=round(trio.current_time() - started, 3),
+                # True: some connection had not finished by drain_timeout and was cut.
+                deadline_reached=handlers.cancel_scope.cancelled_caught,
+            )
 
     async def _accept_loop(self, listener: trio.SocketListener, handlers: trio.Nursery) -> None:
         while True:

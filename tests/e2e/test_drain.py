@@ -131,9 +131,19 @@ def test_sigterm_drains_in_flight_qos1_and_loses_nothing_acknowledged(tmp_path: 
 
         # The drain, step by step, in order.
         names = [str(e.get("event")) for e in log_lines]
-        steps = ["gateway.signal", "gateway.stopping", "listener.draining", "gateway.stopped"]
+        steps = [
+            "gateway.signal",
+            "gateway.stopping",
+            "listener.draining",
+            "listener.drained",
+            "store.closed",
+            "gateway.stopped",
+        ]
         assert all(step in names for step in steps), names[-20:]
         assert [names.index(step) for step in steps] == sorted(names.index(s) for s in steps)
+        drained = [e for e in log_lines if e.get("event") == "listener.drained"]
+        assert {e["listener"] for e in drained} == {"mqtt:127.0.0.1:0", "stomp:127.0.0.1:0"}
+        assert not any(e["deadline_reached"] for e in drained), drained
         assert gw.events("error") == []
         acked_before = {p.name: p.acked() for p in publishers}
         in_flight = sum(p.outstanding() for p in publishers)

@@ -410,12 +410,16 @@ class Gateway:
                 callback(ok)
 
     async def _bridge_all(self) -> None:
-        with self._bridging:
-            async with trio.open_nursery() as nursery:
-                self._bridge_nursery = nursery
-                for bridge in self.bridges.values():
-                    self._start_bridge(bridge)
-                await trio.sleep_forever()
+        try:
+            with self._bridging:
+                async with trio.open_nursery() as nursery:
+                    self._bridge_nursery = nursery
+                    for bridge in self.bridges.values():
+                        self._start_bridge(bridge)
+                    await trio.sleep_forever()
+        finally:
+            self._bridge_nursery = None  # a reload after the stop starts nothing
+            self._bridge_tasks.clear()
 
     def _start_bridge(self, bridge: Bridge, after: trio.Event | None = None) -> None:
         """Run ``bridge`` in the bridges' nursery (once ``after`` is set: its predecessor

@@ -7,9 +7,14 @@ receives. Then the same through SIGHUP on a ``python -m gateway run`` process.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import queue
 import signal
+import subprocess
+import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -26,7 +31,7 @@ from gateway.app import Gateway
 from gateway.auth import users as users_mod
 from gateway.config import ConfigError
 from tests.conftest import NET_TIMEOUT, upstream_reachable
-from tests.e2e.crash_harness import GatewayProcess, wait_until
+from tests.e2e.crash_harness import ROOT, GatewayProcess, wait_until
 from tests.paho import Paho
 
 RABBIT = 5672
@@ -412,3 +417,46 @@ def test_sighup_reloads_the_configuration_file_of_a_running_process(tmp_path: Pa
     finally:
         process.close()
     assert os.path.exists(process.data / "gateway.db")
+
+
+def test_a_reload_applies_the_command_line_overrides_again(tmp_path: Path) -> None:
+    """--listen, --data-dir and --log-level still override the file after a SIGHUP: nothing
+    is reported as needing a restart."""
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        '[gateway]\ndata_dir = "./elsewhere"\nlog_format = "json"\nlog_level = "info"\n'
+        '\n[[listeners]]\nprotocol = "mqtt"\nname = "m"\nbind = "127.0.0.1:0"\n'
+    )
+    command = [
+        *(sys.executable, "-m", "gateway", "run", "-c", str(config)),
+        *("--listen", "mqtt=127.0.0.1:0", "--data-dir", str(tmp_path / "data")),
+        *("--log-level", "debug"),
+    ]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    events: list[dict[str, Any]] = []
+
+    def read() -> None:
+        assert process.stdout is not None
+        for raw in process.stdout:
+            with contextlib.suppress(ValueError):
+                events.append(json.loads(raw))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        assert wait_until(lambda: any(e.get("event") == "gateway.started" for e in events), 15)
+        process.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: any(e.get("event") == "config.reloaded" for e in events), 15)
+        reloaded = next(e for e in events if e.get("event") == "config.reloaded")
+        assert reloaded["restart_required"] == []
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        reader.join(15)
+        assert process.stdout is not None
+        process.stdout.close()
+    assert (tmp_path / "data" / "gateway.db").exists()
+    assert not (tmp_path / "elsewhere").exists()

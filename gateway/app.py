@@ -6,21 +6,24 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import trio
 
 from . import config as config_mod
 from .auth import Authenticator
+from .auth.acl import Acl
 from .auth.users import UserStore
 from .bridges.bridge import Bridge
 from .config import Config, ConfigError, ListenerConfig, QueueConfig, build_acl, build_router
 from .core import Broker, Overflow, QueuePolicy
+from .core.routing import Router
 from .listeners import BoundAddress, Connection, StartupError, TCPServer
 from .listeners._serve import Handler
 from .listeners.authn import build_authenticator
 from .listeners.http_api import HTTPService
 from .listeners.mqtt import mqtt_handler
 from .listeners.stomp import stomp_handler
-from .listeners.webhooks import build_webhook
+from .listeners.webhooks import Webhook, build_webhook
 from .logging import get_logger
 from .store import MemoryStore, Store
 from .store.sqlite import SQLiteStore, StoreError, run_writer
@@ -78,9 +81,9 @@ class _ReloadPlan:
 
     auth: Authenticator | None  # a new one: [auth] changed
     users: UserStore | None  # the users file read again: [auth] unchanged
-    webhooks: dict[str, Any]
-    acl: Any
-    router: Any
+    webhooks: dict[str, Webhook]
+    acl: Acl
+    router: Router | None
     added: list[str]
     removed: list[str]
     changed: list[str]
@@ -96,6 +99,14 @@ _RESTART_KEYS = (
     "log_level",
     "log_format",
 )
+
+
+def _in_force(old: Config, new: Config) -> Config:
+    """``new`` with what only a restart applies kept from ``old``: the configuration in
+    force after a reload (``Gateway.config``, the admin API's view of it)."""
+    kept = {key: getattr(old.gateway, key) for key in _RESTART_KEYS}
+    gateway = msgspec.structs.replace(new.gateway, **kept)
+    return msgspec.structs.replace(new, gateway=gateway, listeners=old.listeners)
 
 
 def _restart_required(old: Config, new: Config, broker: Broker) -> list[str]:
@@ -315,6 +326,7 @@ class Gateway:
 
     def _apply_reload(self, new: Config, plan: _ReloadPlan, reason: str) -> dict[str, Any]:
         broker = self.broker
+        new = _in_force(self.config, new)
         self.config = new
         self.http.config = new
         # Who may connect: new connections and requests use it, open ones keep theirs.

@@ -464,11 +464,14 @@ class Bridge:
         """Drop the link and stay disconnected (messages wait in the outboxes)."""
         self._paused = True
         self._resumed = trio.Event()
+        self._set_state("paused")
         scope = self._link_scope
         if scope is not None:
             scope.cancel()
 
     def resume(self) -> None:
+        if self._paused:
+            self._set_state("connecting")
         self._paused = False
         self._resumed.set()
 

@@ -368,12 +368,6 @@ async def delete_retained(
 
 def _bridge_json(bridge: Any) -> dict[str, Any]:
     snapshot: dict[str, Any] = bridge.snapshot()
-    # A bridge paused while it waits to reconnect says so only when it wakes up.
-    if bridge.paused:
-        snapshot["state"] = "paused"
-        snapshot["connected"] = False
-    elif snapshot["state"] == "paused":
-        snapshot["state"] = "connecting"
     return snapshot
 
 

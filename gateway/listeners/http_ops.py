@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST
-
 from ..config import ListenerConfig
 from .authn import WWW_AUTHENTICATE
 from .http import HTTPError, Request, Response
@@ -27,10 +25,10 @@ async def metrics(service: HTTPService, listener: ListenerConfig, request: Reque
         raise HTTPError(404, "not_found", f"no such endpoint: {METRICS_PATH}")
     if mode == "admin":
         await _require_admin(service, request)
-    # Imported here: the registry and prometheus_client's collectors only once scraped.
-    from ..ops.metrics import exposition
+    # Imported here: prometheus_client is loaded when first scraped, not at startup.
+    from ..ops.metrics import CONTENT_TYPE, exposition
 
-    return Response(200, exposition(service.gateway), content_type=CONTENT_TYPE_LATEST)
+    return Response(200, exposition(service.gateway), content_type=CONTENT_TYPE)
 
 
 async def _require_admin(service: HTTPService, request: Request) -> None:
@@ -41,7 +39,7 @@ async def _require_admin(service: HTTPService, request: Request) -> None:
             401,
             "unauthorized",
             "the metrics need the credentials of an administrator",
-            (("WWW-Authenticate", WWW_AUTHENTICATE),),
+            WWW_AUTHENTICATE,
         )
     # Earlier authentication failures from this address: answer late.
     await request.conn.auth_pause()
@@ -69,7 +67,7 @@ def ops_paths() -> dict[str, Any]:
                 "responses": {
                     "200": {
                         "description": "the metrics",
-                        "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
                     },
                     "401": error,
                     "403": error,

@@ -19,7 +19,12 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -32,6 +37,9 @@ from prometheus_client.registry import Collector
 from .. import __version__
 from ..core.broker import SESSION_QUEUE_PREFIX, TEMP_QUEUE_PREFIX
 from ..core.stats import Buckets, Traffic
+
+# The exposition format's media type (text/plain; version=...).
+CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 # The queues left out by default: one per client (MQTT sessions) or per request.
 SKIPPED_QUEUE_PREFIXES = (SESSION_QUEUE_PREFIX, TEMP_QUEUE_PREFIX)

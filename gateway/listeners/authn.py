@@ -61,8 +61,12 @@ MQTT_REASONS = {
     AuthFailure.MALFORMED: ReasonCode.BAD_USER_NAME_OR_PASSWORD,
 }
 
-# What an HTTP 401 offers.
-WWW_AUTHENTICATE = 'Basic realm="gateway", Bearer'
+# What an HTTP 401 offers: one header per scheme, since Chromium neither prompts for
+# nor answers a Basic challenge that shares its header with another.
+WWW_AUTHENTICATE: tuple[tuple[str, str], ...] = (
+    ("WWW-Authenticate", 'Basic realm="gateway"'),
+    ("WWW-Authenticate", "Bearer"),
+)
 
 
 def build_authenticator(config: Config) -> Authenticator:

@@ -81,7 +81,7 @@ def require_admin(service: HTTPService, request: Request) -> None:
         401,
         "unauthorized",
         f"the admin API needs the credentials of a member of group {auth.admin_group!r}",
-        (("WWW-Authenticate", WWW_AUTHENTICATE),),
+        WWW_AUTHENTICATE,
     )
 
 

@@ -183,7 +183,7 @@ class HTTPService:
                 401,
                 "unauthorized",
                 f"authentication failed ({exc.reason})",
-                (("WWW-Authenticate", WWW_AUTHENTICATE),),
+                WWW_AUTHENTICATE,
             ) from None
         return request.identity
 

@@ -210,12 +210,8 @@ def dashboard_page(
     the dashboard loaded; console messages and page errors go to ``messages``."""
     options: dict[str, Any] = {"viewport": VIEWPORT, "locale": "en-US"}
     if credentials is not None:
-        # Sent with every request, as a browser does once its password prompt was answered,
-        # rather than given as http_credentials: Chromium ignores a challenge that shares
-        # its WWW-Authenticate header with another ('Basic realm="gateway", Bearer'), and
-        # then neither prompts nor answers it.
-        token = base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()
-        options["extra_http_headers"] = {"Authorization": f"Basic {token}"}
+        # What the browser's password prompt would answer to the API's 401 challenge.
+        options["http_credentials"] = {"username": credentials[0], "password": credentials[1]}
     context = chromium.new_context(**options)
     try:
         page = context.new_page()

@@ -89,6 +89,11 @@ async def test_traffic_is_counted_per_protocol(nursery: trio.Nursery, tmp_path: 
             assert await post(http, "/api/v1/topics/nobody/listens") == 202
             assert await post(http, "/api/v1/queues/small") == 202
             assert await post(http, "/api/v1/queues/small") == 503
+            # A pull of two from a third queue: sent over HTTP, unacknowledged.
+            assert await post(http, "/api/v1/queues/pulled") == 202
+            assert await post(http, "/api/v1/queues/pulled") == 202
+            pulled = await get(http, "/api/v1/queues/pulled/messages?max=2")
+            assert len(pulled.json()["messages"]) == 2
             # STOMP: three SENDs to a queue nobody consumes.
             stomp = Stomp(gw.port("stomp"))
             await stomp.connect()
@@ -98,9 +103,15 @@ async def test_traffic_is_counted_per_protocol(nursery: trio.Nursery, tmp_path: 
             assert sorted(m.topic for m in received) == ["m/http", *["m/x"] * 5]
             await publisher.close()  # what it sent outlives its connection
             samples = await scrape(http)
-            while traffic(samples, "gateway_connections", "mqtt") != 1:  # the close is seen
+            scrapes = 1
+            # Until the closes are seen: the publisher's, and earlier curls' (not the scrape's).
+            while (
+                traffic(samples, "gateway_connections", "mqtt") != 1
+                or traffic(samples, "gateway_connections", "http") != 1
+            ):
                 await trio.sleep(0.01)
                 samples = await scrape(http)
+                scrapes += 1
             await stomp.disconnect()
             await subscriber.close()
 
@@ -108,8 +119,8 @@ async def test_traffic_is_counted_per_protocol(nursery: trio.Nursery, tmp_path: 
     assert traffic(samples, "gateway_messages_sent_total", "mqtt") == 6
     assert traffic(samples, "gateway_messages_received_total", "stomp") == 3
     assert traffic(samples, "gateway_messages_sent_total", "stomp") == 0
-    assert traffic(samples, "gateway_messages_received_total", "http") == 6
-    assert traffic(samples, "gateway_messages_sent_total", "http") == 0
+    assert traffic(samples, "gateway_messages_received_total", "http") == 8
+    assert traffic(samples, "gateway_messages_sent_total", "http") == 2
     for protocol in ("mqtt", "stomp", "http"):
         assert traffic(samples, "gateway_received_bytes_total", protocol) > 0
         assert traffic(samples, "gateway_sent_bytes_total", protocol) > 0
@@ -118,7 +129,7 @@ async def test_traffic_is_counted_per_protocol(nursery: trio.Nursery, tmp_path: 
     assert traffic(samples, "gateway_connections", "stomp") == 1
     assert traffic(samples, "gateway_connections", "http") == 1
     assert traffic(samples, "gateway_connections_accepted_total", "mqtt") == 2
-    assert traffic(samples, "gateway_connections_accepted_total", "http") == 7
+    assert traffic(samples, "gateway_connections_accepted_total", "http") == 9 + scrapes
     # Queues: depth (the consumers' lag), refusals.
     assert value(samples, "gateway_queue_depth", queue="held") == 2
     assert value(samples, "gateway_queue_enqueued_total", queue="held") == 2
@@ -126,8 +137,11 @@ async def test_traffic_is_counted_per_protocol(nursery: trio.Nursery, tmp_path: 
     assert value(samples, "gateway_queue_depth", queue="stomped") == 3
     assert value(samples, "gateway_queue_depth", queue="small") == 1
     assert value(samples, "gateway_queue_refused_total", queue="small") == 1
+    assert value(samples, "gateway_queue_depth", queue="pulled") == 0
+    assert value(samples, "gateway_queue_unacked", queue="pulled") == 2
+    assert value(samples, "gateway_queue_delivered_total", queue="pulled") == 2
     assert value(samples, "gateway_publishes_total", outcome="refused") == 1
-    assert value(samples, "gateway_publishes_total", outcome="accepted") >= 14
+    assert value(samples, "gateway_publishes_total", outcome="accepted") >= 16
     assert value(samples, "gateway_unrouted_total") >= 1
     # No session queue is reported (one per client: cardinality).
     assert not [q for q in labelled(samples, "gateway_queue_depth") if "$" in q["queue"]]

@@ -67,6 +67,16 @@ WWW_AUTHENTICATE: tuple[tuple[str, str], ...] = (
     ("WWW-Authenticate", 'Basic realm="gateway"'),
     ("WWW-Authenticate", "Bearer"),
 )
+# A script's request (the dashboard's) gets no Basic challenge: the browser would put
+# its own password prompt over the page's sign-in form.
+_SCRIPT_CHALLENGE: tuple[tuple[str, str], ...] = (("WWW-Authenticate", 'Bearer realm="gateway"'),)
+
+
+def challenge(request: Request) -> tuple[tuple[str, str], ...]:
+    """The WWW-Authenticate headers of a 401 to ``request``."""
+    if (request.header("x-requested-with") or "").lower() == "xmlhttprequest":
+        return _SCRIPT_CHALLENGE
+    return WWW_AUTHENTICATE
 
 
 def build_authenticator(config: Config) -> Authenticator:

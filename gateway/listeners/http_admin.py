@@ -27,7 +27,7 @@ from ..core.broker import SESSION_QUEUE_PREFIX, SHARE_PREFIX, TEMP_QUEUE_PREFIX
 from ..core.session import NEVER
 from ..core.stats import QueueSnapshot
 from ._serve import Connection
-from .authn import WWW_AUTHENTICATE, peer_host
+from .authn import challenge, peer_host
 from .http import HTTPError, Request, Response, json_response
 from .http_api import Endpoint, Route
 from .http_mapping import message_json
@@ -81,7 +81,7 @@ def require_admin(service: HTTPService, request: Request) -> None:
         401,
         "unauthorized",
         f"the admin API needs the credentials of a member of group {auth.admin_group!r}",
-        WWW_AUTHENTICATE,
+        challenge(request),
     )
 
 

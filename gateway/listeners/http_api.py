@@ -42,7 +42,7 @@ from ..core.session import TRUSTED
 from ..store import MemoryStore
 from . import http_mapping as mapping
 from ._serve import Connection, Handler
-from .authn import WWW_AUTHENTICATE, http_identity
+from .authn import challenge, http_identity
 from .http import (
     ChunkWriter,
     HTTPError,
@@ -183,7 +183,7 @@ class HTTPService:
                 401,
                 "unauthorized",
                 f"authentication failed ({exc.reason})",
-                WWW_AUTHENTICATE,
+                challenge(request),
             ) from None
         return request.identity
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import ListenerConfig
-from .authn import WWW_AUTHENTICATE
+from .authn import challenge
 from .http import HTTPError, Request, Response
 from .http_api import HTTPService, Route
 
@@ -39,7 +39,7 @@ async def _require_admin(service: HTTPService, request: Request) -> None:
             401,
             "unauthorized",
             "the metrics need the credentials of an administrator",
-            WWW_AUTHENTICATE,
+            challenge(request),
         )
     # Earlier authentication failures from this address: answer late.
     await request.conn.auth_pause()

@@ -70,6 +70,14 @@ async def test_basic_and_bearer(gw: Gateway) -> None:
     assert reply.status == 202
 
 
+async def test_a_scripts_request_gets_no_basic_challenge(gw: Gateway) -> None:
+    # The dashboard's requests: a Basic challenge would make the browser prompt over it.
+    headers = {"X-Requested-With": "XMLHttpRequest"}
+    reply = await curl(gw.port("http"), "POST", "/api/v1/topics/auth/http", b"hi", headers)
+    assert reply.status == 401
+    assert reply.header("www-authenticate") == 'Bearer realm="gateway"'
+
+
 async def test_health_and_openapi_stay_open(gw: Gateway) -> None:
     port = gw.port("http")
     for target in ("/healthz", "/readyz", "/api/v1/openapi.json"):

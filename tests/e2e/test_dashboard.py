@@ -210,8 +210,10 @@ def dashboard_page(
     the dashboard loaded; console messages and page errors go to ``messages``."""
     options: dict[str, Any] = {"viewport": VIEWPORT, "locale": "en-US"}
     if credentials is not None:
-        # What the browser's password prompt would answer to the API's 401 challenge.
-        options["http_credentials"] = {"username": credentials[0], "password": credentials[1]}
+        # Sent with every request, as the page does once signed in (its requests are
+        # marked as a script's, so the API puts up no Basic challenge for the browser).
+        token = base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()
+        options["extra_http_headers"] = {"Authorization": f"Basic {token}"}
     context = chromium.new_context(**options)
     try:
         page = context.new_page()

@@ -47,7 +47,9 @@
   // -- the API ---------------------------------------------------------------------------
 
   async function request(method, path) {
-    const headers = { Accept: "application/json" };
+    // Marked as a script's request: the API then offers no Basic challenge, so the
+    // browser's own password prompt never covers the sign-in form.
+    const headers = { Accept: "application/json", "X-Requested-With": "XMLHttpRequest" };
     if (state.authorization) headers.Authorization = state.authorization;
     const response = await fetch(API + path, {
       method,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -484,6 +485,7 @@ class Gateway:
     ) -> None:
         """Bind (unless ``bind`` was awaited already), serve until ``stop``, then drain."""
         await self.bind()
+        self.started_at = time.time()  # the admin API's uptime
         store = self.broker.store
         try:
             async with trio.open_nursery() as outer:

@@ -117,6 +117,16 @@ def upstream_reachable(host: str, port: int) -> None:
     pytest.skip(why)
 
 
+def listeners_toml(*protocols: str, **names: str) -> str:
+    """``[[listeners]]`` tables for ``protocols`` on ephemeral loopback ports, each named
+    after its protocol unless ``names`` says otherwise (``http="web"``)."""
+    return "".join(
+        f'\n[[listeners]]\nprotocol = "{protocol}"\nname = "{names.get(protocol, protocol)}"\n'
+        'bind = "127.0.0.1:0"\n'
+        for protocol in protocols
+    )
+
+
 # The HTTP gateway's named queues: "jobs" dead-letters to "jobs.dlq" after two deliveries;
 # "small" holds one message and refuses more (503 refused).
 HTTP_QUEUES: tuple[dict[str, object], ...] = (
@@ -139,22 +149,9 @@ def make_http_config(
 data_dir = "{os.fspath(tmp_path)}/data"
 drain_timeout = 2.0
 """ + "".join(f"{key} = {_toml(value)}\n" for key, value in (gateway or {}).items())
-    text += """
-[[listeners]]
-protocol = "mqtt"
-name = "mqtt"
-bind = "127.0.0.1:0"
-
-[[listeners]]
-protocol = "stomp"
-name = "stomp"
-bind = "127.0.0.1:0"
-
-[[listeners]]
-protocol = "http"
-name = "http"
-bind = "127.0.0.1:0"
-""" + "".join(f"{key} = {_toml(value)}\n" for key, value in http.items())
+    text += listeners_toml("mqtt", "stomp", "http") + "".join(
+        f"{key} = {_toml(value)}\n" for key, value in http.items()
+    )
     for queue in queues:
         text += "\n[[queues]]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in queue.items())
     return config_mod.loads(text, "test.toml")

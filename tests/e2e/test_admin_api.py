@@ -23,7 +23,7 @@ from gateway.app import Gateway
 from gateway.auth.users import Users, save_users, with_password
 from gateway.listeners.http import path_params
 from gateway.listeners.http_admin import ADMIN_ROUTES, PREFIX
-from tests.conftest import NET_TIMEOUT, make_http_config, running_gateway
+from tests.conftest import NET_TIMEOUT, listeners_toml, make_http_config, running_gateway
 from tests.listeners.test_http_wire import Reply, curl, declared_statuses, wait_until
 from tests.paho import Paho
 from tests.stomp_client import Stomp
@@ -84,21 +84,7 @@ users_file = "{tmp_path}/users.toml"
 [auth.jwt]
 hs256_secret = "{JWT_SECRET}"
 
-[[listeners]]
-protocol = "mqtt"
-name = "mqtt"
-bind = "127.0.0.1:0"
-
-[[listeners]]
-protocol = "stomp"
-name = "stomp"
-bind = "127.0.0.1:0"
-
-[[listeners]]
-protocol = "http"
-name = "http"
-bind = "127.0.0.1:0"
-
+{listeners_toml("mqtt", "stomp", "http")}
 [[queues]]
 name = "jobs"
 max_deliveries = 1

@@ -28,7 +28,7 @@ from gateway import config as config_mod
 from gateway.app import Gateway
 from gateway.bridges.bridge import Bridge
 from tests.bridges.proxy import Proxy, proxy_to
-from tests.conftest import NET_TIMEOUT, running_gateway, upstream_reachable
+from tests.conftest import NET_TIMEOUT, listeners_toml, running_gateway, upstream_reachable
 from tests.listeners.test_http_wire import mqtt5_client
 from tests.paho import Paho, properties_dict
 from tests.stomp_client import Received, Stomp
@@ -56,17 +56,7 @@ _LISTENERS = """
 [gateway]
 data_dir = "{data}"
 drain_timeout = 2.0
-
-[[listeners]]
-protocol = "mqtt"
-name = "mqtt"
-bind = "127.0.0.1:0"
-
-[[listeners]]
-protocol = "stomp"
-name = "stomp"
-bind = "127.0.0.1:0"
-"""
+""" + listeners_toml("mqtt", "stomp")
 
 
 # -- the gateway side -----------------------------------------------------------------

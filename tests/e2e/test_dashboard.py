@@ -44,7 +44,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.auth.users import Users, save_users, with_password
-from tests.conftest import NET_TIMEOUT
+from tests.conftest import NET_TIMEOUT, listeners_toml
 from tests.e2e.test_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, Gateway
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,21 +89,7 @@ sys_interval = 0
 users_file = "{tmp_path / "users.toml"}"
 anonymous = "loopback"
 
-[[listeners]]
-protocol = "mqtt"
-name = "mqtt"
-bind = "127.0.0.1:0"
-
-[[listeners]]
-protocol = "stomp"
-name = "stomp"
-bind = "127.0.0.1:0"
-
-[[listeners]]
-protocol = "http"
-name = "web"
-bind = "127.0.0.1:0"
-
+{listeners_toml("mqtt", "stomp", "http", http="web")}
 [[queues]]
 name = "{QUEUE}"
 

@@ -30,7 +30,7 @@ from gateway import config as config_mod
 from gateway.app import Gateway
 from gateway.auth import users as users_mod
 from gateway.config import ConfigError
-from tests.conftest import NET_TIMEOUT, upstream_reachable
+from tests.conftest import NET_TIMEOUT, listeners_toml, upstream_reachable
 from tests.e2e.crash_harness import ROOT, GatewayProcess, wait_until
 from tests.paho import Paho
 
@@ -84,16 +84,7 @@ sys_interval = 0
 users_file = "{self.users}"
 anonymous = "{anonymous}"
 
-[[listeners]]
-protocol = "mqtt"
-name = "mqtt"
-bind = "127.0.0.1:0"
-
-[[listeners]]
-protocol = "stomp"
-name = "stomp"
-bind = "127.0.0.1:0"
-{extra}
+{listeners_toml("mqtt", "stomp")}{extra}
 """
         )
 

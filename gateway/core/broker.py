@@ -901,7 +901,7 @@ class Broker:
                 and not self.authorize_message(message, identity)
             ):
                 self.stats.published += 1
-                self.stats.refused += 1
+                self.stats.refuse(NOT_AUTHORIZED)
                 return _UNAUTHORIZED
             if self.router is not None:
                 return self.router.dispatch(message, self)
@@ -909,7 +909,7 @@ class Broker:
         stats.published += 1
         if message.qos and not self.store.available:
             # The store cannot write (disk full): acknowledging would be a lie.
-            stats.refused += 1
+            stats.refuse("store-unavailable")
             return PublishResult(Status.REFUSED, 0, "store-unavailable")
         if message.kind is _QUEUE_KIND:
             queue = self.queues.get(message.destination)
@@ -920,12 +920,12 @@ class Broker:
                 ):
                     # A temporary queue lives and dies with its session: a late reply
                     # to one that is gone must not bring it back as a plain queue.
-                    stats.refused += 1
+                    stats.refuse("unknown-queue")
                     return PublishResult(Status.REFUSED, 0, "unknown-queue")
                 queue = self.declare_queue(message.destination)
             refused = queue.put(Delivery(message, qos=message.qos, expires=message.expiry))
             if refused is not None:
-                stats.refused += 1
+                stats.refuse(refused)
                 return PublishResult(Status.REFUSED, 0, refused)
             if queue.depth >= queue.high_water and queue.congested():
                 return PublishResult(Status.ACCEPTED, 1, congested=(queue,))
@@ -982,7 +982,7 @@ class Broker:
                 congested = [queue] if congested is None else [*congested, queue]
         pressure = () if congested is None else tuple(congested)
         if refused is not None:
-            stats.refused += 1
+            stats.refuse(refused)
             return PublishResult(Status.REFUSED, routed, refused, pressure)
         if not pressure and routed < 64:
             return _ACCEPTED[routed]

@@ -89,6 +89,7 @@ class BrokerStats:
     published: int = 0
     unrouted: int = 0
     refused: int = 0
+    refusals: Counter[str] = field(default_factory=Counter)  # refused, per reason
     drops: Counter[str] = field(default_factory=Counter)
     topics: dict[str, int] = field(default_factory=dict)
     routes: RouteStats = field(default_factory=RouteStats)
@@ -100,6 +101,11 @@ class BrokerStats:
     denied: Counter[str] = field(default_factory=Counter)
     # Ingress-to-delivery seconds of one delivery in SAMPLE_EVERY (the listeners observe).
     latency: Buckets = field(default_factory=lambda: Buckets(LATENCY_BOUNDS))
+
+    def refuse(self, reason: str) -> None:
+        """A publish was refused (never on the accepted path: no cost there)."""
+        self.refused += 1
+        self.refusals[reason] += 1
 
     def count_topic(self, topic: str) -> None:
         topics = self.topics

@@ -163,6 +163,12 @@ class GatewayCollector(Collector):
         outcome.add_metric(["accepted"], stats.published - stats.refused)
         outcome.add_metric(["refused"], stats.refused)
         yield outcome
+        refusals = CounterMetricFamily(
+            "gateway_publish_refused", "Publishes refused, per reason", labels=["reason"]
+        )
+        for reason, count in sorted(stats.refusals.items()):
+            refusals.add_metric([reason], count)
+        yield refusals
         yield CounterMetricFamily(
             "gateway_unrouted",
             "Publishes accepted that no subscription or queue took",

@@ -141,6 +141,7 @@ async def test_traffic_is_counted_per_protocol(nursery: trio.Nursery, tmp_path: 
     assert value(samples, "gateway_queue_unacked", queue="pulled") == 2
     assert value(samples, "gateway_queue_delivered_total", queue="pulled") == 2
     assert value(samples, "gateway_publishes_total", outcome="refused") == 1
+    assert value(samples, "gateway_publish_refused_total", reason="queue-full") == 1
     assert value(samples, "gateway_publishes_total", outcome="accepted") >= 16
     assert value(samples, "gateway_unrouted_total") >= 1
     # No session queue is reported (one per client: cardinality).
@@ -302,6 +303,7 @@ async def test_auth_failures_and_acl_denials(nursery: trio.Nursery, tmp_path: Pa
     )
     assert value(samples, "gateway_acl_denied_total", action="publish") == 1
     assert value(samples, "gateway_publishes_total", outcome="refused") == 1
+    assert value(samples, "gateway_publish_refused_total", reason="not-authorized") == 1
     failures = "gateway_auth_failures_total"
     assert value(reloaded, failures, mechanism="password", reason="bad-credentials") == 1
 

@@ -352,10 +352,13 @@ class Gateway:
         broker.router = plan.router
         for name in plan.removed:
             self._stop_bridge(name)
-            del self.bridges[name]
+            self.bridges.pop(name).detach()  # its outboxes stop filling, keep their messages
         for wanted in new.bridges:
             name = wanted.name
             if name in plan.added or name in plan.changed:
+                if name in plan.changed:
+                    # What the new rules no longer feed; held acknowledgements stay held.
+                    self.bridges[name].detach(release=False)
                 bridge = Bridge(wanted, broker)
                 bridge.attach()  # its outboxes fill from now on, under the new rules
                 after = self._stop_bridge(name) if name in plan.changed else None

@@ -22,7 +22,7 @@ import itertools
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -156,7 +156,40 @@ class Bridge:
                 self.forward_queue, self.config.forward_to, 0, False
             )
             self.broker.router.attach_bridge(self.name, self._forward)
+        self._unbind(keep=self.outboxes)
         self.attached = True
+
+    def detach(self, *, release: bool = True) -> None:
+        """The bridge is removed from the configuration (or replaced: ``release``
+        False): its outboxes stop filling and stay as plain queues with what they hold.
+        Acknowledgements held for their messages (``ack = "upstream"``) are released as
+        not confirmed, since nothing will send them upstream now; a replaced bridge's
+        successor takes the same outboxes, and they stay held."""
+        for name in self.outboxes:
+            queue = self.broker.queues.get(name)
+            if queue is None or queue.holds is None:
+                continue
+            queue.holds = None
+            if release:
+                unacked = (e for c in queue.consumers for e in c.unacked.values())
+                for entry in [*queue.entries(), *unacked]:
+                    self.broker.holds.leave(id(entry), ok=False)
+        if self.broker.router is not None:
+            self.broker.router.detach_bridge(self.name)
+        self._unbind(keep={})
+        self.attached = False
+
+    def _unbind(self, keep: Mapping[str, object]) -> None:
+        """Stop feeding this bridge's topic outboxes that ``keep`` does not name: their
+        rule is gone (after a restart or a reload with fewer outbound rules). Whatever
+        they hold stays, as a queue an operator can move or purge."""
+        prefix = f"{BRIDGE_PREFIX}{self.name}/"
+        for name in self.broker.durable_filters():
+            if name.startswith(prefix) and name not in keep:
+                self.broker.unbind_durable_subscription(name)
+                queue = self.broker.queues.get(name)
+                depth = queue.depth if queue is not None else 0
+                self.log.warning("bridge.outbox_unbound", queue=name, depth=depth)
 
     def _hold_acks(self, queue: Queue, hold: bool) -> None:
         queue.holds = self.broker.holds if hold else None

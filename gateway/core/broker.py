@@ -429,8 +429,8 @@ class Broker:
         # stored: removing it would cost a disk write per message for nothing.
         if queue.durable and entry.qos and entry.message.qos:
             self.store.remove(queue.name, entry.message.message_id)
-        if queue.holds is not None:
-            queue.holds.leave(id(entry), ok)
+        if self.holds:  # an entry may leave another queue than the one that held it
+            self.holds.leave(id(entry), ok)
 
     # -- sessions ------------------------------------------------------------------
 
@@ -722,24 +722,24 @@ class Broker:
         policy. Raises InvalidFilter."""
         queue = self.queues.get(name)
         if queue is not None:
+            # Taken back after a restart, perhaps with a changed filter (a bridge's outbox
+            # whose rule was edited), or a queue that was unbound: it keeps what it holds.
             previous = self._durable.get(name)
-            if previous is not None:
-                # Taken back after a restart, perhaps with a changed filter (a bridge's
-                # outbox whose rule was edited): the queue keeps what it holds.
-                if previous != topic_filter:
-                    check_filter(topic_filter)
+            if previous != topic_filter:
+                check_filter(topic_filter)
+                if previous is not None:
                     self._trie.remove(previous, name)
-                    self._durable[name] = topic_filter
-                    if queue.durable:
-                        self.store.save_durable_subscription(name, topic_filter)
-                if policy is not None:
-                    queue.set_policy(policy)
-                self._trie.add(
-                    topic_filter,
-                    name,
-                    _Binding(SubscribeOptions(qos=2, selector=selector), None, queue),
-                )
-                self._routes.clear()
+                self._durable[name] = topic_filter
+                if queue.durable:
+                    self.store.save_durable_subscription(name, topic_filter)
+            if policy is not None:
+                queue.set_policy(policy)
+            self._trie.add(
+                topic_filter,
+                name,
+                _Binding(SubscribeOptions(qos=2, selector=selector), None, queue),
+            )
+            self._routes.clear()
             return queue
         check_filter(topic_filter)
         if policy is None:
@@ -754,6 +754,21 @@ class Broker:
             self.store.save_durable_subscription(name, topic_filter)
         self._routes.clear()
         return queue
+
+    def durable_filters(self) -> dict[str, str]:
+        """The durable subscriptions: queue name -> topic filter."""
+        return dict(self._durable)
+
+    def unbind_durable_subscription(self, name: str) -> bool:
+        """Stop feeding durable subscription ``name`` but keep its queue and what it
+        holds, as a plain queue (a bridge outbox whose rule is gone)."""
+        topic_filter = self._durable.pop(name, None)
+        if topic_filter is None:
+            return False
+        self._trie.remove(topic_filter, name)
+        self._routes.clear()
+        self.store.delete_durable_subscription(name)
+        return True
 
     def drop_durable_subscription(self, name: str) -> bool:
         topic_filter = self._durable.pop(name, None)

@@ -118,8 +118,9 @@ class Queue:
         self.stalled = False
         self._waiters: list[Callable[[], None]] = []
         self._set_water_marks()
-        # Set by a bridge with ack = "upstream": persistent entries hold their
-        # publisher's acknowledgement until they leave this queue (core/holds.py).
+        # Set by a bridge with ack = "upstream": persistent entries put here hold their
+        # publisher's acknowledgement until they leave (whatever queue they leave from
+        # then: core/holds.py).
         self.holds: Holds | None = None
 
     def set_policy(self, policy: QueuePolicy) -> None:

@@ -120,3 +120,16 @@ def test_an_outbox_taken_back_with_another_filter_is_fed_by_the_new_one() -> Non
     broker.publish(_message(ALICE, topic="new/a"))
     assert [e.message.destination for e in queue.entries()] == ["new/a"]
     assert broker.store.durable_subscriptions == {"$bridge/up/0": "new/#"}  # type: ignore[attr-defined]
+
+
+def test_an_unbound_outbox_keeps_its_messages_and_can_be_bound_again() -> None:
+    broker = Broker()
+    queue = broker.durable_subscription("$bridge/up/1", "a/#")
+    broker.publish(_message(ALICE, topic="a/1"))
+    assert broker.unbind_durable_subscription("$bridge/up/1")
+    broker.publish(_message(ALICE, topic="a/2"))  # no longer fed
+    assert [e.message.destination for e in queue.entries()] == ["a/1"]
+    assert "$bridge/up/1" not in broker.durable_filters()
+    assert broker.durable_subscription("$bridge/up/1", "a/#") is queue
+    broker.publish(_message(ALICE, topic="a/3"))
+    assert [e.message.destination for e in queue.entries()] == ["a/1", "a/3"]

@@ -350,6 +350,12 @@ async def test_bridges_are_added_changed_and_removed_by_reloads(
         assert "rabbit" not in gw.bridges
         await wait_for(lambda: second.stats.state == "stopped")
         await still_there(stayer, 1)
+        # The removed bridge's outbox no longer fills (a full one would refuse publishes)
+        # and stays as a plain queue.
+        assert "$bridge/rabbit/0" not in gw.broker.durable_filters()
+        with trio.fail_after(NET_TIMEOUT):
+            assert await stayer.publish("out/c", b"nobody's", qos=1) == 0x10
+        assert gw.broker.queues["$bridge/rabbit/0"].depth == 0
     finally:
 
         def clean(channel: Any) -> None:

@@ -369,12 +369,8 @@ class AmqpUpstream(Upstream):
         for item in batch:
             try:
                 exchange, key = wire.parse_target(item.target)
-                properties = wire.properties_for(item.message, origin, now)
-                request = commands.Basic.Publish(
-                    exchange=exchange, routing_key=key, mandatory=mandatory
-                )
-                data = wire.content(
-                    CHANNEL, request, properties, item.message.payload, self.frame_max
+                data = wire.publish_frame(CHANNEL, exchange, key, mandatory) + wire.publish_content(
+                    CHANNEL, item.message, origin, now, self.frame_max
                 )
             except (ValueError, TypeError) as exc:
                 # Cannot be written at all: refuse it for good, not on every reconnect.

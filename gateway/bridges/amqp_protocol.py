@@ -295,6 +295,102 @@ def content(
     return b"".join(parts)
 
 
+# A publish's method frame depends only on where it goes: encoded once per target.
+_PUBLISH_FRAMES: dict[tuple[int, str, str, bool], bytes] = {}
+_PUBLISH_FRAMES_MAX = 4096
+_FRAME_END = b"\xce"
+_BASIC_CLASS = 60
+# Basic property flags, in the order AMQP lists the properties (0-9-1, 4.2.6.1).
+_CONTENT_TYPE, _HEADERS, _DELIVERY_MODE, _PRIORITY = 0x8000, 0x2000, 0x1000, 0x0800
+_CORRELATION_ID, _REPLY_TO, _EXPIRATION, _MESSAGE_ID, _TIMESTAMP = (
+    0x0400,
+    0x0200,
+    0x0100,
+    0x0080,
+    0x0040,
+)
+
+
+def _shortstr(value: str) -> bytes:
+    data = value.encode("utf-8")
+    if len(data) > SHORTSTR_MAX:
+        raise MappingError(
+            f"{value[:40]!r}... is longer than AMQP's {SHORTSTR_MAX}-byte short string"
+        )
+    return bytes((len(data),)) + data
+
+
+def _frame(kind: int, channel: int, payload: bytes) -> bytes:
+    return struct.pack(">BHI", kind, channel, len(payload)) + payload + _FRAME_END
+
+
+def publish_frame(channel: int, exchange: str, routing_key: str, mandatory: bool) -> bytes:
+    """The Basic.Publish method frame (the same bytes pamqp writes), cached per target."""
+    key = (channel, exchange, routing_key, mandatory)
+    cached = _PUBLISH_FRAMES.get(key)
+    if cached is None:
+        payload = (
+            struct.pack(">HHH", _BASIC_CLASS, 40, 0)
+            + _shortstr(exchange)
+            + _shortstr(routing_key)
+            + bytes((1 if mandatory else 0,))
+        )
+        cached = _frame(1, channel, payload)
+        if len(_PUBLISH_FRAMES) >= _PUBLISH_FRAMES_MAX:
+            _PUBLISH_FRAMES.clear()
+        _PUBLISH_FRAMES[key] = cached
+    return cached
+
+
+def publish_content(
+    channel: int,
+    message: Message,
+    extra_headers: Mapping[str, str],
+    now: float,
+    frame_max: int,
+) -> bytes:
+    """The content header and body frames of ``message`` (after its publish frame): the
+    properties of ``properties_for``, encoded directly rather than through pamqp's
+    generic property encoder (a fifth of the bridge's CPU per message; the bytes are
+    the same, tests/bridges/test_amqp_encoding.py). Raises MappingError."""
+    flags = _HEADERS | _DELIVERY_MODE | _PRIORITY | _MESSAGE_ID | _TIMESTAMP
+    fields = []
+    # As pamqp: an empty short string is no property at all.
+    if message.content_type:
+        flags |= _CONTENT_TYPE
+        fields.append(_shortstr(message.content_type))
+    table = []
+    # As pamqp: names sorted, and cut to AMQP's 128-byte field names.
+    for name, value in sorted({**message.headers, **extra_headers}.items()):
+        key = name.encode("utf-8")[:128]
+        data = value.encode("utf-8")
+        table.append(bytes((len(key),)) + key + b"S" + struct.pack(">I", len(data)) + data)
+    body = b"".join(table)
+    fields.append(struct.pack(">I", len(body)) + body)
+    fields.append(bytes((2 if message.qos > 0 else 1, message.priority)))
+    correlation = message.correlation_id
+    if correlation:
+        flags |= _CORRELATION_ID
+        fields.append(_shortstr(correlation.decode("utf-8", errors="replace")))
+    reply_to = reply_to_amqp(message.reply_to) if message.reply_to is not None else ""
+    if reply_to:
+        flags |= _REPLY_TO
+        fields.append(_shortstr(reply_to))
+    if message.expiry is not None:
+        flags |= _EXPIRATION
+        # 0 would mean "deliver now or drop": an expired message gets the shortest life.
+        fields.append(_shortstr(str(max(1, math.ceil((message.expiry - now) * 1000)))))
+    fields.append(_shortstr(str(message.message_id)))
+    fields.append(struct.pack(">Q", int(message.timestamp)))
+    payload = message.payload
+    header = struct.pack(">HHQH", _BASIC_CLASS, 0, len(payload), flags) + b"".join(fields)
+    parts = [_frame(2, channel, header)]
+    chunk = (frame_max or DEFAULT_FRAME_MAX) - FRAME_OVERHEAD
+    for start in range(0, len(payload), chunk):
+        parts.append(_frame(3, channel, payload[start : start + chunk]))
+    return b"".join(parts)
+
+
 # --- the field mapping (docs/mapping.md, AMQP column) --------------------------
 
 

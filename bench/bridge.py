@@ -51,10 +51,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.bridges.config import BridgeConfig
+
 from . import loadgen as lg
 from . import mqttwire as w
 from . import scenarios as sc
 from . import systems
+
+DEFAULT_MAX_IN_FLIGHT = BridgeConfig(name="b", kind="amqp", url="amqp://h").max_in_flight
 
 RESULTS = Path(os.environ.get("BENCH_RESULTS") or systems.REPO / "bench" / "results")
 RABBIT_AMQP = ("127.0.0.1", 5672)
@@ -93,6 +97,8 @@ class Params:
     window: int = 100  # unacknowledged publishes per publisher
     payload: int = 64
     max_in_flight: int = 0  # the bridge's in-flight window (unconfirmed); 0: its default
+    # The gateway's default window when this ran (of this tree, not of --gateway-rev's).
+    default_max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
 
 
 # ---------------------------------------------------------------------------- RabbitMQ
@@ -189,7 +195,7 @@ def gateway(
     run.settings = {
         "ack": ack,
         "durability": "default (sync)",
-        "max_in_flight": max_in_flight or "default (256)",
+        "max_in_flight": max_in_flight or f"default ({DEFAULT_MAX_IN_FLIGHT})",
     }
     try:
         systems.wait_listening(run)
@@ -463,7 +469,10 @@ LABELS = {
 
 def _window(p: dict[str, Any]) -> str:
     n = p.get("max_in_flight") or 0
-    return f"`max_in_flight = {n}`" if n else "the default `max_in_flight` (256)"
+    if n:
+        return f"`max_in_flight = {n}`"
+    # Runs saved before the default was recorded were made with the old default, 256.
+    return f"the default `max_in_flight` ({p.get('default_max_in_flight', 256)})"
 
 
 def tables(doc: dict[str, Any]) -> str:
@@ -625,7 +634,7 @@ def parser() -> argparse.ArgumentParser:
         "--max-in-flight",
         type=int,
         default=Params.max_in_flight,
-        help="the gateway bridge's max_in_flight (default: the gateway's, 256)",
+        help=f"the bridge's max_in_flight (default: the gateway's, {DEFAULT_MAX_IN_FLIGHT})",
     )
     ap.add_argument(
         "--gateway-rev", metavar="REV", help="run gateway/ as committed in REV (default: as is)"

@@ -35,6 +35,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.auth.users import Users, save_users, with_password
-from tests.conftest import NET_TIMEOUT, listeners_toml
+from tests.conftest import NET_TIMEOUT, listeners_toml, upstream_reachable
 from tests.e2e.test_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, Gateway
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,6 +56,9 @@ QUEUE = "dash"
 QUEUED = 24  # messages published to $queue/dash
 TOPIC_BURSTS = (4, 9, 14, 10, 6, 12, 8, 5)  # messages published to dash/ticks, and delivered
 VIEWPORT = {"width": 1280, "height": 900}
+
+
+RABBIT = 5672
 
 
 def _require_installed() -> Any:
@@ -71,6 +75,7 @@ def _require_installed() -> Any:
 @contextlib.contextmanager
 def running_gateway(tmp_path: Path) -> Iterator[tuple[Gateway, dict[str, str]]]:
     """The gateway with its three listeners: (gateway, {protocol: host:port})."""
+    upstream_queue = f"gwtest-dashboard-{uuid.uuid4().hex[:8]}"
     users = Users()
     users = with_password(users, ADMIN[0], ADMIN[1], groups=("admin",))
     users = with_password(users, VIEWER[0], VIEWER[1], groups=("users",))
@@ -100,6 +105,17 @@ dead_letter = "orders.dlq"
 
 [[queues]]
 name = "orders.dlq"
+
+# A bridge to the real RabbitMQ, for its row, its counters and its outbox chart; the
+# upstream queue deletes itself a minute after the test.
+[[bridges]]
+name = "rabbit"
+kind = "amqp"
+url = "amqp://guest:guest@127.0.0.1:{RABBIT}/"
+outbound = [{{ match = "dash/#", to = "queue:{upstream_queue}" }}]
+
+[bridges.amqp]
+queues = [{{ name = "{upstream_queue}", durable = false, arguments = {{ "x-expires" = 60000 }} }}]
 """
     )
     gateway = Gateway(config)
@@ -233,7 +249,9 @@ def number(page: Any, selector: str) -> int | None:
 
 
 @pytest.mark.slow
+@pytest.mark.upstream
 def test_dashboard_shows_the_admin_api_and_purges(tmp_path: Path) -> None:
+    upstream_reachable("127.0.0.1", RABBIT)
     sync_api = _require_installed()
     messages: list[str] = []
     with running_gateway(tmp_path) as (gateway, address), browser(sync_api) as chromium:
@@ -338,6 +356,22 @@ def test_dashboard_shows_the_admin_api_and_purges(tmp_path: Path) -> None:
                 assert page.locator('[data-queue="orders.dlq"] button.move').is_visible()
                 assert page.locator(f"{row} button.move").is_hidden()
                 assert page.locator(f"{row} .consumers").inner_text() == "0"
+                # The bridge: its row says what the API says once its outbox is drained.
+                bridge = '[data-bridge="rabbit"]'
+
+                def bridged() -> Any:
+                    (api_bridge,) = admin_get(http, "bridges")["bridges"]
+                    shown = {
+                        "state": page.locator(f"{bridge} .state").inner_text(),
+                        "confirmed": number(page, f"{bridge} .confirmed"),
+                    }
+                    wanted = {"state": api_bridge["state"], "confirmed": api_bridge["confirmed"]}
+                    done = api_bridge["outbox_depth"] == 0 and api_bridge["in_flight"] == 0
+                    return wanted if done and shown == wanted else None
+
+                seen = wait_until(bridged, "the bridge row showing the API's numbers", context)
+                assert seen["state"] == "up", seen
+                assert seen["confirmed"] == sum(TOPIC_BURSTS), seen
                 with trickle(publisher, "dash/ticks"):  # live rates in the screenshot
                     take_screenshot(page, tmp_path)
                 rates = page.evaluate(

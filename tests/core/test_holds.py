@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from gateway.core import Broker, Message
+from gateway.core.holds import Holds
 from gateway.core.message import Origin
 from gateway.core.queue import Overflow, QueuePolicy
 from gateway.core.session import TRUSTED
@@ -133,3 +134,30 @@ def test_an_unbound_outbox_keeps_its_messages_and_can_be_bound_again() -> None:
     assert broker.durable_subscription("$bridge/up/1", "a/#") is queue
     broker.publish(_message(ALICE, topic="a/3"))
     assert [e.message.destination for e in queue.entries()] == ["a/1", "a/3"]
+
+
+def test_holds_closing_out_of_order_release_acks_in_order_and_failures_stay_in_range() -> None:
+    holds = Holds()
+    message = _message(ALICE)
+    results: list[tuple[str, bool]] = []
+
+    def register(label: str) -> None:
+        holds.gate(ALICE, lambda ok: results.append((label, ok)))(True)  # committed at once
+
+    holds.enter(0, message)
+    holds.enter(1, message)
+    register("a")  # waits for holds 0 and 1
+    holds.enter(2, message)
+    register("b")  # waits for 0, 1 and 2
+    holds.leave(1, ok=False)
+    assert results == []
+    holds.leave(0, ok=True)
+    assert results == [("a", False)]
+    holds.leave(2, ok=True)
+    assert results == [("a", False), ("b", False)]  # b's holds included the failed one
+    holds.enter(3, message)
+    register("c")
+    holds.leave(3, ok=True)
+    assert results[-1] == ("c", True)  # an old failure does not reach a later ack
+    assert not holds.held(ALICE)
+    assert len(holds) == 0

@@ -53,6 +53,9 @@ _UPSTREAMS = {
 _BATCH = 512
 # How long close() may take before the link is dropped.
 _CLOSE_TIMEOUT = 2.0
+# How long an inbound message the core refused waits before it goes back upstream: an
+# upstream that redelivers at once (AMQP requeue, JetStream -NAK) would otherwise spin.
+INBOUND_RETRY_DELAY = 1.0
 
 
 @dataclass(slots=True)
@@ -110,6 +113,9 @@ class Bridge:
             for i, rule in enumerate(config.inbound)
         )
         self._pending: deque[Delivery] = deque()
+        # Inbound messages the core refused, returned upstream once due (in order).
+        self._refused: deque[tuple[float, Settle]] = deque()
+        self._refused_wake = trio.Event()
         self._inflight: dict[int, tuple[Delivery, float]] = {}
         self._tags = itertools.count(1)
         self._wake = trio.Event()
@@ -286,6 +292,7 @@ class Bridge:
                 self._went_up()
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._guard, upstream.run, nursery.cancel_scope)
+                    nursery.start_soon(self._guard, self._return_refused, nursery.cancel_scope)
                     nursery.start_soon(
                         self._guard, lambda: self._pump(upstream), nursery.cancel_scope
                     )
@@ -359,6 +366,7 @@ class Bridge:
         session, self._session = self._session, None
         self._inflight.clear()
         self._pending.clear()
+        self._refused.clear()  # never settled: the upstream sends them again
         if session is not None:
             # Ends the session: every unconfirmed entry goes back to its outbox.
             self.broker.detach(session, graceful=True)
@@ -456,7 +464,7 @@ class Bridge:
         except ValueError as exc:
             stats.inbound_refused += 1
             self.log.warning("bridge.inbound_refused", subject=subject, error=str(exc))
-            settle(False)
+            self._return_later(settle)
             return
         kind = Kind.TOPIC
         if destination.startswith(QUEUE_PREFIX):
@@ -477,10 +485,28 @@ class Bridge:
                 destination=destination,
                 reason=result.reason,
             )
-            settle(False)
+            self._return_later(settle)
             return
         # Acknowledged upstream only once the core has it (stored, when durable).
-        self.broker.when_durable(settle)
+        self.broker.when_durable(lambda ok: settle(True) if ok else self._return_later(settle))
+
+    def _return_later(self, settle: Settle) -> None:
+        self._refused.append((trio.current_time() + INBOUND_RETRY_DELAY, settle))
+        self._refused_wake.set()
+
+    async def _return_refused(self) -> None:
+        """Return refused inbound messages upstream once due (INBOUND_RETRY_DELAY)."""
+        refused = self._refused
+        while True:
+            if not refused:
+                await self._refused_wake.wait()
+                self._refused_wake = trio.Event()
+                continue
+            due, settle = refused[0]
+            await trio.sleep_until(due)
+            if refused and refused[0][1] is settle:
+                refused.popleft()
+                settle(False)
 
     def _local(self, rule: int, subject: str) -> str:
         template = self.config.inbound[rule].to

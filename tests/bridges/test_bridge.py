@@ -3,11 +3,15 @@ destination templates, orphaned outboxes, detaching."""
 
 from __future__ import annotations
 
-from gateway.bridges.bridge import Bridge
-from gateway.bridges.config import BridgeConfig, OutboundRuleConfig
-from gateway.core import Broker, Message
+import trio
+import trio.testing
+
+from gateway.bridges.bridge import INBOUND_RETRY_DELAY, Bridge
+from gateway.bridges.config import BridgeConfig, InboundRuleConfig, OutboundRuleConfig
+from gateway.core import Broker, Message, SubscribeOptions
 from gateway.core.delivery import Delivery
 from gateway.core.message import Origin
+from tests.core.fakes import RecordingSink
 
 DEVICE = Origin(protocol="mqtt", listener="m", client_id="dev")
 
@@ -56,8 +60,6 @@ def test_targets_render_topic_and_the_rest_with_the_upstreams_separator() -> Non
 
 
 def _consumer_of(broker: Broker, queue: str):  # type: ignore[no-untyped-def]
-    from tests.core.fakes import RecordingSink
-
     session, _ = broker.open_session(f"c-{queue}", RecordingSink())
     return broker.consume(session, queue)
 
@@ -88,3 +90,55 @@ def test_a_detached_bridge_no_longer_fills_or_holds() -> None:
     assert outbox.holds is None
     assert [e.message.destination for e in outbox.entries()] == ["a/1"]
     assert broker.durable_filters() == {}
+
+
+async def test_an_inbound_message_the_core_refuses_goes_back_upstream_after_a_delay(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # An upstream that redelivers a returned message at once must not spin.
+    broker = Broker(auto_create_queues=False)
+    config = BridgeConfig(
+        name="up",
+        kind="amqp",
+        url="amqp://127.0.0.1:1/",
+        inbound=(InboundRuleConfig(source="queue:in", to="$queue/nowhere"),),
+    )
+    bridge = Bridge(config, broker)
+    bridge.attach()
+    settled: list[tuple[float, bool]] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(bridge._return_refused)
+        start = trio.current_time()
+        bridge.received(
+            0,
+            "in",
+            Message(destination="", payload=b"x", qos=1),
+            lambda ok: settled.append((trio.current_time() - start, ok)),
+        )
+        assert settled == []
+        assert bridge.stats.inbound_refused == 1
+        await trio.sleep(INBOUND_RETRY_DELAY * 2)
+        nursery.cancel_scope.cancel()
+    assert settled == [(INBOUND_RETRY_DELAY, False)]
+
+
+async def test_an_inbound_message_the_core_takes_is_settled_ok() -> None:
+    broker = Broker()
+    config = BridgeConfig(
+        name="up",
+        kind="amqp",
+        url="amqp://127.0.0.1:1/",
+        inbound=(InboundRuleConfig(source="queue:in", to="from/{subject}"),),
+    )
+    bridge = Bridge(config, broker)
+    bridge.attach()
+    settled: list[bool] = []
+    sink = RecordingSink()
+    session, _ = broker.open_session("watcher", sink)
+    broker.subscribe(session, "from/#", SubscribeOptions(qos=1))
+    bridge.received(0, "in.a", Message(destination="", payload=b"x", qos=1), settled.append)
+    assert settled == [True]  # the memory store commits at once
+    (delivery,) = sink.take()
+    # AMQP separates levels with ".": the routing key in.a is the topic in/a.
+    assert delivery.message.destination == "from/in/a"
+    assert delivery.message.origin == bridge.origin

@@ -5,6 +5,7 @@ restore it."""
 from __future__ import annotations
 
 import contextlib
+import ssl
 import threading
 from collections.abc import AsyncIterator
 
@@ -12,8 +13,14 @@ import trio
 
 
 class Proxy:
-    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+    """``tls``: a server context, to terminate TLS in front of a plain-text upstream
+    (the TLS path of a bridge tested against the real server behind it)."""
+
+    def __init__(
+        self, target_port: int, target_host: str = "127.0.0.1", tls: ssl.SSLContext | None = None
+    ) -> None:
         self.target = (target_host, target_port)
+        self.tls = tls
         self.port = 0
         self.up = True
         self.connections = 0
@@ -34,10 +41,18 @@ class Proxy:
         task_status.started()
         await trio.serve_listeners(self._handle, listeners)
 
-    async def _handle(self, client: trio.SocketStream) -> None:
+    async def _handle(self, tcp: trio.SocketStream) -> None:
         if not self.up:
-            await trio.aclose_forcefully(client)
+            await trio.aclose_forcefully(tcp)
             return
+        client: trio.abc.Stream = tcp
+        if self.tls is not None:
+            client = trio.SSLStream(tcp, self.tls, server_side=True)
+            try:
+                await client.do_handshake()
+            except trio.BrokenResourceError:
+                await trio.aclose_forcefully(tcp)
+                return
         try:
             server = await trio.open_tcp_stream(*self.target)
         except OSError:
@@ -57,7 +72,7 @@ class Proxy:
 
     @staticmethod
     async def _pipe(
-        source: trio.SocketStream, sink: trio.SocketStream, scope: trio.CancelScope
+        source: trio.abc.Stream, sink: trio.abc.Stream, scope: trio.CancelScope
     ) -> None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             while data := await source.receive_some(65536):
@@ -66,8 +81,10 @@ class Proxy:
 
 
 @contextlib.asynccontextmanager
-async def proxy_to(nursery: trio.Nursery, port: int) -> AsyncIterator[Proxy]:
-    proxy = Proxy(port)
+async def proxy_to(
+    nursery: trio.Nursery, port: int, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[Proxy]:
+    proxy = Proxy(port, tls=tls)
     await nursery.start(proxy.serve)
     yield proxy
 

@@ -3,15 +3,18 @@ pika reads back and publishes from the other side."""
 
 from __future__ import annotations
 
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pika
 import pytest
 import trio
+import trustme
 from pamqp import commands
 from pika.adapters.blocking_connection import BlockingChannel
 
@@ -19,9 +22,10 @@ from gateway.bridges import amqp_protocol as wire
 from gateway.bridges.amqp import AmqpUpstream
 from gateway.bridges.amqp_protocol import parse_source, parse_target
 from gateway.bridges.base import ORIGIN_HEADER, InboundRule, Outbound, UpstreamError
-from gateway.bridges.config import BridgeConfig
+from gateway.bridges.config import BridgeConfig, BridgeTLSConfig
 from gateway.core.message import Message
 from tests.bridges.conftest import RecordingLink
+from tests.bridges.proxy import proxy_to
 from tests.conftest import upstream_reachable
 
 pytestmark = pytest.mark.upstream
@@ -533,3 +537,38 @@ async def test_a_silent_server_is_detected_and_heartbeats_are_sent() -> None:
         with trio.move_on_after(0.1):
             await upstream.close()
         nursery.cancel_scope.cancel()
+
+
+async def test_amqps_through_a_tls_terminating_proxy(
+    rabbit: Rabbit, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """amqps:// with the bridge's own CA (tls.ca), against the real RabbitMQ behind a TLS
+    proxy of the tests' own (RabbitMQ has no TLS listener here); a server whose
+    certificate the bridge's CA did not sign is refused."""
+    upstream_reachable(HOST, PORT)
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    queue = rabbit.queue("tls")
+    async with proxy_to(nursery, PORT, tls=server) as proxy:
+        url = f"amqps://guest:guest@127.0.0.1:{proxy.port}/"
+        config = BridgeConfig(
+            name="t",
+            kind="amqp",
+            url=url,
+            tls=BridgeTLSConfig(ca=str(ca_file)),
+            amqp={"queues": [{"name": queue}]},
+        )
+        link = RecordingLink()
+        async with running(config, link) as upstream:
+            await upstream.publish(
+                [Outbound(1, Message(destination="a", payload=b"over TLS"), f"queue:{queue}")]
+            )
+            await link.wait_for(lambda: link.confirms == [1], 5)
+        # The system's CAs do not know this one: the handshake fails, clearly.
+        stranger = AmqpUpstream(bridge(url=url), bridge().options(), RecordingLink(), ())
+        with pytest.raises(UpstreamError, match="TLS handshake"):
+            await stranger.open()
+    assert [body for _, body in await rabbit.get_all(queue, 1)] == [b"over TLS"]

@@ -31,7 +31,7 @@ import structlog
 import trio
 
 from ..config import parse_duration
-from ..core.broker import QUEUE_PREFIX, Broker
+from ..core.broker import BRIDGE_QUEUE_PREFIX, QUEUE_PREFIX, Broker
 from ..core.delivery import CloseReason, Delivery
 from ..core.message import Kind, Message, Origin
 from ..core.queue import Overflow, Queue, QueuePolicy
@@ -42,7 +42,7 @@ from .base import ORIGIN_HEADER, InboundRule, Outbound, Settle, Upstream, Upstre
 if TYPE_CHECKING:
     from .config import BridgeConfig, OutboundRuleConfig
 
-BRIDGE_PREFIX = "$bridge/"
+BRIDGE_PREFIX = BRIDGE_QUEUE_PREFIX
 _UPSTREAMS = {
     "amqp": "AmqpUpstream",
     "mqtt": "MqttUpstream",

@@ -47,6 +47,8 @@ QUEUE_PREFIX = "$queue/"
 NOT_AUTHORIZED = "not-authorized"
 SESSION_QUEUE_PREFIX = "$session/"
 TEMP_QUEUE_PREFIX = "$temp/"
+# Bridges' outboxes (gateway/bridges): only the gateway's own sessions consume them.
+BRIDGE_QUEUE_PREFIX = "$bridge/"
 # Reasons for which an entry goes to its queue's dead-letter queue, if it has one.
 # Messages an offline or slow session holds, like Mosquitto's max_queued_messages.
 SESSION_QUEUE = QueuePolicy(max_length=1000)
@@ -794,6 +796,10 @@ class Broker:
 
         With a ``selector`` it takes only the messages the selector matches; the others
         stay queued for other consumers (JMS). Raises NotAuthorized."""
+        if queue_name.startswith(BRIDGE_QUEUE_PREFIX) and session.identity is not TRUSTED:
+            # A client consuming a bridge's outbox would take messages from the upstream.
+            self.stats.denied["consume"] += 1
+            raise NotAuthorized("consume", QUEUE_PREFIX + queue_name)
         if self.acl is not None and not self._may_consume(session, queue_name):
             destination = QUEUE_PREFIX + queue_name
             self._denied(session.identity, "consume", destination, session.client_id)

@@ -21,7 +21,7 @@ from tests.bridges.proxy import Proxy, proxy_to
 from tests.conftest import NET_TIMEOUT, listeners_toml, running_gateway, upstream_reachable
 from tests.listeners.test_http_wire import mqtt5_client
 from tests.paho import Paho, properties_dict
-from tests.stomp_client import Stomp
+from tests.stomp_client import Stomp, StompFailure
 
 pytestmark = pytest.mark.upstream
 RABBIT = 5672
@@ -291,3 +291,19 @@ async def test_a_local_queue_is_drained_upstream_and_a_route_forwards_to_the_bri
     await wait_until(lambda: bridge(gw).outbox_depth == 0)
     assert gw.broker.queues[f"{tag}.jobs"].depth == 0
     assert bridge(gw).stats.forwarded == 1
+
+
+async def test_clients_cannot_consume_a_bridges_outbox(gw: Gateway) -> None:
+    # A client taking messages from an outbox would take them from the upstream.
+    async with mqtt5_client(gw.port("mqtt"), "thief") as thief:
+        granted = await thief.subscribe("$queue/$bridge/rabbit/0", qos=1)
+    assert [int(code.value) for code in granted] == [0x87]
+    stomp = Stomp(gw.port("stomp"), "1.2")
+    with trio.fail_after(NET_TIMEOUT):
+        await stomp.connect()
+        with pytest.raises(StompFailure) as failure:
+            await stomp.subscribe("/queue/$bridge/rabbit/0", ack="client-individual")
+    error = failure.value.error or await stomp.error()
+    assert "not authorized" in (error.get("message") or "") + error.text
+    consumers = gw.broker.queues["$bridge/rabbit/0"].consumers
+    assert [c.session.client_id for c in consumers] == ["$bridge/rabbit"]

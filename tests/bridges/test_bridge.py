@@ -11,6 +11,7 @@ from gateway.bridges.config import BridgeConfig, InboundRuleConfig, OutboundRule
 from gateway.core import Broker, Message, SubscribeOptions
 from gateway.core.delivery import Delivery
 from gateway.core.message import Origin
+from gateway.core.session import TRUSTED
 from tests.core.fakes import RecordingSink
 
 DEVICE = Origin(protocol="mqtt", listener="m", client_id="dev")
@@ -60,7 +61,8 @@ def test_targets_render_topic_and_the_rest_with_the_upstreams_separator() -> Non
 
 
 def _consumer_of(broker: Broker, queue: str):  # type: ignore[no-untyped-def]
-    session, _ = broker.open_session(f"c-{queue}", RecordingSink())
+    # The bridge's own kind of session: a client may not consume an outbox.
+    session, _ = broker.open_session(f"c-{queue}", RecordingSink(), identity=TRUSTED)
     return broker.consume(session, queue)
 
 

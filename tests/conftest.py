@@ -22,17 +22,19 @@ def _logging() -> None:
     gw_logging.configure("debug", "json", io.StringIO())
 
 
-def make_config(tmp_path: os.PathLike[str], **listener: object) -> config_mod.Config:
-    text = f"""
+def gateway_toml(tmp_path: os.PathLike[str], **keys: object) -> str:
+    """A ``[gateway]`` table: the data directory under ``tmp_path``, a two-second drain,
+    and ``keys``."""
+    return f"""
 [gateway]
 data_dir = "{os.fspath(tmp_path)}/data"
 drain_timeout = 2.0
+""" + "".join(f"{key} = {_toml(value)}\n" for key, value in keys.items())
 
-[[listeners]]
-protocol = "mqtt"
-bind = "127.0.0.1:0"
-""" + "".join(f"{key} = {value!r}\n" for key, value in listener.items())
-    return config_mod.loads(text, "test.toml")
+
+def make_config(tmp_path: os.PathLike[str], **listener: object) -> config_mod.Config:
+    keys = "".join(f"{key} = {value!r}\n" for key, value in listener.items())
+    return config_mod.loads(gateway_toml(tmp_path) + listeners_toml("mqtt") + keys, "test.toml")
 
 
 @pytest.fixture
@@ -56,28 +58,10 @@ FAST_HEARTBEAT = 0.2
 def make_stomp_config(
     tmp_path: os.PathLike[str], queues: tuple[dict[str, object], ...] = STOMP_QUEUES
 ) -> config_mod.Config:
-    """MQTT and STOMP (named "stomp") listeners, plus a STOMP listener named "stomp-fast"
-    whose heart-beat period is FAST_HEARTBEAT; all on ephemeral loopback ports."""
-    text = f"""
-[gateway]
-data_dir = "{os.fspath(tmp_path)}/data"
-drain_timeout = 2.0
-
-[[listeners]]
-protocol = "mqtt"
-bind = "127.0.0.1:0"
-
-[[listeners]]
-protocol = "stomp"
-name = "stomp"
-bind = "127.0.0.1:0"
-
-[[listeners]]
-protocol = "stomp"
-name = "stomp-fast"
-bind = "127.0.0.1:0"
-heartbeat = {FAST_HEARTBEAT}
-"""
+    """MQTT and STOMP listeners (named "mqtt" and "stomp"), plus a STOMP listener named
+    "stomp-fast" whose heart-beat period is FAST_HEARTBEAT; all on ephemeral loopback ports."""
+    text = gateway_toml(tmp_path) + listeners_toml("mqtt", "stomp")
+    text += listeners_toml("stomp", stomp="stomp-fast") + f"heartbeat = {FAST_HEARTBEAT}\n"
     for queue in queues:
         text += "\n[[queues]]\n" + "".join(f"{k} = {v!r}\n" for k, v in queue.items())
     return config_mod.loads(text, "test.toml")
@@ -144,11 +128,7 @@ def make_http_config(
 ) -> config_mod.Config:
     """MQTT, STOMP and HTTP listeners (named "mqtt", "stomp", "http") on ephemeral loopback
     ports; ``http`` adds keys to the HTTP listener, ``gateway`` to the [gateway] table."""
-    text = f"""
-[gateway]
-data_dir = "{os.fspath(tmp_path)}/data"
-drain_timeout = 2.0
-""" + "".join(f"{key} = {_toml(value)}\n" for key, value in (gateway or {}).items())
+    text = gateway_toml(tmp_path, **(gateway or {}))
     text += listeners_toml("mqtt", "stomp", "http") + "".join(
         f"{key} = {_toml(value)}\n" for key, value in http.items()
     )

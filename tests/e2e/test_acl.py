@@ -22,7 +22,7 @@ from gateway import config as config_mod
 from gateway.app import Gateway
 from gateway.auth.identity import Identity
 from gateway.listeners.http import Request
-from tests.conftest import NET_TIMEOUT, running_gateway
+from tests.conftest import NET_TIMEOUT, gateway_toml, listeners_toml, running_gateway
 from tests.listeners.test_http_wire import Reply, curl, mqtt5_client
 from tests.paho import Paho
 from tests.stomp_client import Stomp, StompFailure
@@ -82,27 +82,7 @@ IDENTITIES = {
 
 
 def acl_config(tmp_path: os.PathLike[str]) -> config_mod.Config:
-    text = f"""
-[gateway]
-data_dir = "{os.fspath(tmp_path)}/data"
-drain_timeout = 2.0
-sys_interval = 1.0
-
-[[listeners]]
-protocol = "mqtt"
-name = "mqtt"
-bind = "127.0.0.1:0"
-
-[[listeners]]
-protocol = "stomp"
-name = "stomp"
-bind = "127.0.0.1:0"
-
-[[listeners]]
-protocol = "http"
-name = "http"
-bind = "127.0.0.1:0"
-"""
+    text = gateway_toml(tmp_path, sys_interval=1.0) + listeners_toml("mqtt", "stomp", "http")
     return config_mod.loads(text + ACL, "acl.toml")
 
 

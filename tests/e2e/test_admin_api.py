@@ -23,7 +23,13 @@ from gateway.app import Gateway
 from gateway.auth.users import Users, save_users, with_password
 from gateway.listeners.http import path_params
 from gateway.listeners.http_admin import ADMIN_ROUTES, PREFIX
-from tests.conftest import NET_TIMEOUT, listeners_toml, make_http_config, running_gateway
+from tests.conftest import (
+    NET_TIMEOUT,
+    gateway_toml,
+    listeners_toml,
+    make_http_config,
+    running_gateway,
+)
 from tests.listeners.test_http_wire import Reply, curl, declared_statuses, wait_until
 from tests.paho import Paho
 from tests.stomp_client import Stomp
@@ -73,11 +79,9 @@ def write_config(tmp_path: Path, *, extra: str = "") -> Path:
     users = with_password(users, ADMIN[0], ADMIN[1], groups=("admin",), iterations=4096)
     users = with_password(users, PLAIN[0], PLAIN[1], groups=("users",), iterations=4096)
     save_users(tmp_path / "users.toml", users)
-    text = f"""
-[gateway]
-data_dir = "{tmp_path}/data"
-drain_timeout = 2.0
-
+    text = (
+        gateway_toml(tmp_path)
+        + f"""
 [auth]
 users_file = "{tmp_path}/users.toml"
 
@@ -105,6 +109,7 @@ reconnect_max = 0.5
 outbound = [{{ match = "bridged/#", to = "exchange:amq.topic/{{topic}}" }}]
 {extra}
 """
+    )
     path = tmp_path / "gateway.toml"
     path.write_text(text)
     return path

@@ -29,7 +29,7 @@ from gateway.app import Gateway
 from gateway.auth.users import Users, save_users, with_password
 from gateway.codecs import mqtt
 from gateway.codecs.mqtt import ReasonCode
-from tests.conftest import NET_TIMEOUT, running_gateway
+from tests.conftest import NET_TIMEOUT, gateway_toml, listeners_toml, running_gateway
 from tests.e2e.test_tls import TLSPaho, TLSStomp
 from tests.listeners.test_tls import TLSFiles, tls_table
 from tests.paho import Paho
@@ -65,11 +65,9 @@ def auth_config(
     """MQTT, STOMP and HTTP listeners named after their protocol (plus ``listeners``, TOML
     text), users alice and bob, HS256 tokens, anonymous access ``anonymous``."""
     users = make_users(tmp_path / "users.toml", certificates)
-    text = f"""
-[gateway]
-data_dir = "{tmp_path}/data"
-drain_timeout = 2.0
-
+    text = (
+        gateway_toml(tmp_path)
+        + f"""
 [auth]
 users_file = "{users}"
 anonymous = "{anonymous}"
@@ -77,13 +75,8 @@ anonymous = "{anonymous}"
 [auth.jwt]
 hs256_secret = "{SECRET}"
 """
-    for protocol in ("mqtt", "stomp", "http"):
-        text += f"""
-[[listeners]]
-protocol = "{protocol}"
-name = "{protocol}"
-bind = "127.0.0.1:0"
-"""
+    )
+    text += listeners_toml("mqtt", "stomp", "http")
     return config_mod.loads(text + listeners, "test.toml")
 
 

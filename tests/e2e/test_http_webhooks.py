@@ -24,7 +24,7 @@ from structlog.testing import capture_logs
 from gateway import config as config_mod
 from gateway.app import Gateway
 from gateway.listeners.webhooks import github_signature, hmac_sha256, stripe_signature
-from tests.conftest import NET_TIMEOUT
+from tests.conftest import NET_TIMEOUT, gateway_toml, listeners_toml, running_gateway
 from tests.paho import Paho
 
 GITHUB_SECRET = b"gh-secret-for-tests"
@@ -33,18 +33,6 @@ CUSTOM_SECRET = b"custom-secret"
 BODY = b'{"zen": "Keep it logically awesome.", "hook_id": 1}'
 
 CONFIG = """
-[gateway]
-data_dir = "{data}"
-drain_timeout = 2.0
-
-[[listeners]]
-protocol = "mqtt"
-bind = "127.0.0.1:0"
-
-[[listeners]]
-protocol = "http"
-bind = "127.0.0.1:0"
-
 [[queues]]
 name = "payments"
 
@@ -90,18 +78,12 @@ async def gw(
     nursery: trio.Nursery, tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Gateway]:
     monkeypatch.setenv("GATEWAY_TEST_STRIPE_SECRET", STRIPE_SECRET.decode())
-    text = CONFIG.format(
-        data=f"{os.fspath(tmp_path)}/data",
-        github_secret=GITHUB_SECRET.decode(),
-        custom_secret=CUSTOM_SECRET.decode(),
+    text = gateway_toml(tmp_path) + listeners_toml("mqtt", "http")
+    text += CONFIG.format(
+        github_secret=GITHUB_SECRET.decode(), custom_secret=CUSTOM_SECRET.decode()
     )
-    gateway = Gateway(config_mod.loads(text, "webhooks.toml"))
-    with trio.fail_after(NET_TIMEOUT):
-        await nursery.start(gateway.run)
-    yield gateway
-    gateway.stop()
-    with trio.fail_after(NET_TIMEOUT):
-        await gateway.stopped.wait()
+    async with running_gateway(nursery, config_mod.loads(text, "webhooks.toml")) as gateway:
+        yield gateway
 
 
 async def curl(

@@ -25,7 +25,7 @@ from gateway.listeners.limits import (
     MESSAGE_RATE,
     RATE_THROTTLED,
 )
-from tests.conftest import NET_TIMEOUT, listener_port, running_gateway
+from tests.conftest import NET_TIMEOUT, gateway_toml, listener_port, listeners_toml, running_gateway
 from tests.e2e.test_auth_http import curl
 from tests.e2e.test_auth_mqtt import auth_config
 from tests.paho import Paho
@@ -38,23 +38,8 @@ V5 = paho.MQTTv5
 def limits_config(tmp_path: os.PathLike[str], **limits: object) -> config_mod.Config:
     """An MQTT and a STOMP listener (named "mqtt" and "stomp") with the same limits."""
     keys = "".join(f"{key} = {value!r}\n" for key, value in limits.items())
-    text = f"""
-[gateway]
-data_dir = "{os.fspath(tmp_path)}/data"
-drain_timeout = 2.0
-durability = "memory"
-sys_interval = 0
-
-[[listeners]]
-protocol = "mqtt"
-name = "mqtt"
-bind = "127.0.0.1:0"
-{keys}
-[[listeners]]
-protocol = "stomp"
-name = "stomp"
-bind = "127.0.0.1:0"
-{keys}"""
+    text = gateway_toml(tmp_path, durability="memory", sys_interval=0)
+    text += listeners_toml("mqtt") + keys + listeners_toml("stomp") + keys
     return config_mod.loads(text, "test.toml")
 
 

@@ -12,7 +12,7 @@ import trio
 
 from gateway import config as config_mod
 from gateway.app import Gateway
-from tests.conftest import NET_TIMEOUT, running_gateway
+from tests.conftest import NET_TIMEOUT, gateway_toml, listeners_toml, running_gateway
 from tests.listeners.test_http_wire import curl, mqtt5_client, wait_until
 from tests.paho import Paho, properties_dict
 from tests.stomp_client import Stomp
@@ -55,27 +55,7 @@ copy_to = ["loop/a/{#}"]
 def routes_config(tmp_path: os.PathLike[str]) -> config_mod.Config:
     """MQTT, STOMP and HTTP listeners on ephemeral loopback ports, the rules above, and
     $SYS statistics every second."""
-    text = f"""
-[gateway]
-data_dir = "{os.fspath(tmp_path)}/data"
-drain_timeout = 2.0
-sys_interval = 1.0
-
-[[listeners]]
-protocol = "mqtt"
-name = "mqtt"
-bind = "127.0.0.1:0"
-
-[[listeners]]
-protocol = "stomp"
-name = "stomp"
-bind = "127.0.0.1:0"
-
-[[listeners]]
-protocol = "http"
-name = "http"
-bind = "127.0.0.1:0"
-"""
+    text = gateway_toml(tmp_path, sys_interval=1.0) + listeners_toml("mqtt", "stomp", "http")
     return config_mod.loads(text + ROUTES, "routes.toml")
 
 

@@ -25,28 +25,16 @@ from gateway.core import Message
 from gateway.store import sqlite as sqlite_mod
 from gateway.store.base import StoredEntry
 from gateway.store.sqlite import SQLiteStore
-from tests.conftest import NET_TIMEOUT
+from tests.conftest import NET_TIMEOUT, gateway_toml, listeners_toml
 from tests.rawmqtt import RawClient
 
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY = [sys.executable, "-m", "gateway"]
 
 
-def write_config(tmp_path: Path, extra: str = "") -> Path:
+def write_config(tmp_path: Path) -> Path:
     path = tmp_path / "gateway.toml"
-    path.write_text(
-        f"""
-[gateway]
-data_dir = "{tmp_path / "data"}"
-drain_timeout = 2.0
-sys_interval = 0
-{extra}
-
-[[listeners]]
-protocol = "mqtt"
-bind = "127.0.0.1:0"
-"""
-    )
+    path.write_text(gateway_toml(tmp_path, sys_interval=0) + listeners_toml("mqtt"))
     return path
 
 
@@ -181,17 +169,7 @@ async def test_a_restart_logs_what_it_recovered_and_delivers_it(tmp_path: Path) 
 @pytest.mark.slow
 async def test_unacknowledged_stomp_messages_come_back_redelivered(tmp_path: Path) -> None:
     config = config_mod.loads(
-        f"""
-[gateway]
-data_dir = "{tmp_path / "data"}"
-drain_timeout = 2.0
-sys_interval = 0
-
-[[listeners]]
-protocol = "stomp"
-bind = "127.0.0.1:0"
-""",
-        "stomp.toml",
+        gateway_toml(tmp_path, sys_interval=0) + listeners_toml("stomp"), "stomp.toml"
     )
     with trio.fail_after(NET_TIMEOUT):
         async with trio.open_nursery() as nursery:
@@ -378,25 +356,8 @@ async def test_disk_full_refuses_publishers_of_every_protocol_then_traffic_resum
 ) -> None:
     monkeypatch.setattr(sqlite_mod, "RETRY_INTERVAL", 0.1)
     config = config_mod.loads(
-        f"""
-[gateway]
-data_dir = "{tmp_path / "data"}"
-drain_timeout = 2.0
-sys_interval = 0
-store_max_size = 131072
-
-[[listeners]]
-protocol = "mqtt"
-bind = "127.0.0.1:0"
-
-[[listeners]]
-protocol = "stomp"
-bind = "127.0.0.1:0"
-
-[[listeners]]
-protocol = "http"
-bind = "127.0.0.1:0"
-""",
+        gateway_toml(tmp_path, sys_interval=0, store_max_size=131072)
+        + listeners_toml("mqtt", "stomp", "http"),
         "full.toml",
     )
     gw = Gateway(config)

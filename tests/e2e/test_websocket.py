@@ -21,7 +21,7 @@ import trio
 
 from gateway import config as config_mod
 from gateway.app import Gateway
-from tests.conftest import NET_TIMEOUT
+from tests.conftest import NET_TIMEOUT, gateway_toml, listeners_toml, running_gateway
 from tests.paho import Paho, properties_dict
 from tests.stomp_client import WAIT, Stomp, _Collector
 
@@ -31,35 +31,14 @@ MB = 1024 * 1024
 
 def ws_config(tmp_path: os.PathLike[str]) -> config_mod.Config:
     """An http listener plus mqtt and stomp listeners, all on ephemeral loopback ports."""
-    text = f"""
-[gateway]
-data_dir = "{os.fspath(tmp_path)}/data"
-drain_timeout = 2.0
-
-[[listeners]]
-protocol = "http"
-bind = "127.0.0.1:0"
-
-[[listeners]]
-protocol = "mqtt"
-bind = "127.0.0.1:0"
-
-[[listeners]]
-protocol = "stomp"
-bind = "127.0.0.1:0"
-"""
+    text = gateway_toml(tmp_path) + listeners_toml("http", "mqtt", "stomp")
     return config_mod.loads(text, "test.toml")
 
 
 @pytest.fixture
 async def gw(nursery: trio.Nursery, tmp_path: os.PathLike[str]) -> AsyncIterator[Gateway]:
-    gateway = Gateway(ws_config(tmp_path))
-    with trio.fail_after(NET_TIMEOUT):
-        await nursery.start(gateway.run)
-    yield gateway
-    gateway.stop()
-    with trio.fail_after(NET_TIMEOUT):
-        await gateway.stopped.wait()
+    async with running_gateway(nursery, ws_config(tmp_path)) as gateway:
+        yield gateway
 
 
 class WSPaho(Paho):

@@ -47,7 +47,7 @@ def properties_dict(props: Properties | None) -> dict[str, Any]:
     return out
 
 
-class _Client(paho.Client):
+class PubrecClient(paho.Client):
     """paho ignores the reason code of a PUBREC; remember it per packet id."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -77,7 +77,7 @@ class Paho:
         self.protocol = protocol
         self.keepalive = keepalive
         self.messages: queue.Queue[paho.MQTTMessage] = queue.Queue()
-        self.client = _Client(
+        self.client = PubrecClient(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=protocol,

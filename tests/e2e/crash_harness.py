@@ -33,6 +33,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from tests.paho import PubrecClient
+
 ROOT = Path(__file__).resolve().parents[2]
 WAIT = 15.0
 HOST = "127.0.0.1"
@@ -206,20 +208,6 @@ class PortTaken(Exception):
 # -- MQTT ------------------------------------------------------------------------------------------
 
 
-class _Paho(paho.Client):
-    """paho ignores the reason code of a PUBREC: remember it per packet id."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.pubrec_reasons: dict[int, int] = {}
-
-    def _handle_pubrec(self) -> paho.MQTTErrorCode:
-        body = self._in_packet["packet"]
-        if len(body) >= 2:
-            self.pubrec_reasons[int.from_bytes(body[:2], "big")] = body[2] if len(body) > 2 else 0
-        return super()._handle_pubrec()
-
-
 def _connect_properties() -> Properties:
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = SESSION_EXPIRY
@@ -233,7 +221,7 @@ class MQTTClient:
 
     def __init__(self, client_id: str, *, max_inflight: int = 20) -> None:
         self.client_id = client_id
-        self.client = _Paho(
+        self.client = PubrecClient(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=paho.MQTTv5,

@@ -21,10 +21,14 @@ from bench import loadgen, mqttwire, report, scenarios, stompwire, systems
 REPO = Path(__file__).resolve().parent.parent
 
 
-def bench_run(tmp_path: Path, *argv: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Run ``python -m bench run ...``; its JSON records and its one run record."""
+def bench_run(
+    tmp_path: Path, scenario: str, system: str, *argv: str
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run ``python -m bench run SCENARIO --system SYSTEM`` once, for a second after half a
+    second's warm-up, with ``argv``; its JSON records and its one run record."""
+    tiny = ("--reps", "1", "--seconds", "1", "--warmup", "0.5")
     result = subprocess.run(
-        [sys.executable, "-m", "bench", "run", *argv],
+        [sys.executable, "-m", "bench", "run", scenario, "--system", system, *tiny, *argv],
         capture_output=True,
         text=True,
         timeout=90,
@@ -41,22 +45,7 @@ def bench_run(tmp_path: Path, *argv: str) -> tuple[list[dict[str, Any]], dict[st
 
 
 def test_fanin_on_the_gateway_prints_a_json_line_per_run(tmp_path: Path) -> None:
-    records, run = bench_run(
-        tmp_path,
-        "fanin",
-        "--system",
-        "gateway",
-        "--reps",
-        "1",
-        "--seconds",
-        "1",
-        "--warmup",
-        "0.5",
-        "--publishers",
-        "2",
-        "--drain",
-        "5",
-    )
+    records, run = bench_run(tmp_path, "fanin", "gateway", "--publishers", "2", "--drain", "5")
     assert run["scenario"] == "fanin"
     assert run["system"] == "gateway"
     assert run["params"]["publishers"] == 2
@@ -70,20 +59,7 @@ def test_fanin_on_the_gateway_prints_a_json_line_per_run(tmp_path: Path) -> None
 
 
 def test_stomp_fanin_on_the_gateway_prints_a_json_line(tmp_path: Path) -> None:
-    _, run = bench_run(
-        tmp_path,
-        "stomp-fanin",
-        "--system",
-        "gateway",
-        "--reps",
-        "1",
-        "--seconds",
-        "1",
-        "--warmup",
-        "0.5",
-        "--drain",
-        "5",
-    )
+    _, run = bench_run(tmp_path, "stomp-fanin", "gateway", "--drain", "5")
     assert (run["bench"], run["scenario"], run["system"]) == ("stomp", "stomp-fanin", "gateway")
     assert run["msgs_per_cpu_s"] > 0
     assert run["received"] + run["lost"] == run["expected"] == run["sent"] > 0
@@ -95,20 +71,7 @@ def test_stomp_fanin_4k_on_coilmq_prints_a_json_line(tmp_path: Path) -> None:
         if os.environ.get("GATEWAY_TEST_REQUIRE_UPSTREAMS") == "1":
             pytest.fail(why)  # CI installs it: never a silent skip there
         pytest.skip(why)
-    _, run = bench_run(
-        tmp_path,
-        "stomp-fanin-4k",
-        "--system",
-        "coilmq",
-        "--reps",
-        "1",
-        "--seconds",
-        "1",
-        "--warmup",
-        "0.5",
-        "--drain",
-        "5",
-    )
+    _, run = bench_run(tmp_path, "stomp-fanin-4k", "coilmq", "--drain", "5")
     assert (run["preset"], run["system"], run["params"]["window"]) == (
         "stomp-fanin-4k",
         "coilmq",
@@ -254,20 +217,7 @@ def test_stomp_queue_4k_specs_per_system(system: str) -> None:
 def test_durable_qos1_on_the_gateway_loses_nothing(tmp_path: Path) -> None:
     """The subscriber's session is away while the gateway (mode sync, a fresh data
     directory) acknowledges; every acknowledged message reaches it when it returns."""
-    _, run = bench_run(
-        tmp_path,
-        "durable-qos1",
-        "--system",
-        "gateway",
-        "--reps",
-        "1",
-        "--seconds",
-        "1",
-        "--warmup",
-        "0.5",
-        "--drain",
-        "10",
-    )
+    _, run = bench_run(tmp_path, "durable-qos1", "gateway", "--drain", "10")
     assert (run["bench"], run["settings"]["durability"]) == ("durable", "default (sync)")
     assert run["settings"]["data_dir"].startswith(tempfile.gettempdir())
     assert run["acked"] > 0
@@ -282,20 +232,7 @@ def test_durable_qos1_on_the_gateway_loses_nothing(tmp_path: Path) -> None:
 
 
 def test_durable_qos1_online_on_gateway_memory(tmp_path: Path) -> None:
-    _, run = bench_run(
-        tmp_path,
-        "durable-qos1-online",
-        "--system",
-        "gateway-memory",
-        "--reps",
-        "1",
-        "--seconds",
-        "1",
-        "--warmup",
-        "0.5",
-        "--drain",
-        "10",
-    )
+    _, run = bench_run(tmp_path, "durable-qos1-online", "gateway-memory", "--drain", "10")
     assert run["settings"]["durability"] == "memory"
     assert run["params"]["lead"] == 1000
     assert run["lost"] == 0

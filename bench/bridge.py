@@ -308,15 +308,7 @@ def measure(
         acked_total = sum(int(g.shared.acked[i]) for i in pubs)
         # The queue fills up to what was acknowledged (the ack-stored gateway's outbox
         # drains); done when it holds that many, or nothing moved for 3 s.
-        last, moved = rabbit.count(queue), time.monotonic()
-        drain_end = time.monotonic() + p.drain
-        while last < acked_total and time.monotonic() < drain_end:
-            time.sleep(0.05)
-            now = rabbit.count(queue)
-            if now != last:
-                last, moved = now, time.monotonic()
-            elif time.monotonic() - moved > 3.0:
-                break
+        sc.wait_drained(lambda: rabbit.count(queue), acked_total, p.drain, quiet=3.0)
         end = snap()
         out["drain_s"] = round((end[0] - b[0]) / 1e9, 2)
         if gw is not None and not gw.alive():

@@ -25,7 +25,7 @@ import random
 import statistics
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -223,6 +223,25 @@ def _sleep_until(t_ns: int, group: lg.WorkerGroup, broker: Running) -> None:
         time.sleep(min(left, 0.1))
 
 
+def wait_drained(
+    count: Callable[[], int], target: int, seconds: float, quiet: float
+) -> tuple[int | None, float]:
+    """Poll ``count`` until it reaches ``target``, stops moving for ``quiet`` seconds, or
+    ``seconds`` have passed: when it last moved (lg.now_ns(), None if it never did) and the
+    seconds waited, rounded to hundredths."""
+    started = time.monotonic()
+    last, moved, moved_ns = count(), started, None
+    end = started + seconds
+    while last < target and time.monotonic() < end:
+        time.sleep(0.05)
+        now = count()
+        if now != last:
+            last, moved, moved_ns = now, time.monotonic(), lg.now_ns()
+        elif time.monotonic() - moved > quiet:
+            break
+    return moved_ns, round(seconds - max(0.0, end - time.monotonic()), 2)
+
+
 def topic_space(p: Params) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
     """Wildcard: the published topics and, per subscriber connection, its filters.
 
@@ -402,17 +421,10 @@ def run_flow(scenario: str, p: Params, broker: Running) -> dict[str, Any]:
         g.wait_state(2, timeout=30, slots=pubs)  # publishers flushed: their counts are final
         sent = g.counter(pubs)
         expected = sent * copies
-        last, moved, t_last = g.counter(subs), time.monotonic(), b[0]
-        quiet = 2.0
-        drain_end = time.monotonic() + p.drain
-        while last < expected and time.monotonic() < drain_end:
-            time.sleep(0.05)
-            now = g.counter(subs)
-            if now != last:
-                last, moved, t_last = now, time.monotonic(), lg.now_ns()
-            elif time.monotonic() - moved > quiet:
-                break
-        out["drain_s"] = round(p.drain - max(0.0, drain_end - time.monotonic()), 2)
+        moved_ns, out["drain_s"] = wait_drained(
+            lambda: g.counter(subs), expected, p.drain, quiet=2.0
+        )
+        t_last = b[0] if moved_ns is None else moved_ns
         cpu_end = broker.cpu_seconds()
         g.set(lg.STOP)
         sub_results = g.collect(subs, timeout=20)
@@ -660,16 +672,7 @@ def run_durable(scenario: str, p: Params, broker: Running) -> dict[str, Any]:
             g.wait_state(3, timeout=60, slots=subs)
             resumed_at, cpu_resume = lg.now_ns(), broker.cpu_seconds()
         expected = sent * len(subs)
-        last, moved = g.counter(subs), time.monotonic()
-        drain_end = time.monotonic() + p.drain
-        while last < expected and time.monotonic() < drain_end:
-            time.sleep(0.05)
-            now = g.counter(subs)
-            if now != last:
-                last, moved = now, time.monotonic()
-            elif time.monotonic() - moved > 2.0:
-                break
-        out["drain_s"] = round(p.drain - max(0.0, drain_end - time.monotonic()), 2)
+        _, out["drain_s"] = wait_drained(lambda: g.counter(subs), expected, p.drain, quiet=2.0)
         cpu_end = broker.cpu_seconds()
         g.set(lg.STOP)
         sub_results = g.collect(subs, timeout=20)

@@ -20,12 +20,14 @@ import contextlib
 import itertools
 import queue
 import threading
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import stomp
 import trio
+
+from tests.conftest import NET_TIMEOUT
 
 WAIT = 5.0
 VERSIONS = ("1.0", "1.1", "1.2")
@@ -430,6 +432,19 @@ class Stomp:
 
     async def wait_disconnected(self, within: float = WAIT) -> bool:
         return await trio.to_thread.run_sync(self.disconnected.wait, within)
+
+
+@contextlib.asynccontextmanager
+async def connected_stomp(port: int, version: str = "1.2") -> AsyncIterator[Stomp]:
+    """A connected stomp.py client, closed on exit (each within NET_TIMEOUT)."""
+    client = Stomp(port, version)
+    try:
+        with trio.fail_after(NET_TIMEOUT):
+            await client.connect()
+        yield client
+    finally:
+        with trio.fail_after(NET_TIMEOUT):
+            await client.close()
 
 
 # -- the raw client ----------------------------------------------------------------------------

@@ -14,30 +14,23 @@ import trio
 
 from gateway.app import Gateway
 from tests.conftest import NET_TIMEOUT
+from tests.listeners.test_http_wire import mqtt5_client
 from tests.paho import Paho, properties_dict
-from tests.stomp_client import Stomp
+from tests.stomp_client import Stomp, connected_stomp
 
 V5 = paho.MQTTv5
 
 
 @pytest.fixture
 async def stomp_client(stomp_gateway: Gateway) -> AsyncIterator[Stomp]:
-    client = Stomp(stomp_gateway.port("stomp"), "1.2")
-    with trio.fail_after(NET_TIMEOUT):
-        await client.connect()
-    yield client
-    with trio.fail_after(NET_TIMEOUT):
-        await client.close()
+    async with connected_stomp(stomp_gateway.port("stomp")) as client:
+        yield client
 
 
 @pytest.fixture
 async def mqtt_client(stomp_gateway: Gateway) -> AsyncIterator[Paho]:
-    client = Paho(stomp_gateway.port("mqtt"), "cross-v5", protocol=V5)
-    with trio.fail_after(NET_TIMEOUT):
-        await client.connect()
-    yield client
-    with trio.fail_after(NET_TIMEOUT):
-        await client.close()
+    async with mqtt5_client(stomp_gateway.port("mqtt"), "cross-v5") as client:
+        yield client
 
 
 async def test_mqtt5_publish_reaches_stomp_topic_subscriber_with_headers(

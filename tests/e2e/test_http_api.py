@@ -16,7 +16,7 @@ from gateway.app import Gateway
 from tests.conftest import NET_TIMEOUT, make_http_config, running_gateway
 from tests.listeners.test_http_wire import Reply, curl, mqtt5_client, wait_until
 from tests.paho import Paho, properties_dict
-from tests.stomp_client import Received, Stomp
+from tests.stomp_client import Received, Stomp, connected_stomp
 
 
 @pytest.fixture
@@ -27,12 +27,8 @@ async def mqtt5(http_gateway: Gateway) -> AsyncIterator[Paho]:
 
 @pytest.fixture
 async def stomp(http_gateway: Gateway) -> AsyncIterator[Stomp]:
-    client = Stomp(http_gateway.port("stomp"))
-    with trio.fail_after(NET_TIMEOUT):
-        await client.connect()
-    yield client
-    with trio.fail_after(NET_TIMEOUT):
-        await client.close()
+    async with connected_stomp(http_gateway.port("stomp")) as client:
+        yield client
 
 
 def port(gw: Gateway) -> int:

@@ -15,7 +15,7 @@ from gateway.app import Gateway
 from tests.conftest import NET_TIMEOUT, gateway_toml, listeners_toml, running_gateway
 from tests.listeners.test_http_wire import curl, mqtt5_client, wait_until
 from tests.paho import Paho, properties_dict
-from tests.stomp_client import Stomp
+from tests.stomp_client import Stomp, connected_stomp
 
 ROUTES = """
 [[routes]]
@@ -73,12 +73,8 @@ async def mqtt5(gw: Gateway) -> AsyncIterator[Paho]:
 
 @pytest.fixture
 async def stomp(gw: Gateway) -> AsyncIterator[Stomp]:
-    client = Stomp(gw.port("stomp"), "1.2")
-    with trio.fail_after(NET_TIMEOUT):
-        await client.connect()
-    yield client
-    with trio.fail_after(NET_TIMEOUT):
-        await client.close()
+    async with connected_stomp(gw.port("stomp")) as client:
+        yield client
 
 
 async def topics_received(client: Paho, until: str) -> list[str]:

@@ -26,7 +26,7 @@ from tests.listeners.test_http_sse import SSEStream
 from tests.listeners.test_http_wire import RawHTTP, curl, mqtt5_client, record
 from tests.paho import Paho, properties_dict
 from tests.rawmqtt import RawClient
-from tests.stomp_client import Received, Stomp, StompFailure
+from tests.stomp_client import Received, Stomp, StompFailure, connected_stomp
 
 PROTOCOLS = ("mqtt", "stomp", "http")
 END = b"end"
@@ -87,13 +87,11 @@ class Clients:
 
 @pytest.fixture
 async def clients(http_gateway: Gateway) -> AsyncIterator[Clients]:
-    stomp = Stomp(http_gateway.port("stomp"))
-    with trio.fail_after(NET_TIMEOUT):
-        await stomp.connect()
-    async with mqtt5_client(http_gateway.port("mqtt"), "selector-publisher") as publisher:
+    async with (
+        connected_stomp(http_gateway.port("stomp")) as stomp,
+        mqtt5_client(http_gateway.port("mqtt"), "selector-publisher") as publisher,
+    ):
         yield Clients(http_gateway, publisher, stomp)
-    with trio.fail_after(NET_TIMEOUT):
-        await stomp.close()
 
 
 async def stomp_client(gw: Gateway) -> Stomp:

@@ -240,6 +240,13 @@ class Paho:
         """The next message; queue.Empty if none arrives within that many seconds."""
         return await trio.to_thread.run_sync(lambda: self.messages.get(timeout=within))
 
+    async def topics_until(self, marker: str) -> list[str]:
+        """The topics of the messages received up to and including the topic ``marker``."""
+        topics: list[str] = []
+        while not topics or topics[-1] != marker:
+            topics.append((await self.get()).topic)
+        return topics
+
     def _close(self, reason_code: int | None) -> None:
         reason = None
         if reason_code is not None:

@@ -117,14 +117,6 @@ def codes(granted: list[Any]) -> list[int]:
     return [int(code.value) if hasattr(code, "value") else int(code) for code in granted]
 
 
-async def received(client: Paho, until: str) -> list[str]:
-    """The topics ``client`` receives up to and including the marker topic ``until``."""
-    topics: list[str] = []
-    while not topics or topics[-1] != until:
-        topics.append((await client.get()).topic)
-    return topics
-
-
 # -- MQTT ------------------------------------------------------------------------------------
 
 
@@ -146,7 +138,7 @@ async def test_mqtt5_a_wildcard_never_reads_another_users_topic(gw: Gateway) -> 
             assert (retained.topic, retained.retain) == ("inbox/alice/retained", True)
             for topic in ("inbox/bob/live", "inbox/alice/live", "news/marker"):
                 await service.publish(topic, b"x", qos=1)
-            assert await received(alice, "news/marker") == ["inbox/alice/live", "news/marker"]
+            assert await alice.topics_until("news/marker") == ["inbox/alice/live", "news/marker"]
             with pytest.raises(queue.Empty):
                 await alice.get(within=0.3)
 

@@ -77,14 +77,6 @@ async def stomp(gw: Gateway) -> AsyncIterator[Stomp]:
         yield client
 
 
-async def topics_received(client: Paho, until: str) -> list[str]:
-    """The topics ``client`` receives up to and including ``until`` (a marker)."""
-    topics = []
-    while not topics or topics[-1] != until:
-        topics.append((await client.get()).topic)
-    return topics
-
-
 async def test_an_mqtt_publish_is_copied_to_a_stomp_queue(
     gw: Gateway, mqtt5: Paho, stomp: Stomp
 ) -> None:
@@ -169,7 +161,7 @@ async def test_a_drop_is_counted_in_the_stats_and_in_sys(gw: Gateway, mqtt5: Pah
             reason = await publisher.publish("noise/fan", b"whirr", qos=1)
             assert reason == 0x10  # no matching subscribers: nothing took it
             await publisher.publish("marker", b"", qos=1)
-        assert await topics_received(mqtt5, "marker") == ["marker"]
+        assert await mqtt5.topics_until("marker") == ["marker"]
         assert gw.broker.stats.drops["route:noise"] == 1
         assert gw.broker.stats.routes.matched["noise"] == 1
         # $SYS/broker/messages/dropped sums every drop, the routed ones included.
@@ -184,7 +176,7 @@ async def test_rules_copying_into_each_other_do_not_loop(gw: Gateway, mqtt5: Pah
         async with mqtt5_client(gw.port("mqtt"), "routes-looper") as publisher:
             await publisher.publish("loop/a/x", b"once", qos=1)
             await publisher.publish("loop/marker", b"", qos=1)
-        received = await topics_received(mqtt5, "loop/marker")
+        received = await mqtt5.topics_until("loop/marker")
         assert sorted(received) == ["loop/a/x", "loop/b/x", "loop/marker"]
         await wait_until(lambda: gw.broker.stats.routes.matched["a-to-b"] == 1)
         assert gw.broker.stats.routes.matched["b-to-a"] == 0

@@ -40,13 +40,8 @@ def make_config(tmp_path: os.PathLike[str], **listener: object) -> config_mod.Co
 @pytest.fixture
 async def gateway(nursery: trio.Nursery, tmp_path: os.PathLike[str]) -> AsyncIterator[Gateway]:
     """A gateway with one MQTT listener on an ephemeral loopback port."""
-    gw = Gateway(make_config(tmp_path))
-    with trio.fail_after(NET_TIMEOUT):
-        await nursery.start(gw.run)
-    yield gw
-    gw.stop()
-    with trio.fail_after(NET_TIMEOUT):
-        await gw.stopped.wait()
+    async with running_gateway(nursery, make_config(tmp_path)) as gw:
+        yield gw
 
 
 # The STOMP gateway's named queues: "x" dead-letters to "x.dlq" after three deliveries.
@@ -80,13 +75,8 @@ async def stomp_gateway(
     nursery: trio.Nursery, tmp_path: os.PathLike[str]
 ) -> AsyncIterator[Gateway]:
     """A gateway with MQTT and STOMP listeners (make_stomp_config); gw.port("stomp")."""
-    gw = Gateway(make_stomp_config(tmp_path))
-    with trio.fail_after(NET_TIMEOUT):
-        await nursery.start(gw.run)
-    yield gw
-    gw.stop()
-    with trio.fail_after(NET_TIMEOUT):
-        await gw.stopped.wait()
+    async with running_gateway(nursery, make_stomp_config(tmp_path)) as gw:
+        yield gw
 
 
 def upstream_reachable(host: str, port: int) -> None:

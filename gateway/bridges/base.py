@@ -76,6 +76,11 @@ class InboundRule:
 Settle = Callable[[bool], None]
 
 
+def no_settle(accepted: bool) -> None:
+    """The ``settle`` of an inbound message taken at most once: nothing to tell the
+    upstream either way."""
+
+
 class Link(Protocol):
     """What the framework gives an upstream; every method is synchronous, never
     blocks and never raises."""

@@ -50,6 +50,7 @@ from .base import (
     Settle,
     Upstream,
     UpstreamError,
+    no_settle,
     open_stream,
 )
 
@@ -118,10 +119,6 @@ def _plain_filter(source: str) -> str:
         _, _, rest = source[len(SHARE_PREFIX) :].partition("/")
         return rest
     return source
-
-
-def _noop(accepted: bool) -> None:
-    pass
 
 
 class MqttUpstream(Upstream):
@@ -534,7 +531,7 @@ class MqttUpstream(Upstream):
         sends nothing more: the connection is ended so that it sends them again.
         """
         if not qos or pid is None:
-            return _noop
+            return no_settle
         done = False
 
         def settle(accepted: bool) -> None:

@@ -43,6 +43,7 @@ from .base import (
     Upstream,
     UpstreamError,
     client_tls_context,
+    no_settle,
 )
 from .config import BridgeConfig
 from .nats_protocol import parse_source as parse_source  # the configuration check's
@@ -440,7 +441,8 @@ class NatsUpstream(Upstream):
         elif (rule := self._core.get(msg.sid)) is not None:
             headers = msg.headers if isinstance(msg, wire.HMsg) else ()
             message = wire.inbound_message(headers, msg.payload, 0)
-            self.link.received(rule, msg.subject, message, _no_settle)
+            # Core NATS is at most once: nothing to acknowledge.
+            self.link.received(rule, msg.subject, message, no_settle)
 
     def _on_reply(self, msg: wire.Msg | wire.HMsg) -> None:
         token = msg.subject.rpartition(".")[2]
@@ -583,7 +585,3 @@ class NatsUpstream(Upstream):
         finally:
             await trio.aclose_forcefully(self._stream)
             self.log.info("bridge.nats.closed")
-
-
-def _no_settle(ok: bool) -> None:
-    """Core NATS messages are at most once: nothing to acknowledge."""

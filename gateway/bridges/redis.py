@@ -35,6 +35,7 @@ from .base import (
     Settle,
     Upstream,
     UpstreamError,
+    no_settle,
     open_stream,
 )
 from .config import BridgeConfig
@@ -226,10 +227,6 @@ class _Unsettled:
     def __init__(self, left: int) -> None:
         self.left = left
         self.ok = True
-
-
-def _ignore(ok: bool) -> None:
-    pass
 
 
 class RedisUpstream(Upstream):
@@ -444,7 +441,7 @@ class RedisUpstream(Upstream):
                 self._ack(key, entry_id)  # at most once: acked as it is taken
             for rule in rules:
                 message = entry_message(fields, rule.qos)
-                settle = self._settler(key, entry_id, unsettled) if rule.qos > 0 else _ignore
+                settle = self._settler(key, entry_id, unsettled) if rule.qos > 0 else no_settle
                 self.link.received(rule.index, rule.source, message, settle)
 
     async def _wait_for_room(self) -> int:

@@ -147,15 +147,19 @@ def client_tls_context(config: BridgeConfig) -> ssl.SSLContext:
     return context
 
 
-async def open_stream(config: BridgeConfig, endpoint: Endpoint) -> trio.abc.Stream:
-    """A TCP (and TLS, when the URL's scheme or ``tls`` asks) stream to ``endpoint``.
-    Raises UpstreamError."""
+async def connect_tcp(endpoint: Endpoint) -> trio.SocketStream:
+    """A TCP stream to ``endpoint``. Raises UpstreamError."""
     try:
-        tcp = await trio.open_tcp_stream(endpoint.host, endpoint.port)
+        return await trio.open_tcp_stream(endpoint.host, endpoint.port)
     except OSError as exc:
         raise UpstreamError(f"cannot connect to {endpoint.host}:{endpoint.port}: {exc}") from exc
-    if not (endpoint.tls or config.tls is not None):
-        return tcp
+
+
+async def start_tls(
+    config: BridgeConfig, endpoint: Endpoint, tcp: trio.abc.Stream
+) -> trio.SSLStream[trio.abc.Stream]:
+    """TLS over ``tcp``, handshake done (``tls.server_name`` or the URL's host is the
+    name checked). Raises UpstreamError, having closed ``tcp``."""
     server_name = config.tls.server_name if config.tls and config.tls.server_name else endpoint.host
     stream = trio.SSLStream(tcp, client_tls_context(config), server_hostname=server_name)
     try:
@@ -164,6 +168,15 @@ async def open_stream(config: BridgeConfig, endpoint: Endpoint) -> trio.abc.Stre
         await trio.aclose_forcefully(tcp)
         raise UpstreamError(f"TLS handshake with {endpoint.host}:{endpoint.port}: {exc}") from exc
     return stream
+
+
+async def open_stream(config: BridgeConfig, endpoint: Endpoint) -> trio.abc.Stream:
+    """A TCP (and TLS, when the URL's scheme or ``tls`` asks) stream to ``endpoint``.
+    Raises UpstreamError."""
+    tcp = await connect_tcp(endpoint)
+    if not (endpoint.tls or config.tls is not None):
+        return tcp
+    return await start_tls(config, endpoint, tcp)
 
 
 class Upstream(ABC):

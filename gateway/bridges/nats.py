@@ -42,8 +42,9 @@ from .base import (
     Settle,
     Upstream,
     UpstreamError,
-    client_tls_context,
+    connect_tcp,
     no_settle,
+    start_tls,
 )
 from .config import BridgeConfig
 from .nats_protocol import parse_source as parse_source  # the configuration check's
@@ -175,12 +176,7 @@ class NatsUpstream(Upstream):
             sources = [(rule, wire.parse_source(rule.source)) for rule in self.inbound]
         except ValueError as exc:
             raise UpstreamError(f"nats: {exc}", retry=False) from None
-        try:
-            self._stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
-        except OSError as exc:
-            raise UpstreamError(
-                f"cannot connect to {endpoint.host}:{endpoint.port}: {exc}"
-            ) from exc
+        self._stream = await connect_tcp(endpoint)
         event = await self._next_event()
         if not isinstance(event, wire.Info):
             raise UpstreamError(f"nats: expected INFO, got {type(event).__name__}")
@@ -228,17 +224,8 @@ class NatsUpstream(Upstream):
             raise UpstreamError(
                 f"nats: {endpoint.host}:{endpoint.port} does not offer TLS", retry=False
             )
-        tls = self.config.tls
-        name = tls.server_name if tls is not None and tls.server_name else endpoint.host
         assert self._stream is not None
-        stream = trio.SSLStream(self._stream, client_tls_context(self.config), server_hostname=name)
-        try:
-            await stream.do_handshake()
-        except (trio.BrokenResourceError, ssl.SSLError) as exc:
-            raise UpstreamError(
-                f"TLS handshake with {endpoint.host}:{endpoint.port}: {exc}"
-            ) from exc
-        self._stream = stream
+        self._stream = await start_tls(self.config, endpoint, self._stream)
 
     def _connect_options(self, endpoint: Endpoint, tls: bool) -> dict[str, Any]:
         options: dict[str, Any] = {

@@ -37,6 +37,7 @@ from .base import (
     Upstream,
     UpstreamError,
     open_stream,
+    upstream_error_in,
 )
 from .config import BridgeConfig
 
@@ -397,11 +398,10 @@ class AmqpUpstream(Upstream):
                     nursery.start_soon(self._heartbeats)
                 await self._read()
         except BaseExceptionGroup as group:
-            # The interface promises an UpstreamError, not our nursery's group.
-            errors, _ = group.split(UpstreamError)
-            if errors is None:
+            error = upstream_error_in(group)
+            if error is None:
                 raise
-            raise _first(errors) from None
+            raise error from None
         finally:
             self._reading = False
 
@@ -552,8 +552,3 @@ class AmqpUpstream(Upstream):
             self._stream = None
             await trio.aclose_forcefully(stream)
             self.log.info("bridge.amqp.closed")
-
-
-def _first(group: BaseExceptionGroup[UpstreamError]) -> UpstreamError:
-    error = group.exceptions[0]
-    return _first(error) if isinstance(error, BaseExceptionGroup) else error

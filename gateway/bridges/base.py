@@ -52,6 +52,20 @@ class UpstreamError(Exception):
         self.retry = retry
 
 
+def upstream_error_in(group: BaseExceptionGroup[BaseException]) -> UpstreamError | None:
+    """The first UpstreamError in ``group`` (depth first), if any: what an
+    Upstream's ``run`` raises bare when its nursery fails, since the interface
+    promises an UpstreamError, not the nursery's group."""
+    for error in group.exceptions:
+        if isinstance(error, UpstreamError):
+            return error
+        if isinstance(error, BaseExceptionGroup):
+            found = upstream_error_in(error)
+            if found is not None:
+                return found
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Outbound:
     """A message to send upstream. ``target`` is the rendered destination of the

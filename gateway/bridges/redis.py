@@ -37,6 +37,7 @@ from .base import (
     UpstreamError,
     no_settle,
     open_stream,
+    upstream_error_in,
 )
 from .config import BridgeConfig
 from .resp import CLOSED, NEED_DATA, Arg, ErrorReply, Reply, RespParser, RespProtocolError
@@ -520,7 +521,7 @@ class RedisUpstream(Upstream):
                 if self._reader is not None:
                     nursery.start_soon(self._read_inbound, self._reader)
         except BaseExceptionGroup as group:
-            error = _first_upstream_error(group)
+            error = upstream_error_in(group)
             if error is None:
                 raise
             raise error from None
@@ -529,14 +530,3 @@ class RedisUpstream(Upstream):
         for conn in (self._reader, self._publisher):
             if conn is not None:
                 await conn.aclose()
-
-
-def _first_upstream_error(group: BaseExceptionGroup[BaseException]) -> UpstreamError | None:
-    for error in group.exceptions:
-        if isinstance(error, UpstreamError):
-            return error
-        if isinstance(error, BaseExceptionGroup):
-            found = _first_upstream_error(error)
-            if found is not None:
-                return found
-    return None

@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 import trio
@@ -53,6 +53,7 @@ from .base import (
     no_settle,
     open_stream,
 )
+from .mqtt_options import Options as Options  # the [bridges.mqtt] table, read by config
 
 if TYPE_CHECKING:
     from .config import BridgeConfig
@@ -75,32 +76,6 @@ _FATAL_CONNACK_V5: Final = frozenset({0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C})
 # SUBACK codes that retrying cannot cure: not authorized, topic filter invalid, shared
 # subscriptions, subscription identifiers, wildcards not supported (3.1.1 has only 0x80).
 _FATAL_SUBACK: Final = frozenset({0x87, 0x8F, 0x9E, 0xA1, 0xA2})
-
-
-class Options(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """The ``[bridges.mqtt]`` table (docs/bridge-mqtt.md)."""
-
-    # Default: gateway-bridge-<bridge name>.
-    client_id: str = ""
-    version: Literal[4, 5] = 5
-    # False with a session expiry: a persistent session, so that the broker keeps
-    # QoS 1/2 messages for the inbound subscriptions while the gateway is away.
-    clean_start: bool = False
-    session_expiry: int = 3600
-    keep_alive: int = 30
-    # QoS of outbound publishes; 0 is confirmed as soon as it is written.
-    qos: Literal[0, 1, 2] = 1
-    # Pass a message's retain flag upstream (otherwise never retained there).
-    retain: bool = False
-    receive_maximum: int = 100
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.session_expiry <= 0xFFFFFFFF:
-            raise ValueError("session_expiry must be 0 to 4294967295 seconds")
-        if not 0 <= self.keep_alive <= 0xFFFF:
-            raise ValueError("keep_alive must be 0 to 65535 seconds")
-        if not 1 <= self.receive_maximum <= 0xFFFF:
-            raise ValueError("receive_maximum must be 1 to 65535")
 
 
 @dataclass(slots=True)

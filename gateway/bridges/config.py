@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import importlib
 import re
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import msgspec
 
 BridgeKind = Literal["amqp", "mqtt", "nats", "redis"]
-KINDS: tuple[str, ...] = ("amqp", "mqtt", "nats", "redis")
+KINDS: tuple[str, ...] = get_args(BridgeKind)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -106,9 +106,7 @@ def check_bridge(bridge: BridgeConfig) -> tuple[str, str] | None:
         return "connect_timeout", "must be more than 0 seconds"
     if not 0 < bridge.reconnect_min <= bridge.reconnect_max:
         return "reconnect_min", "must be more than 0 and at most reconnect_max"
-    if not bridge.outbound and not bridge.inbound:
-        # A bridge may still only serve routes' forward_to_bridge: that is checked there.
-        pass
+    # A bridge with no rules may still serve routes' forward_to_bridge: checked there.
     for i, rule in enumerate(bridge.outbound):
         if rule.match.startswith("$queue/") and rule.selector is not None:
             return f"outbound[{i}].selector", "a queue is drained whole; use a route to select"
@@ -125,8 +123,6 @@ def check_bridge(bridge: BridgeConfig) -> tuple[str, str] | None:
         bridge.options()
     except ValueError as exc:
         return bridge.kind, str(exc)
-    except ImportError:
-        return "kind", f"{bridge.kind!r} bridges are not built yet"
     return _check_kind(bridge)
 
 
@@ -142,13 +138,10 @@ def _check_kind(bridge: BridgeConfig) -> tuple[str, str] | None:
     from .base import Endpoint
 
     kind = importlib.import_module(f"gateway.bridges.{bridge.kind}")
-    ports = getattr(kind, "DEFAULT_PORTS", None) or getattr(kind, "_PORTS", None)
-    schemes = frozenset(getattr(kind, "TLS_SCHEMES", ()) or getattr(kind, "_TLS_SCHEMES", ()))
-    if ports is not None:
-        try:
-            Endpoint.parse(bridge.url, ports, schemes)
-        except ValueError as exc:
-            return "url", str(exc)
+    try:
+        Endpoint.parse(bridge.url, kind.DEFAULT_PORTS, kind.TLS_SCHEMES)
+    except ValueError as exc:
+        return "url", str(exc)
     module_name, target_name, source_name = _PARSERS.get(bridge.kind, ("", None, None))
     if not module_name:
         return None

@@ -49,7 +49,6 @@ class Holds:
     def __init__(self) -> None:
         self._publishers: dict[Origin, _Publisher] = {}
         self._by_entry: dict[int, tuple[Origin, _Publisher, int]] = {}
-        self.opened = 0
         self.failed = 0
 
     def __len__(self) -> int:
@@ -72,7 +71,6 @@ class Holds:
         publisher.next += 1
         publisher.open[number] = None
         self._by_entry[key] = (origin, publisher, number)
-        self.opened += 1
 
     def leave(self, key: int, ok: bool) -> None:
         found = self._by_entry.pop(key, None)

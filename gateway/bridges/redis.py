@@ -53,6 +53,7 @@ READ_SIZE = 65536
 # The field names of a stream entry (docs/bridge-redis.md, "Stream fields").
 PAYLOAD = b"payload"
 HEADER_PREFIX = b"h:"
+_ORIGIN_FIELD = HEADER_PREFIX + ORIGIN_HEADER.encode()
 
 
 class Options(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -326,7 +327,7 @@ class RedisUpstream(Upstream):
         for name, value in message.headers.items():
             if name != ORIGIN_HEADER:
                 args += [HEADER_PREFIX + name.encode(), value]
-        args += [HEADER_PREFIX + ORIGIN_HEADER.encode(), self.config.name]
+        args += [_ORIGIN_FIELD, self.config.name]
         if message.content_type is not None:
             args += ["content-type", message.content_type]
         if message.correlation_id is not None:

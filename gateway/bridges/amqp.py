@@ -34,6 +34,7 @@ from .base import (
     InboundRule,
     Link,
     Outbound,
+    Output,
     Upstream,
     UpstreamError,
     open_stream,
@@ -126,9 +127,7 @@ class AmqpUpstream(Upstream):
         self.blocked = False
         self._stream: trio.abc.Stream | None = None
         self._decoder = wire.Decoder()
-        self._send_lock = trio.Lock()
-        self._output: list[bytes] = []
-        self._output_ready = trio.Event()
+        self._output = Output(self._write)
         self._last_sent = 0.0
         self._reading = False
         self._closed = False
@@ -329,28 +328,22 @@ class AmqpUpstream(Upstream):
     # --- writing ------------------------------------------------------------------
 
     async def _send(self, data: bytes) -> None:
+        async with self._output.lock:
+            await self._write(data)
+
+    async def _write(self, data: bytes) -> None:
+        """Write ``data``, under the output's lock."""
         assert self._stream is not None
-        async with self._send_lock:
-            try:
-                await self._stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                raise UpstreamError(f"connection lost: {exc}") from exc
-            self._last_sent = trio.current_time()
+        try:
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise UpstreamError(f"connection lost: {exc}") from exc
+        self._last_sent = trio.current_time()
 
     def _queue_output(self, data: bytes) -> None:
         """Buffer ``data`` for run's writer (settling is synchronous)."""
-        if self._closed:
-            return
-        self._output.append(data)
-        self._output_ready.set()
-
-    async def _writer(self) -> None:
-        while True:
-            await self._output_ready.wait()
-            self._output_ready = trio.Event()
-            data, self._output = b"".join(self._output), []
-            if data:
-                await self._send(data)
+        if not self._closed:
+            self._output.write(data)
 
     async def _heartbeats(self) -> None:
         interval = self.heartbeat / 2
@@ -391,9 +384,7 @@ class AmqpUpstream(Upstream):
         self._reading = True
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._writer)
-                if self._output:
-                    self._output_ready.set()
+                nursery.start_soon(self._output.writer)
                 if self.heartbeat:
                     nursery.start_soon(self._heartbeats)
                 await self._read()

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ssl
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Protocol
 from urllib.parse import unquote, urlsplit
@@ -191,6 +191,47 @@ async def open_stream(config: BridgeConfig, endpoint: Endpoint) -> trio.abc.Stre
     if not (endpoint.tls or config.tls is not None):
         return tcp
     return await start_tls(config, endpoint, tcp)
+
+
+class Output:
+    """What a connection writes: bytes buffered by code that cannot wait
+    (acknowledgements, settles, pings) and written by one writer task, all that is
+    buffered in one ``send``; ``lock`` keeps writes whole, one at a time, so that
+    frames never interleave."""
+
+    def __init__(self, send: Callable[[bytes], Awaitable[None]]) -> None:
+        self.buffer = bytearray()
+        self.lock = trio.Lock()
+        self._send = send
+        self._wake = trio.Event()
+
+    def write(self, data: bytes) -> None:
+        """Buffer ``data`` and wake the writer."""
+        self.buffer += data
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Wake the writer for what was put in ``buffer`` directly."""
+        self._wake.set()
+
+    def take(self) -> bytes:
+        """Everything buffered, and the buffer emptied (under ``lock``)."""
+        data = bytes(self.buffer)
+        self.buffer.clear()
+        return data
+
+    async def flush(self) -> None:
+        """Write everything buffered."""
+        async with self.lock:
+            if self.buffer:
+                await self._send(self.take())
+
+    async def writer(self) -> None:
+        """The writer task: flush whenever something is buffered."""
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            await self.flush()
 
 
 class Upstream(ABC):

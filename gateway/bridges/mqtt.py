@@ -47,6 +47,7 @@ from .base import (
     InboundRule,
     Link,
     Outbound,
+    Output,
     Settle,
     Upstream,
     UpstreamError,
@@ -116,10 +117,8 @@ class MqttUpstream(Upstream):
         self._codec = MQTTConnection(Role.CLIENT)
         self._stream: trio.abc.Stream | None = None
         self._connack: mqtt.ConnAck | None = None
-        # Output waiting for the writer, and whoever is writing.
-        self._out = bytearray()
-        self._wake = trio.Event()
-        self._send_lock = trio.Lock()
+        # Output waiting for the writer; _last_send is when it last wrote (keep-alive).
+        self._output = Output(self._send)
         self._last_send = 0.0
         self._pong = trio.Event()
         # Outbound: publishes awaiting their PUBACK/PUBCOMP by packet id, and those
@@ -177,7 +176,7 @@ class MqttUpstream(Upstream):
                 properties=props,
             )
         )
-        await self._flush()
+        await self._output.flush()
         while self._connack is None:
             await self._receive()
         connack = self._connack
@@ -209,7 +208,7 @@ class MqttUpstream(Upstream):
                     packet_id=pid, subscriptions=((source, flags),), properties=sub_props
                 )
             )
-        await self._flush()
+        await self._output.flush()
         while self._subscribing:
             await self._receive()
         self.log.info(
@@ -254,7 +253,7 @@ class MqttUpstream(Upstream):
                 self._held.append(out)
             elif self._write_publish(out, now) and not self._qos:
                 written.append(out.tag)
-        await self._flush()
+        await self._output.flush()
         for tag in written:  # QoS 0: confirmed once written
             self.link.confirmed(tag)
 
@@ -294,7 +293,7 @@ class MqttUpstream(Upstream):
             return False
         if pid is not None:
             self._outgoing[pid] = _InFlight(out.tag, qos)
-        self._out += data
+        self._output.buffer += data  # written by publish (or woken by _release_held)
         return True
 
     def _allocate_id(self) -> int:
@@ -313,7 +312,7 @@ class MqttUpstream(Upstream):
         now = time.time()
         while self._held and len(self._outgoing) < self._quota:
             self._write_publish(self._held.popleft(), now)
-        self._wake.set()
+        self._output.wake()
 
     # -- reading --------------------------------------------------------------
 
@@ -322,7 +321,7 @@ class MqttUpstream(Upstream):
             raise self._failure
         async with trio.open_nursery() as nursery:
             self._run_scope = nursery.cancel_scope
-            nursery.start_soon(self._guarded, self._writer)
+            nursery.start_soon(self._guarded, self._output.writer)
             if self._keep_alive:
                 nursery.start_soon(self._guarded, self._pinger)
             await self._guarded(self._reader)
@@ -534,29 +533,16 @@ class MqttUpstream(Upstream):
 
     def _queue(self, packet: mqtt.Packet) -> None:
         """Buffer ``packet`` for the writer and wake it."""
-        self._out += self._codec.send(packet)
-        self._wake.set()
+        self._output.write(self._codec.send(packet))
 
-    async def _writer(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            await self._flush()
-
-    async def _flush(self) -> None:
-        """Write everything buffered in one ``send_all``; one writer at a time, so
-        packets never interleave."""
-        async with self._send_lock:
-            if not self._out:
-                return
-            data = bytes(self._out)
-            self._out.clear()
-            assert self._stream is not None
-            try:
-                await self._stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise UpstreamError(f"connection lost: {exc}") from exc
-            self._last_send = trio.current_time()
+    async def _send(self, data: bytes) -> None:
+        """Write ``data`` (``self._output`` calls it, under its lock)."""
+        assert self._stream is not None
+        try:
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise UpstreamError(f"connection lost: {exc}") from exc
+        self._last_send = trio.current_time()
 
     async def _pinger(self) -> None:
         """PINGREQ after ``keep_alive`` seconds without sending; no PINGRESP within
@@ -588,7 +574,7 @@ class MqttUpstream(Upstream):
                 code = self._goodbye if self.version == 5 else 0
                 self._queue(mqtt.Disconnect(reason_code=code))
             with contextlib.suppress(UpstreamError):
-                await self._flush()
+                await self._output.flush()
         await trio.aclose_forcefully(stream)
         self.log.info(
             "bridge.mqtt.closed",

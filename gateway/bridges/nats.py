@@ -39,6 +39,7 @@ from .base import (
     InboundRule,
     Link,
     Outbound,
+    Output,
     Settle,
     Upstream,
     UpstreamError,
@@ -145,9 +146,7 @@ class NatsUpstream(Upstream):
         self._stream: trio.abc.Stream | None = None
         self._conn = wire.NatsConnection()
         self._info: dict[str, Any] = {}
-        self._out = bytearray()
-        self._wake = trio.Event()
-        self._send_lock = trio.Lock()
+        self._output = Output(self._send)
         self._inbox = f"_INBOX.{secrets.token_urlsafe(16)}"
         self._tokens = count(1)
         self._replies: dict[str, wire.Msg | wire.HMsg | None] = {}  # open()'s requests
@@ -188,10 +187,10 @@ class NatsUpstream(Upstream):
         self._send_op(wire.Ping())
         self._pongs.append(None)
         self._send_op(wire.Sub(subject=f"{self._inbox}.*", sid="1"))
-        await self._flush()
+        await self._output.flush()
         while self._pongs:  # the CONNECT's PONG (an -ERR raises)
             self._dispatch(await self._next_event())
-            await self._flush()
+            await self._output.flush()
         for stream in self.options.streams:
             await self._create_stream(stream.name, list(stream.subjects), stream.storage)
         for _, source in sources:
@@ -208,7 +207,7 @@ class NatsUpstream(Upstream):
                 self._send_op(wire.Sub(subject=inbox, sid=str(sid)))
         for pull in self._pulls.values():
             self._pull(pull)
-        await self._flush()
+        await self._output.flush()
         self.log.info(
             "bridge.nats.connected",
             host=endpoint.host,
@@ -253,10 +252,10 @@ class NatsUpstream(Upstream):
         payload = json.dumps(body, separators=(",", ":")).encode()
         reply = f"{self._inbox}.{token}"
         self._send_op(wire.Pub(subject=subject, payload=payload, reply=reply))
-        await self._flush()
+        await self._output.flush()
         while (msg := self._replies[token]) is None:
             self._dispatch(await self._next_event())
-            await self._flush()
+            await self._output.flush()
         del self._replies[token]
         if isinstance(msg, wire.HMsg) and msg.status == 503:
             raise UpstreamError("nats: JetStream is not enabled on the server", retry=False)
@@ -321,13 +320,11 @@ class NatsUpstream(Upstream):
             tags.append(out.tag)
         if not parts:
             return
-        async with self._send_lock:
+        async with self._output.lock:
             if not self.options.jetstream:
                 parts.append(wire.encode(wire.Ping()))
                 self._pongs.append(tags)
-            data = bytes(self._out) + b"".join(parts)
-            self._out.clear()
-            await self._send(data)
+            await self._send(self._output.take() + b"".join(parts))
 
     # ------------------------------------------------------------------ run
 
@@ -342,7 +339,7 @@ class NatsUpstream(Upstream):
                 nursery.cancel_scope.cancel()
 
         async with trio.open_nursery() as nursery:
-            for task in (self._reader, self._writer, self._keepalive, self._pull_timer):
+            for task in (self._reader, self._output.writer, self._keepalive, self._pull_timer):
                 nursery.start_soon(guard, task)
         if failures:
             raise failures[0]
@@ -350,12 +347,6 @@ class NatsUpstream(Upstream):
     async def _reader(self) -> None:
         while True:
             self._dispatch(await self._next_event())
-
-    async def _writer(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            await self._flush()
 
     async def _keepalive(self) -> None:
         unanswered = 0
@@ -507,18 +498,7 @@ class NatsUpstream(Upstream):
     # ------------------------------------------------------------------ I/O
 
     def _send_op(self, op: wire.Operation) -> None:
-        self._write(wire.encode(op))
-
-    def _write(self, data: bytes) -> None:
-        self._out += data
-        self._wake.set()
-
-    async def _flush(self) -> None:
-        async with self._send_lock:
-            if self._out:
-                data = bytes(self._out)
-                self._out.clear()
-                await self._send(data)
+        self._output.write(wire.encode(op))
 
     async def _send(self, data: bytes) -> None:
         """Write ``data`` whole: a write is never cut by cancellation (that would
@@ -566,7 +546,7 @@ class NatsUpstream(Upstream):
         self._closed = True
         try:
             if not self._torn:
-                await self._flush()
+                await self._output.flush()
         except UpstreamError:
             pass
         finally:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import trio
 
-from gateway.bridges.base import Settle
+from gateway.bridges.base import Settle, Upstream
 from gateway.core.message import Message
+
+U = TypeVar("U", bound=Upstream)
 
 
 @dataclass
@@ -53,3 +58,29 @@ class RecordingLink:
         with trio.fail_after(seconds):
             while not condition():
                 await self.changed.wait()
+
+
+@asynccontextmanager
+async def running(
+    upstream: U, *, open_within: float = 5.0, close_within: float = 5.0
+) -> AsyncIterator[U]:
+    """``upstream`` opened, with ``run`` in a task; on the way out the task is
+    cancelled and the upstream closed, as the framework does. A single error (the
+    test's own, or run's UpstreamError) comes out unwrapped from the task group."""
+    try:
+        with trio.fail_after(open_within):
+            await upstream.open()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(upstream.run)
+                try:
+                    yield upstream
+                finally:
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+    finally:
+        with trio.fail_after(close_within):
+            await upstream.close()

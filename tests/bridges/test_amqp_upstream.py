@@ -7,7 +7,7 @@ import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +25,7 @@ from gateway.bridges.base import ORIGIN_HEADER, InboundRule, Outbound, UpstreamE
 from gateway.bridges.config import BridgeConfig, BridgeTLSConfig
 from gateway.core.message import Message
 from tests.bridges.conftest import RecordingLink
+from tests.bridges.conftest import running as running_upstream
 from tests.bridges.proxy import proxy_to
 from tests.conftest import upstream_reachable
 
@@ -125,28 +126,12 @@ def bridge(name: str = "t", url: str = URL, **amqp: Any) -> BridgeConfig:
     return BridgeConfig(name=name, kind="amqp", url=url, amqp=amqp)
 
 
-@asynccontextmanager
-async def running(
+def running(
     config: BridgeConfig, link: RecordingLink, inbound: Sequence[InboundRule] = ()
-) -> AsyncIterator[AmqpUpstream]:
+) -> AbstractAsyncContextManager[AmqpUpstream]:
     """An opened upstream with its run task; closed on the way out."""
     upstream = AmqpUpstream(config, config.options(), link, inbound)
-    try:
-        with trio.fail_after(5):
-            await upstream.open()
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(upstream.run)
-                yield upstream
-                nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            # The test's own failure, or run's UpstreamError: show it unwrapped.
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
-            raise
-    finally:
-        with trio.move_on_after(2):
-            await upstream.close()
+    return running_upstream(upstream)
 
 
 def test_targets_and_sources_parse() -> None:

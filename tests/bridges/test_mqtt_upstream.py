@@ -24,7 +24,7 @@ from gateway.core.message import Message
 from tests.conftest import upstream_reachable
 from tests.paho import Paho, properties_dict
 
-from .conftest import RecordingLink
+from .conftest import RecordingLink, running
 
 pytestmark = pytest.mark.upstream
 
@@ -43,21 +43,6 @@ def make(
     config = BridgeConfig(name="t", kind="mqtt", url=url, mqtt=options)
     rules = [InboundRule(i, source, qos) for i, (source, qos) in enumerate(inbound)]
     return MqttUpstream(config, config.options(), link, rules)
-
-
-@asynccontextmanager
-async def running(upstream: MqttUpstream) -> AsyncIterator[MqttUpstream]:
-    """open, run in a task, then cancel and close (as the framework does)."""
-    with trio.fail_after(5):
-        await upstream.open()
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(upstream.run)
-            yield upstream
-            nursery.cancel_scope.cancel()
-    finally:
-        with trio.fail_after(5):
-            await upstream.close()
 
 
 async def forget_session(client_id: str, version: int) -> None:

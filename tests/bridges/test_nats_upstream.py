@@ -12,7 +12,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import nats
@@ -26,6 +26,7 @@ from gateway.bridges.config import BridgeConfig, BridgeTLSConfig
 from gateway.bridges.nats import NatsUpstream, Options
 from gateway.core.message import Message
 from tests.bridges.conftest import RecordingLink
+from tests.bridges.conftest import running as running_upstream
 from tests.conftest import upstream_reachable
 
 pytestmark = pytest.mark.upstream
@@ -55,21 +56,8 @@ def upstream(link: RecordingLink, sources: tuple[str, ...] = (), **options: Any)
     return NatsUpstream(config, opts, link, rules)
 
 
-@contextlib.asynccontextmanager
-async def running(up: NatsUpstream) -> AsyncIterator[NatsUpstream]:
-    """``up`` opened, with ``run`` in a task; cancelled and closed on exit."""
-    try:
-        with trio.fail_after(10):
-            await up.open()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(up.run)
-            try:
-                yield up
-            finally:
-                nursery.cancel_scope.cancel()
-    finally:
-        with trio.fail_after(5):
-            await up.close()
+# Opening may create JetStream streams and consumers: give it longer.
+running = functools.partial(running_upstream, open_within=10)
 
 
 @pytest.fixture

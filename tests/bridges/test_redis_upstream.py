@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
@@ -19,7 +18,7 @@ from gateway.bridges.config import BridgeConfig
 from gateway.bridges.redis import RedisUpstream
 from gateway.bridges.resp import NEED_DATA, RespParser
 from gateway.core.message import Message
-from tests.bridges.conftest import RecordingLink
+from tests.bridges.conftest import RecordingLink, running
 from tests.conftest import NET_TIMEOUT, upstream_reachable
 
 pytestmark = pytest.mark.upstream
@@ -40,19 +39,6 @@ def make_upstream(
     config = BridgeConfig(name=name, kind="redis", url=url, redis=options)
     rules = [InboundRule(index=i, source=key, qos=qos) for i, key in enumerate(inbound)]
     return RedisUpstream(config, config.options(), link, rules)
-
-
-@asynccontextmanager
-async def running(upstream: RedisUpstream) -> AsyncIterator[RedisUpstream]:
-    """``upstream`` opened and running; closed afterwards."""
-    await upstream.open()
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(upstream.run)
-            yield upstream
-            nursery.cancel_scope.cancel()
-    finally:
-        await upstream.close()
 
 
 async def in_thread(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -287,10 +287,12 @@ async def fake_broker() -> AsyncIterator[FakeBroker]:
 
 
 async def connect_to(
-    broker: FakeBroker, upstream: MqttUpstream, connack: mqtt.ConnAck
-) -> tuple[mqtt.Connect, BaseException | None]:
-    """Run ``upstream.open()`` against ``broker`` answering ``connack``."""
+    broker: FakeBroker, upstream: MqttUpstream, connack: mqtt.ConnAck, suback: int = 1
+) -> tuple[mqtt.Connect, list[mqtt.Subscribe], BaseException | None]:
+    """Run ``upstream.open()`` against ``broker`` answering ``connack``, and each
+    SUBSCRIBE with ``suback``: what the upstream sent, and how its open ended."""
     failure: BaseException | None = None
+    subscribes: list[mqtt.Subscribe] = []
 
     async def opener() -> None:
         nonlocal failure
@@ -307,8 +309,9 @@ async def connect_to(
             await broker.send(connack)
             for _ in upstream.inbound if not connack.return_code else ():
                 sub = await broker.expect(mqtt.Subscribe)
-                await broker.send(mqtt.SubAck(packet_id=sub.packet_id, return_codes=(1,)))
-    return connect, failure
+                subscribes.append(sub)
+                await broker.send(mqtt.SubAck(packet_id=sub.packet_id, return_codes=(suback,)))
+    return connect, subscribes, failure
 
 
 @pytest.mark.parametrize(
@@ -320,7 +323,7 @@ async def test_a_refused_connack_is_an_upstream_error(version: int, code: int, r
         upstream = make(
             RecordingLink(), url=f"mqtt://u:p%40ss@127.0.0.1:{broker.port}", version=version
         )
-        connect, failure = await connect_to(broker, upstream, mqtt.ConnAck(return_code=code))
+        connect, _, failure = await connect_to(broker, upstream, mqtt.ConnAck(return_code=code))
         await upstream.close()
     assert (connect.username, connect.password) == ("u", b"p@ss")
     assert connect.client_id == "gateway-bridge-t"
@@ -338,23 +341,7 @@ async def test_a_refused_subscription_is_an_upstream_error() -> None:
         upstream = make(
             RecordingLink(), url=f"mqtt://127.0.0.1:{broker.port}", inbound=[("a/#", 1)]
         )
-        failure: BaseException | None = None
-
-        async def opener() -> None:
-            nonlocal failure
-            try:
-                await upstream.open()
-            except UpstreamError as exc:
-                failure = exc
-
-        with trio.fail_after(5):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(opener)
-                await broker.accept()
-                await broker.expect(mqtt.Connect)
-                await broker.send(mqtt.ConnAck())
-                sub = await broker.expect(mqtt.Subscribe)
-                await broker.send(mqtt.SubAck(packet_id=sub.packet_id, return_codes=(0x87,)))
+        _, [sub], failure = await connect_to(broker, upstream, mqtt.ConnAck(), suback=0x87)
         await upstream.close()
     assert sub.subscriptions == (("a/#", 1 | 0x04),)  # QoS 1, no local
     assert sub.properties.subscription_identifiers == (1,)

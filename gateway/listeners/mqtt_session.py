@@ -26,17 +26,14 @@ from ..core import (
     Broker,
     CloseReason,
     Delivery,
-    InvalidFilter,
     Message,
     Origin,
     Queue,
     Session,
     Status,
-    SubscribeOptions,
     Will,
 )
 from ..core.broker import NotAuthorized
-from ..core.selector import Selector, SelectorError, compile_selector
 from ..core.stats import SAMPLE_MASK, Traffic
 from ..logging import get_logger
 from .authn import (
@@ -46,17 +43,16 @@ from .authn import (
     mqtt_connect,
     over_user_limit,
 )
-from .limits import MAX_SUBSCRIPTIONS, MESSAGE_RATE, RateLimit, rate_limit
-from .mqtt_mapping import NO_PROPERTIES, properties_of, queue_name, to_message, topic_of
+from .limits import MESSAGE_RATE, RateLimit, rate_limit
+from .mqtt_mapping import NO_PROPERTIES, properties_of, to_message, topic_of
+from .mqtt_subscribe import subscribe, unsubscribe
 
-SHARE_PREFIX = "$share/"
 # What _publish returns when no acknowledgement may be sent (the connection closes).
 _NO_ACK = -1
 DISCONNECT_REASONS = REASON_CODES[mqtt.PacketType.DISCONNECT]
 NEVER_EXPIRES = 0xFFFFFFFF
 # An enum member read through its class costs about 90 ns on Python 3.11: per message, an alias.
 _ACCEPTED: Final = Status.ACCEPTED
-_V3_SUBACK_FAILURE = 0x80
 # CONNECT refusals that count as authentication failures (the listener's throttle).
 _AUTH_REFUSALS = frozenset(
     {
@@ -227,9 +223,9 @@ class MQTTSession:
             case mqtt.PubRel(packet_id=pid):
                 self._on_pubrel(pid)
             case mqtt.Subscribe():
-                self._on_subscribe(packet)
+                subscribe(self, packet)
             case mqtt.Unsubscribe():
-                self._on_unsubscribe(packet)
+                unsubscribe(self, packet)
             case mqtt.PingReq():
                 self.send(b"\xd0\x00")
             case mqtt.Disconnect():
@@ -413,14 +409,6 @@ class MQTTSession:
         limiter.force(size, now)
         return True
 
-    def subscription_limit(self) -> int:
-        """Subscriptions this session may hold: the user's ``max_subscriptions`` if its
-        identity has one, else the listener's; 0 is no limit."""
-        # The identity (set by authentication) may carry the user's own limits.
-        limits = getattr(getattr(self, "identity", None), "limits", None)
-        own = getattr(limits, "max_subscriptions", None)
-        return int(own) if own is not None else self.config.max_subscriptions
-
     def _acknowledge(self, qos: int, pid: int, reason: int) -> None:
         if reason:
             packet = mqtt.PubAck if qos == 1 else mqtt.PubRec
@@ -526,89 +514,10 @@ class MQTTSession:
             lambda _ok: self.send(self.codec.send(mqtt.PubComp(packet_id=pid, reason_code=code)))
         )
 
-    def _on_subscribe(self, packet: mqtt.Subscribe) -> None:
-        session = self.session
-        assert session is not None
-        v5 = self.version == 5
-        ids = packet.properties.subscription_identifiers
-        sub_id = ids[0] if ids else None
-        codes: list[int] = []
-        # MQTT 5: a user property "selector" filters every subscription of the packet.
-        selector, bad_selector = None, None
-        if v5:
-            selector, bad_selector = _subscription_selector(packet.properties.user_properties)
-        # Retained messages the new subscriptions bring follow the SUBACK.
-        self._held = []
-        limit = self.subscription_limit()
-        for topic_filter, options in packet.subscriptions:
-            if bad_selector is not None:
-                self.log.info(
-                    "mqtt.subscribe.refused", topic_filter=topic_filter, reason=bad_selector
-                )
-                codes.append(ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR)
-                continue
-            qos = options & 3
-            no_local = bool(options & 4)
-            if no_local and topic_filter.startswith(SHARE_PREFIX):
-                raise MQTTProtocolError(
-                    "no local on a shared subscription", ReasonCode.PROTOCOL_ERROR
-                )
-            if limit and _over_limit(session, topic_filter, limit):
-                self.broker.stats.limited[MAX_SUBSCRIPTIONS] += 1
-                self.log.info(
-                    "mqtt.subscribe.refused", topic_filter=topic_filter, reason=MAX_SUBSCRIPTIONS
-                )
-                codes.append(ReasonCode.QUOTA_EXCEEDED if v5 else _V3_SUBACK_FAILURE)
-                continue
-            try:
-                name = queue_name(topic_filter)
-                if name is not None:
-                    self.broker.consume(
-                        session, name, qos=qos, window=session.consumer.window, selector=selector
-                    )
-                else:
-                    sub = SubscribeOptions(
-                        qos=qos,
-                        no_local=no_local,
-                        retain_as_published=bool(options & 8),
-                        retain_handling=(options >> 4) & 3 if v5 else 0,
-                        subscription_id=sub_id,
-                        selector=selector,
-                    )
-                    self.broker.subscribe(session, topic_filter, sub)
-                codes.append(qos)
-            except InvalidFilter as exc:
-                self.log.info("mqtt.subscribe.refused", topic_filter=topic_filter, reason=str(exc))
-                codes.append(ReasonCode.TOPIC_FILTER_INVALID if v5 else _V3_SUBACK_FAILURE)
-            except NotAuthorized:  # logged by the core (acl.denied)
-                codes.append(ReasonCode.NOT_AUTHORIZED if v5 else _V3_SUBACK_FAILURE)
-        props = (
-            NO_PROPERTIES if bad_selector is None else mqtt.Properties(reason_string=bad_selector)
-        )
-        suback = mqtt.SubAck(
-            packet_id=packet.packet_id, return_codes=tuple(codes), properties=props
-        )
-        self.send(self.codec.send(suback))
-        self._release_held()
-
     def _release_held(self) -> None:
         held, self._held = self._held, None
         for delivery, qos in held or ():
             self.deliver(delivery, qos)
-
-    def _on_unsubscribe(self, packet: mqtt.Unsubscribe) -> None:
-        session = self.session
-        assert session is not None
-        codes = []
-        for topic_filter in packet.topic_filters:
-            name = queue_name(topic_filter)
-            if name is not None:
-                existed = self.broker.cancel(session, name, requeue=False)
-            else:
-                existed = self.broker.unsubscribe(session, topic_filter)
-            codes.append(0 if existed else ReasonCode.NO_SUBSCRIPTION_EXISTED)
-        reasons = tuple(codes) if self.version == 5 else ()
-        self.send(self.codec.send(mqtt.UnsubAck(packet_id=packet.packet_id, reason_codes=reasons)))
 
     def _on_disconnect(self, packet: mqtt.Disconnect) -> None:
         # A normal disconnect discards the will; 0x04 asks for it to be sent anyway.
@@ -794,28 +703,3 @@ class MQTTSession:
         """The outbound buffer drained: let the core send what it held back."""
         if self.session is not None and self.session.sink is self:
             self.broker.resume(self.session)
-
-
-def _over_limit(session: Session, topic_filter: str, limit: int) -> bool:
-    """True if subscribing to ``topic_filter`` would take ``session`` past ``limit``
-    subscriptions (replacing one it holds does not count)."""
-    name = queue_name(topic_filter)
-    if topic_filter in session.subscriptions or (name is not None and name in session.consumers):
-        return False
-    return len(session.subscriptions) + len(session.consumers) >= limit
-
-
-def _subscription_selector(
-    user_properties: tuple[tuple[str, str], ...],
-) -> tuple[Selector | None, str | None]:
-    """(the compiled selector, None) or (None, why it was refused) from SUBSCRIBE's user
-    properties; (None, None) when there is none."""
-    for name, value in user_properties:
-        if name == "selector":
-            if not value.strip():
-                return None, None
-            try:
-                return compile_selector(value), None
-            except SelectorError as exc:
-                return None, f"bad selector: {exc}"
-    return None, None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
+import math
 import socket
 import time
 from collections import Counter
@@ -131,6 +132,16 @@ class Connection(Traffic):
         delay = self.auth_delay()
         if delay:
             await trio.sleep(delay)
+
+    async def delay_first_read(self, timer: trio.CancelScope, connect_timeout: float) -> None:
+        """Before a stream protocol's first bytes are handled: wait ``auth_delay()``
+        seconds (earlier authentication failures from this address: answer late), with
+        the reader's ``timer`` lifted meanwhile and then set ``connect_timeout`` from now."""
+        delay = self.auth_delay()
+        if delay:
+            timer.deadline = math.inf
+            await trio.sleep(delay)
+            timer.deadline = trio.current_time() + connect_timeout
 
     def auth_failed(self) -> None:
         """Authentication of this connection failed: counted against its address (once)."""

@@ -94,13 +94,8 @@ async def _read(
             data = await stream.receive_some(READ_SIZE)
             conn.bytes_in += len(data)
             if first:
-                # Earlier authentication failures from this address: answer late.
                 first = False
-                delay = conn.auth_delay()
-                if delay:
-                    timer.deadline = math.inf
-                    await trio.sleep(delay)
-                    timer.deadline = trio.current_time() + config.connect_timeout
+                await conn.delay_first_read(timer, config.connect_timeout)
             codec.receive_data(data)
             while (outcome := _handle_buffered(codec, session, conn)) is _Outcome.CONGESTED:
                 timer.deadline = math.inf  # the client is not silent: we stopped listening

@@ -106,13 +106,8 @@ async def _read(
             data = await stream.receive_some(READ_SIZE)
             conn.bytes_in += len(data)
             if first:
-                # Earlier authentication failures from this address: answer late.
                 first = False
-                delay = conn.auth_delay()
-                if delay:
-                    timer.deadline = math.inf
-                    await trio.sleep(delay)
-                    timer.deadline = trio.current_time() + config.connect_timeout
+                await conn.delay_first_read(timer, config.connect_timeout)
             codec.receive_data(data)
             try:
                 while True:

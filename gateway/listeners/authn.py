@@ -46,10 +46,10 @@ from ..codecs.mqtt import MQTTProtocolError, ReasonCode
 from ..codecs.stomp import Frame, StompError
 from ..config import Config, ConfigError
 from ._serve import Connection, StartupError
+from .http import HTTPError, Request
 
 if TYPE_CHECKING:
     from ..core import Broker
-    from .http import Request
     from .mqtt_session import MQTTSession
 
 # MQTT 5 reason codes for each failure (3.1.1: BAD_USER_NAME_OR_PASSWORD is return
@@ -77,6 +77,11 @@ def challenge(request: Request) -> tuple[tuple[str, str], ...]:
     if (request.header("x-requested-with") or "").lower() == "xmlhttprequest":
         return _SCRIPT_CHALLENGE
     return WWW_AUTHENTICATE
+
+
+def unauthorized(request: Request, message: str) -> HTTPError:
+    """The 401 to ``request``: JSON error ``unauthorized`` with its WWW-Authenticate."""
+    return HTTPError(401, "unauthorized", message, challenge(request))
 
 
 def build_authenticator(config: Config) -> Authenticator:

@@ -27,7 +27,7 @@ from ..core.broker import SESSION_QUEUE_PREFIX, SHARE_PREFIX, TEMP_QUEUE_PREFIX
 from ..core.session import NEVER
 from ..core.stats import QueueSnapshot
 from ._serve import Connection
-from .authn import challenge, peer_host
+from .authn import peer_host, unauthorized
 from .http import HTTPError, Request, Response, json_response
 from .http_api import Endpoint, Route
 from .http_mapping import message_json
@@ -77,11 +77,9 @@ def require_admin(service: HTTPService, request: Request) -> None:
         )
     if auth.users_file is None and is_loopback(peer_host(request.conn.peer)):
         return  # no users at all: the local operator is the administrator
-    raise HTTPError(
-        401,
-        "unauthorized",
+    raise unauthorized(
+        request,
         f"the admin API needs the credentials of a member of group {auth.admin_group!r}",
-        challenge(request),
     )
 
 

@@ -23,7 +23,7 @@ from ..config import Config, ListenerConfig
 from ..core import Broker, Kind, Origin
 from ..core.broker import NotAuthorized
 from ._serve import Connection, Handler
-from .authn import challenge, http_identity
+from .authn import http_identity, unauthorized
 from .http import HTTPError, Request, Response, http_handler, json_response, path_params
 from .http_consume import ack_messages, pull_messages, release_messages, request_reply, topic_events
 from .http_publish import forbidden, publish_batch, publish_queue, publish_topic, receive_webhook
@@ -122,12 +122,7 @@ class HTTPService:
             if conn.auth_throttle is not None and request.header("authorization") is not None:
                 # Every request refused for its credentials counts (docs/security.md, Limits).
                 conn.auth_throttle.record_failure(conn.ip, trio.current_time())
-            raise HTTPError(
-                401,
-                "unauthorized",
-                f"authentication failed ({exc.reason})",
-                challenge(request),
-            ) from None
+            raise unauthorized(request, f"authentication failed ({exc.reason})") from None
         return request.identity
 
     async def route(self, listener: ListenerConfig, request: Request) -> Response:

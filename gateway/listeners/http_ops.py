@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import ListenerConfig
-from .authn import challenge
+from .authn import unauthorized
 from .http import HTTPError, Request, Response
 from .http_api import HTTPService, Route
 
@@ -35,12 +35,7 @@ async def _require_admin(service: HTTPService, request: Request) -> None:
     """Return if the request's identity is in ``[auth] admin_group``; else HTTPError 401
     (no credentials, or refused ones) or 403 (someone else)."""
     if request.header("authorization") is None:
-        raise HTTPError(
-            401,
-            "unauthorized",
-            "the metrics need the credentials of an administrator",
-            challenge(request),
-        )
+        raise unauthorized(request, "the metrics need the credentials of an administrator")
     # Earlier authentication failures from this address: answer late.
     await request.conn.auth_pause()
     identity = service.authenticate(request)  # 401 if refused

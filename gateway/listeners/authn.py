@@ -99,12 +99,6 @@ def checks_credentials(auth: Authenticator) -> bool:
     return auth.store is not None or auth.jwt is not None
 
 
-def peer_host(peer: str) -> str:
-    """The host part of ``Connection.peer`` ("127.0.0.1:5000", "[::1]:5000")."""
-    host = peer.rsplit(":", 1)[0]
-    return host[1:-1] if host.startswith("[") else host
-
-
 def cert_names(conn: Connection) -> tuple[str, ...]:
     """The verified client certificate's subject CN and SAN names (for EXTERNAL)."""
     ident = conn.peer_identity
@@ -134,7 +128,7 @@ class ConnAuth:
 
     def __init__(self, authenticator: Authenticator, conn: Connection) -> None:
         self.authenticator = authenticator
-        self.peer_host = peer_host(conn.peer)
+        self.peer_host = conn.ip
         self.cert_names = cert_names(conn)
         self.transport_identity: Identity | None = conn.identity
         # MQTT 5 enhanced authentication: the method, the exchange under way, the
@@ -377,7 +371,7 @@ def _stomp_sasl(
 
 def http_identity(auth: Authenticator, request: Request) -> Identity:
     """The identity of an HTTP request from its ``Authorization`` header, or AuthError."""
-    host = peer_host(request.conn.peer)
+    host = request.conn.ip
     header = request.header("authorization")
     if header is None or not checks_credentials(auth):
         if request.conn.identity is not None:

@@ -155,11 +155,6 @@ class RateLimiter:
         return 0.0
 
 
-def peer_host(peer: str) -> str:
-    host = peer.rsplit(":", 1)[0]
-    return host[1:-1] if host.startswith("[") else host
-
-
 def http_handler(
     config: ListenerConfig,
     route: Router,
@@ -207,7 +202,7 @@ def http_handler(
                     )
                     await _send_response(stream, h11conn, error_response(exc), conn)
                 return
-            wait = limiter.allow(peer_host(conn.peer)) if request.path.startswith("/api/") else 0
+            wait = limiter.allow(conn.ip) if request.path.startswith("/api/") else 0
             if wait:
                 response = error_response(
                     HTTPError(

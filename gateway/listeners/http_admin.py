@@ -27,7 +27,7 @@ from ..core.broker import SESSION_QUEUE_PREFIX, SHARE_PREFIX, TEMP_QUEUE_PREFIX
 from ..core.session import NEVER
 from ..core.stats import QueueSnapshot
 from ._serve import Connection
-from .authn import peer_host, unauthorized
+from .authn import unauthorized
 from .http import HTTPError, Request, Response, json_response
 from .http_api import Endpoint, Route
 from .http_mapping import message_json
@@ -75,7 +75,7 @@ def require_admin(service: HTTPService, request: Request) -> None:
             "forbidden",
             f"user {identity.user!r} is not an administrator (group {auth.admin_group!r})",
         )
-    if auth.users_file is None and is_loopback(peer_host(request.conn.peer)):
+    if auth.users_file is None and is_loopback(request.conn.ip):
         return  # no users at all: the local operator is the administrator
     raise unauthorized(
         request,

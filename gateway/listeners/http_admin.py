@@ -21,7 +21,7 @@ import msgspec
 
 from .. import __version__
 from ..auth import is_loopback
-from ..config import Config, ConfigError, ListenerConfig
+from ..config import ConfigError, ListenerConfig
 from ..core import Queue, admin
 from ..core.broker import SESSION_QUEUE_PREFIX, SHARE_PREFIX, TEMP_QUEUE_PREFIX
 from ..core.session import NEVER
@@ -57,15 +57,10 @@ _IMPORTED = time.time()
 # -- who may ----------------------------------------------------------------------------------
 
 
-def _config(service: HTTPService) -> Config:
-    gateway = service.gateway
-    return gateway.config if gateway is not None else service.config
-
-
 def require_admin(service: HTTPService, request: Request) -> None:
     """Return if ``request`` (authenticated already) comes from an administrator;
     HTTPError 401 (anonymous) or 403 (another user) otherwise."""
-    auth = _config(service).auth
+    auth = service.config.auth
     identity = request.identity
     if identity is not None and identity.user is not None:
         if auth.admin_group in identity.groups:
@@ -129,7 +124,7 @@ def _named_queues(service: HTTPService) -> list[str]:
         for name in service.broker.queues
         if not name.startswith((SESSION_QUEUE_PREFIX, TEMP_QUEUE_PREFIX))
     }
-    names.update(queue.name for queue in _config(service).queues)
+    names.update(queue.name for queue in service.config.queues)
     return sorted(names)
 
 
@@ -257,11 +252,11 @@ def _queue_json(service: HTTPService, name: str) -> dict[str, Any]:
         body["durable"] = queue.durable
         return body
     # Configured and not used yet: what it would be, empty.
-    configured = next(q for q in _config(service).queues if q.name == name)
+    configured = next(q for q in service.config.queues if q.name == name)
     body = {field.name: 0 for field in dataclasses.fields(QueueSnapshot)}
     body["name"] = name
     body["dead_letter"] = configured.dead_letter
-    durability = configured.durability or _config(service).gateway.durability
+    durability = configured.durability or service.config.gateway.durability
     body["durable"] = durability != "memory"
     return body
 
@@ -270,7 +265,7 @@ def _queue(service: HTTPService, request: Request) -> tuple[str, Queue | None]:
     """The queue named in the path (None: configured, not used yet); 404 if unknown."""
     name = request.params["queue"]
     queue = service.broker.queues.get(name)
-    if queue is None and name not in {q.name for q in _config(service).queues}:
+    if queue is None and name not in {q.name for q in service.config.queues}:
         raise HTTPError(404, "unknown_queue", f"queue {name!r} does not exist")
     return name, queue
 
@@ -445,7 +440,7 @@ def redact(node: Any, key: str = "") -> Any:
 
 
 async def get_config(service: HTTPService, listener: ListenerConfig, request: Request) -> Response:
-    config = msgspec.to_builtins(_config(service))
+    config = msgspec.to_builtins(service.config)
     jwt = config.get("auth", {}).get("jwt", {})
     for name in list(jwt):
         if "key" in name and jwt[name] is not None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import weakref
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import (
@@ -62,6 +62,14 @@ def registry_for(gateway: Any) -> CollectorRegistry:
 def exposition(gateway: Any) -> bytes:
     """The text exposition of ``gateway``'s metrics."""
     return generate_latest(registry_for(gateway))
+
+
+def _per_label(name: str, documentation: str, label: str, counts: Mapping[str, int]) -> Metric:
+    """A counter with one sample per key of ``counts`` (a Counter), in key order."""
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for key, count in sorted(counts.items()):
+        family.add_metric([key], count)
+    return family
 
 
 def _histogram(name: str, documentation: str, buckets: Buckets) -> HistogramMetricFamily:
@@ -141,14 +149,12 @@ class GatewayCollector(Collector):
             bytes_in.add_metric(key, total.bytes_in)
             bytes_out.add_metric(key, total.bytes_out)
         yield from (open_, accepted, received, sent, bytes_in, bytes_out)
-        limited = CounterMetricFamily(
+        yield _per_label(
             "gateway_limited",
             "Connections refused and clients throttled by the limits, per reason",
-            labels=["reason"],
+            "reason",
+            self.gateway.broker.stats.limited,
         )
-        for reason, count in sorted(self.gateway.broker.stats.limited.items()):
-            limited.add_metric([reason], count)
-        yield limited
 
     # -- the core: publishing and routing ------------------------------------------------
 
@@ -163,23 +169,17 @@ class GatewayCollector(Collector):
         outcome.add_metric(["accepted"], stats.published - stats.refused)
         outcome.add_metric(["refused"], stats.refused)
         yield outcome
-        refusals = CounterMetricFamily(
-            "gateway_publish_refused", "Publishes refused, per reason", labels=["reason"]
+        yield _per_label(
+            "gateway_publish_refused", "Publishes refused, per reason", "reason", stats.refusals
         )
-        for reason, count in sorted(stats.refusals.items()):
-            refusals.add_metric([reason], count)
-        yield refusals
         yield CounterMetricFamily(
             "gateway_unrouted",
             "Publishes accepted that no subscription or queue took",
             value=stats.unrouted,
         )
-        drops = CounterMetricFamily(
-            "gateway_dropped", "Messages dropped by the core, per reason", labels=["reason"]
+        yield _per_label(
+            "gateway_dropped", "Messages dropped by the core, per reason", "reason", stats.drops
         )
-        for reason, count in sorted(stats.drops.items()):
-            drops.add_metric([reason], count)
-        yield drops
         yield CounterMetricFamily(
             "gateway_delivered", "Deliveries made by the core", value=broker.delivered_total()
         )
@@ -194,12 +194,9 @@ class GatewayCollector(Collector):
             "gateway_retained_messages", "Retained messages", value=len(broker.retained)
         )
         routes = stats.routes
-        matched = CounterMetricFamily(
-            "gateway_route_matched", "Messages each routing rule matched", labels=["rule"]
+        yield _per_label(
+            "gateway_route_matched", "Messages each routing rule matched", "rule", routes.matched
         )
-        for rule, count in sorted(routes.matched.items()):
-            matched.add_metric([rule], count)
-        yield matched
         actions = CounterMetricFamily(
             "gateway_route_actions", "What the routing rules did", labels=["action"]
         )
@@ -207,12 +204,12 @@ class GatewayCollector(Collector):
         actions.add_metric(["diverted"], routes.diverted)
         actions.add_metric(["forwarded"], routes.forwarded)
         yield actions
-        skipped = CounterMetricFamily(
-            "gateway_route_skipped", "Routing actions left out, per reason", labels=["reason"]
+        yield _per_label(
+            "gateway_route_skipped",
+            "Routing actions left out, per reason",
+            "reason",
+            routes.skipped,
         )
-        for reason, count in sorted(routes.skipped.items()):
-            skipped.add_metric([reason], count)
-        yield skipped
         yield _histogram(
             "gateway_delivery_latency_seconds",
             "Seconds from a message's arrival to its delivery to an MQTT or STOMP client "
@@ -361,9 +358,9 @@ class GatewayCollector(Collector):
         for (mechanism, reason), count in sorted(counts.items()):
             failures.add_metric([mechanism, reason], count)
         yield failures
-        denied = CounterMetricFamily(
-            "gateway_acl_denied", "Requests the ACL refused, per action", labels=["action"]
+        yield _per_label(
+            "gateway_acl_denied",
+            "Requests the ACL refused, per action",
+            "action",
+            self.gateway.broker.stats.denied,
         )
-        for action, count in sorted(self.gateway.broker.stats.denied.items()):
-            denied.add_metric([action], count)
-        yield denied

@@ -254,6 +254,13 @@ class AuthThrottle:
             del self._failures[ip]
 
 
+def subscription_limit(identity: object, default: int) -> int:
+    """Subscriptions a client may hold: its user's ``max_subscriptions`` (users file
+    ``limits``) if its identity has one, else ``default`` (the listener's); 0 is no limit."""
+    own = getattr(getattr(identity, "limits", None), "max_subscriptions", None)
+    return int(own) if own is not None else default
+
+
 def peer_ip(peer: str) -> str:
     """The address part of a ``Connection.peer`` ("1.2.3.4:5678", "[::1]:5678")."""
     if peer.startswith("["):

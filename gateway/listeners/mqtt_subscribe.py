@@ -15,7 +15,7 @@ from ..codecs.mqtt import MQTTProtocolError, ReasonCode
 from ..core import InvalidFilter, Session, SubscribeOptions
 from ..core.broker import SHARE_PREFIX, NotAuthorized
 from ..core.selector import Selector, SelectorError, compile_selector
-from .limits import MAX_SUBSCRIPTIONS
+from .limits import MAX_SUBSCRIPTIONS, subscription_limit
 from .mqtt_mapping import NO_PROPERTIES, queue_name
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ def subscribe(mqtt_session: MQTTSession, packet: mqtt.Subscribe) -> None:
         selector, bad_selector = _subscription_selector(packet.properties.user_properties)
     # Retained messages the new subscriptions bring follow the SUBACK.
     mqtt_session._held = []
-    limit = _subscription_limit(mqtt_session)
+    limit = subscription_limit(mqtt_session.identity, mqtt_session.config.max_subscriptions)
     for topic_filter, options in packet.subscriptions:
         if bad_selector is not None:
             mqtt_session.log.info(
@@ -103,15 +103,6 @@ def unsubscribe(mqtt_session: MQTTSession, packet: mqtt.Unsubscribe) -> None:
     mqtt_session.send(
         mqtt_session.codec.send(mqtt.UnsubAck(packet_id=packet.packet_id, reason_codes=reasons))
     )
-
-
-def _subscription_limit(mqtt_session: MQTTSession) -> int:
-    """Subscriptions this session may hold: the user's ``max_subscriptions`` if its
-    identity has one, else the listener's; 0 is no limit."""
-    # The identity (set by authentication) may carry the user's own limits.
-    limits = getattr(getattr(mqtt_session, "identity", None), "limits", None)
-    own = getattr(limits, "max_subscriptions", None)
-    return int(own) if own is not None else mqtt_session.config.max_subscriptions
 
 
 def _over_limit(session: Session, topic_filter: str, limit: int) -> bool:

@@ -34,7 +34,7 @@ from ..core.selector import Selector, SelectorError, compile_selector
 from ..core.stats import SAMPLE_MASK, Traffic
 from ..logging import get_logger
 from .authn import ConnAuth, over_user_limit, stomp_connect
-from .limits import MAX_SUBSCRIPTIONS
+from .limits import MAX_SUBSCRIPTIONS, subscription_limit
 from .stomp_mapping import TEMP_QUEUE, message_headers, parse_destination, to_message
 
 ACK_MODES = ("auto", "client", "client-individual")
@@ -314,7 +314,7 @@ class STOMPSession:
         sub_id = frame.get("id") or frame.get("destination", "")
         if sub_id in self.subscriptions:
             raise StompError("duplicate subscription", f"subscription id {sub_id!r} is in use")
-        limit = self._subscription_limit()
+        limit = subscription_limit(self.identity, self.config.max_subscriptions)
         if limit and len(self.subscriptions) >= limit:
             self.broker.stats.limited[MAX_SUBSCRIPTIONS] += 1
             raise StompError(
@@ -352,13 +352,6 @@ class STOMPSession:
         except InvalidFilter as exc:
             raise StompError("bad destination", f"{destination}: {exc}") from None
         self._attach(sub, window)
-
-    def _subscription_limit(self) -> int:
-        """The user's ``max_subscriptions`` if its identity has one, else the listener's."""
-        # The identity (set by authentication) may carry the user's own limits.
-        limits = getattr(getattr(self, "identity", None), "limits", None)
-        own = getattr(limits, "max_subscriptions", None)
-        return int(own) if own is not None else self.config.max_subscriptions
 
     def _attach(self, sub: Subscription, window: int = 65535) -> None:
         """Register ``sub`` first: the core may deliver what waits as soon as it is attached."""

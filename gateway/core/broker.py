@@ -5,6 +5,10 @@ matching subscription's queue takes the message or applies its overflow
 policy on the spot. Time is read through an injected clock and advanced by
 ``tick``, which the application calls on a timer; the core starts no tasks.
 A distributed backend implements this same class interface.
+
+The facade holds publishing, queues and the queue owner interface; it delegates
+sessions (core/sessions.py), subscriptions and consumers (core/consumers.py) and
+recovery (core/recovery.py), and takes its ACL checks from core/authz.py.
 """
 
 from __future__ import annotations
@@ -18,57 +22,58 @@ from typing import TYPE_CHECKING, Final
 
 import msgspec
 
-from ..store.base import (
-    DurableCallback,
-    SessionState,
-    Snapshot,
-    Store,
-    StoredEntry,
-    StoredSubscription,
-)
+from ..store.base import DurableCallback, Snapshot, Store, StoredEntry
 from ..store.memory import MemoryStore
-from .delivery import CloseReason, Consumer, Delivery, Sink
+from . import consumers, sessions
+from .authz import NOT_AUTHORIZED, Authorization, NotAuthorized
+from .consumers import DEFAULT_OPTIONS, _Binding
+from .delivery import Consumer, Delivery, Sink
+from .destinations import (
+    BRIDGE_QUEUE_PREFIX,
+    QUEUE_PREFIX,
+    SESSION_QUEUE_PREFIX,
+    SHARE_PREFIX,
+    TEMP_QUEUE_PREFIX,
+)
 from .headers import Headers, header_pairs
 from .holds import Holds
 from .message import Kind, Message, Origin
 from .queue import Queue, QueuePolicy
 from .retained import RetainedStore
 from .selector import Selector
-from .session import NEVER, TRUSTED, Session, SubscribeOptions, Trust, Will
+from .session import TRUSTED, Session, SubscribeOptions, Trust, Will
 from .stats import BrokerStats, QueueSnapshot
-from .topics import InvalidFilter, TopicTrie, check_filter
+from .topics import TopicTrie
 
 if TYPE_CHECKING:
-    from ..auth.acl import Acl, Action, Principal
+    from ..auth.acl import Acl, Principal
     from .routing import Router
 
-SHARE_PREFIX = "$share/"
-QUEUE_PREFIX = "$queue/"
-NOT_AUTHORIZED = "not-authorized"
-SESSION_QUEUE_PREFIX = "$session/"
-TEMP_QUEUE_PREFIX = "$temp/"
-# Bridges' outboxes (gateway/bridges): only the gateway's own sessions consume them.
-BRIDGE_QUEUE_PREFIX = "$bridge/"
-# Reasons for which an entry goes to its queue's dead-letter queue, if it has one.
+__all__ = [
+    "BRIDGE_QUEUE_PREFIX",
+    "DEAD_LETTER_REASONS",
+    "DEFAULT_OPTIONS",
+    "NOT_AUTHORIZED",
+    "QUEUE_PREFIX",
+    "SESSION_QUEUE",
+    "SESSION_QUEUE_PREFIX",
+    "SHARE_PREFIX",
+    "TEMP_QUEUE_PREFIX",
+    "Broker",
+    "NotAuthorized",
+    "PublishResult",
+    "Status",
+]
+
 # Messages an offline or slow session holds, like Mosquitto's max_queued_messages.
 SESSION_QUEUE = QueuePolicy(max_length=1000)
-DEFAULT_OPTIONS = SubscribeOptions()
+# Reasons for which an entry goes to its queue's dead-letter queue, if it has one.
 DEAD_LETTER_REASONS = frozenset({"expired", "max-deliveries", "rejected", "max-length"})
 
 
 class Status(Enum):
     ACCEPTED = "accepted"
     REFUSED = "refused"
-
-
-class NotAuthorized(Exception):
-    """The ACL refuses this subscribe, consume or will (docs/security.md); the
-    refusal is logged (``acl.denied``) and each listener answers in its protocol."""
-
-    def __init__(self, action: str, destination: str) -> None:
-        super().__init__(f"{action} {destination!r} is not authorized")
-        self.action = action
-        self.destination = destination
 
 
 class PublishResult(msgspec.Struct, frozen=True):
@@ -112,14 +117,7 @@ class _Route:
     choices: tuple[tuple[Callable[[Message], bool] | None, int, int | None], ...] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class _Binding:
-    options: SubscribeOptions
-    session: Session | None
-    queue: Queue
-
-
-class Broker:
+class Broker(Authorization):
     def __init__(
         self,
         *,
@@ -247,99 +245,6 @@ class Broker:
         self.acl = acl
         self._routes.clear()
 
-    def authorize(
-        self,
-        identity: Principal | Trust | None,
-        action: Action,
-        destination: str,
-        client_id: str = "",
-        *,
-        whole: bool = False,
-    ) -> bool:
-        """May ``identity`` (None: anonymous) ``publish`` to a topic or ``$queue/NAME``,
-        ``subscribe`` to a topic filter (and read a topic), or ``consume`` ``$queue/NAME``?
-        Every check of the core is this decision; it logs nothing (``require`` does).
-        ``whole``: every topic the filter matches must be readable."""
-        acl = self.acl
-        if acl is None or identity is TRUSTED:
-            return True
-        return acl.allows(identity, action, destination, client_id, whole=whole)
-
-    def require(
-        self,
-        identity: Principal | Trust | None,
-        action: Action,
-        destination: str,
-        client_id: str = "",
-        *,
-        whole: bool = False,
-    ) -> None:
-        """``authorize``, or log ``acl.denied`` and raise NotAuthorized."""
-        if not self.authorize(identity, action, destination, client_id, whole=whole):
-            self._denied(identity, action, destination, client_id)
-            raise NotAuthorized(action, destination)
-
-    def authorize_message(self, message: Message, identity: Principal | Trust | None) -> bool:
-        """May ``identity`` publish ``message``? The gateway's own messages (origin
-        protocol ``internal``, such as $SYS) may. A refusal is logged (``acl.denied``)."""
-        acl = self.acl
-        origin = message.origin
-        if acl is None or identity is TRUSTED or origin.protocol == "internal":
-            return True
-        destination = message.destination
-        if message.kind is _QUEUE_KIND:
-            destination = QUEUE_PREFIX + destination
-        if acl.allows(identity, "publish", destination, origin.client_id):
-            return True
-        self._denied(identity, "publish", destination, origin.client_id)
-        return False
-
-    def _denied(
-        self, identity: Principal | Trust | None, action: str, destination: str, client_id: str
-    ) -> None:
-        if self.acl is not None and identity is not TRUSTED:
-            self.stats.denied[action] += 1
-            self.acl.denied(identity, action, destination, client_id)
-
-    def _readable(self, session: Session, topic: str) -> bool:
-        """May ``session`` receive a message published to ``topic``?"""
-        return self.authorize(session.identity, "subscribe", topic, session.client_id)
-
-    def _may_consume(self, session: Session, name: str) -> bool:
-        queue = self.queues.get(name)
-        if queue is not None and queue.owner is session:
-            return True  # its own temporary queue
-        topic_filter = self._durable.get(name)
-        if topic_filter is not None:
-            # A durable topic subscription's queue holds its topics: reading it is reading them.
-            return self.authorize(
-                session.identity, "subscribe", topic_filter, session.client_id, whole=True
-            )
-        return self.authorize(session.identity, "consume", QUEUE_PREFIX + name, session.client_id)
-
-    def _recheck(self, session: Session) -> None:
-        """A resumed session has another identity: it keeps only the subscriptions,
-        consumers, queued and in-flight messages that this one may have."""
-        identity, client_id = session.identity, session.client_id
-        for topic_filter in list(session.subscriptions):
-            if not self.authorize(identity, "subscribe", topic_filter, client_id):
-                self.unsubscribe(session, topic_filter)
-        for name in list(session.consumers):
-            if not name.startswith(SHARE_PREFIX) and not self._may_consume(session, name):
-                self.cancel(session, name)
-        queue = session.queue
-        for entry in queue.purge():
-            if self._readable(session, entry.message.destination):
-                queue.restore(entry)
-            else:
-                self.discard(queue, entry, NOT_AUTHORIZED)
-        unacked = session.consumer.unacked
-        for entry in session.inflight():
-            if not self._readable(session, entry.message.destination):
-                del unacked[entry.tag]
-                entry.consumer = None
-                self.discard(queue, entry, NOT_AUTHORIZED)
-
     # -- the queue owner interface --------------------------------------------------
 
     def discard(self, queue: Queue, entry: Delivery, reason: str) -> None:
@@ -434,7 +339,7 @@ class Broker:
         if self.holds:  # an entry may leave another queue than the one that held it
             self.holds.leave(id(entry), ok)
 
-    # -- sessions ------------------------------------------------------------------
+    # -- sessions (core/sessions.py) ------------------------------------------------
 
     def open_session(
         self,
@@ -447,161 +352,23 @@ class Broker:
         window: int = 65535,
         identity: Principal | Trust | None = None,
     ) -> tuple[Session, bool]:
-        """Attach ``sink`` to ``client_id``'s session; returns it and whether it existed.
-
-        A connection already attached is closed (takeover); its will is handled as
-        for any abnormal disconnect. ``clean`` discards an existing session.
-        ``identity`` (None: anonymous) is who the client is, for authorization: a will
-        it may not publish raises NotAuthorized before anything changes; a session
-        that belonged to another user is not resumed but started anew.
-        """
-        if will is not None and not self.authorize_message(will.message, identity):
-            raise NotAuthorized("publish", will.message.destination)
-        session = self.sessions.get(client_id)
-        if session is not None and session.connected:
-            old_sink = session.sink
-            self.detach(session, graceful=False)
-            assert old_sink is not None
-            old_sink.close(CloseReason.TAKEN_OVER)
-            session = self.sessions.get(client_id)
-        if session is not None and not clean and self.acl is not None:
-            # Another user's session, with what it queued, is never handed over.
-            owner = session.identity
-            if owner is not None and owner is not TRUSTED:
-                clean = _user(identity) != owner.user
-        if session is not None and clean:
-            self._end_session(session)
-            session = None
-        present = session is not None
-        if session is None:
-            durable = expiry > 0 and self.durability != "memory"
-            queue = Queue(
-                SESSION_QUEUE_PREFIX + client_id,
-                self,
-                self.session_queue_policy,
-                lossy=True,
-                ordered=True,
-                durable=durable,
-            )
-            session = Session(client_id=client_id, expiry=expiry, queue=queue)
-            session.identity = identity
-            queue.owner = session
-            self.sessions[client_id] = session
-        else:
-            # Back in time: a pending will is cancelled (MQTT 5, 3.1.3.2.2).
-            session.will_due = None
-            session.expires_at = None
-            session.expiry = expiry
-            if session.identity != identity:
-                session.identity = identity
-                if self.acl is not None:
-                    self._routes.clear()
-                    self._recheck(session)
-        session.will = will
-        session.window = window
-        session.consumer.window = window
-        session.consumer.sink = sink
-        for consumer in session.consumers.values():
-            consumer.sink = sink
-            consumer.window = min(consumer.window, window)
-        self._save(session)
-        # Deliveries in flight when the last connection ended go first, in their
-        # original order, marked as redeliveries (MQTT resends them with DUP).
-        for consumer in session.all_consumers():
-            for entry in sorted(consumer.unacked.values(), key=lambda e: e.tag):
-                entry.count += 1
-                consumer.queue.stats.redelivered += 1
-                sink.deliver(entry, consumer.delivery_qos(entry.qos))
-        for consumer in session.consumers.values():
-            if not consumer.closed:
-                consumer.queue.attach(consumer)
-        session.queue.dispatch()
-        return session, present
+        """Attach ``sink`` to ``client_id``'s session (``sessions.open_session``);
+        returns it and whether it existed. Raises NotAuthorized for a will the
+        ``identity`` may not publish."""
+        return sessions.open_session(
+            self,
+            client_id,
+            sink,
+            clean=clean,
+            expiry=expiry,
+            will=will,
+            window=window,
+            identity=identity,
+        )
 
     def detach(self, session: Session, *, graceful: bool, expiry: float | None = None) -> None:
-        """The session's connection ended; ``graceful`` (a clean goodbye) discards the will.
-
-        ``expiry`` replaces the session's expiry (MQTT 5 DISCONNECT may change it).
-        """
-        if not session.connected:
-            return
-        if expiry is not None:
-            session.expiry = expiry
-        now = self.now()
-        session.consumer.sink = None
-        ending = session.expiry <= 0
-        for name, consumer in session.consumers.items():
-            consumer.sink = None
-            # A shared group's in-flight messages wait for this member to come back
-            # (MQTT 4.8.2); a plain queue's go to the other consumers at once.
-            keep = ending or name.startswith(SHARE_PREFIX)
-            consumer.queue.detach(consumer, keep_inflight=keep)
-        if graceful:
-            session.will = None
-        if ending:
-            self._end_session(session)
-            return
-        if expiry is not None:
-            self._save(session)  # the expiry a restart restores is the latest one
-        session.expires_at = now + session.expiry if session.expiry != NEVER else None
-        will = session.will
-        if will is not None:
-            if will.delay <= 0:
-                self._publish_will(session)
-            else:
-                session.will_due = now + min(will.delay, session.expiry)
-
-    def _end_session(self, session: Session) -> None:
-        if self.sessions.get(session.client_id) is session:
-            del self.sessions[session.client_id]
-            self._delivered_gone += session.queue.stats.delivered
-        self._publish_will(session)
-        for name, consumer in session.consumers.items():
-            consumer.sink = None
-            if name.startswith(SHARE_PREFIX):
-                # Exactly-once: a QoS 2 message begun with this member goes to no other.
-                for tag, entry in list(consumer.unacked.items()):
-                    if consumer.delivery_qos(entry.qos) == 2:
-                        del consumer.unacked[tag]
-                        self.discard(consumer.queue, entry, "session-ended")
-        for topic_filter in list(session.subscriptions):
-            self.unsubscribe(session, topic_filter)
-        for name, consumer in list(session.consumers.items()):
-            consumer.queue.detach(consumer)
-            del session.consumers[name]
-        for name in session.temporary:
-            self.delete_queue(name)
-        session.temporary.clear()
-        for entry in [*session.inflight(), *session.queue.purge()]:
-            self.forget(session.queue, entry)
-        session.consumer.unacked.clear()
-        session.consumer.sink = None
-        if session.queue.durable:
-            self.store.drop_queue(session.queue.name)
-            self.store.delete_session(session.client_id)
-
-    def _publish_will(self, session: Session) -> None:
-        will, session.will, session.will_due = session.will, None, None
-        if will is not None:
-            self.publish(will.message, identity=session.identity)
-
-    def _save(self, session: Session) -> None:
-        if session.durable and session.queue.durable:
-            subs = tuple(
-                StoredSubscription(
-                    topic_filter=f,
-                    qos=o.qos,
-                    no_local=o.no_local,
-                    retain_as_published=o.retain_as_published,
-                    retain_handling=o.retain_handling,
-                    subscription_id=o.subscription_id,
-                    selector=None if o.selector is None else o.selector.text,
-                )
-                for f, o in session.subscriptions.items()
-            )
-            self.store.save_session(
-                SessionState(client_id=session.client_id, expiry=session.expiry, subscriptions=subs)
-            )
+        """The session's connection ended (``sessions.detach``)."""
+        sessions.detach(self, session, graceful=graceful, expiry=expiry)
 
     def resume(self, session: Session) -> None:
         """The session's sink became writable again: send what waited."""
@@ -614,9 +381,9 @@ class Broker:
         now = self.now()
         for session in list(self.sessions.values()):
             if session.will_due is not None and session.will_due <= now:
-                self._publish_will(session)
+                sessions.publish_will(self, session)
             if session.expires_at is not None and session.expires_at <= now:
-                self._end_session(session)
+                sessions.end_session(self, session)
         for queue in list(self.queues.values()):
             queue.expire(now)
         for session in self.sessions.values():
@@ -631,82 +398,17 @@ class Broker:
 
         return restore(self, snapshot)
 
-    # -- subscriptions -----------------------------------------------------------
+    # -- subscriptions and consumers (core/consumers.py) --------------------------
 
     def subscribe(
         self, session: Session, topic_filter: str, options: SubscribeOptions = DEFAULT_OPTIONS
     ) -> int:
-        """Subscribe ``session``; returns the granted QoS. Raises InvalidFilter.
-
-        ``$share/GROUP/FILTER`` joins the shared subscription GROUP: a queue fed by
-        FILTER whose members compete for its messages.
-        """
-        if topic_filter.startswith(SHARE_PREFIX):
-            return self._subscribe_shared(session, topic_filter, options)
-        check_filter(topic_filter)
-        if self.acl is not None:
-            self.require(session.identity, "subscribe", topic_filter, session.client_id)
-        is_new = topic_filter not in session.subscriptions
-        session.subscriptions[topic_filter] = options
-        self._trie.add(
-            topic_filter, (session, topic_filter), _Binding(options, session, session.queue)
-        )
-        self._routes.clear()
-        self._save(session)
-        if options.retain_handling == 0 or (options.retain_handling == 1 and is_new):
-            self._send_retained(session, topic_filter, options)
-        return options.qos
-
-    def _subscribe_shared(self, session: Session, share: str, options: SubscribeOptions) -> int:
-        group, sep, topic_filter = share[len(SHARE_PREFIX) :].partition("/")
-        if not group or not sep or "+" in group or "#" in group:
-            raise InvalidFilter(f"shared subscription needs $share/GROUP/FILTER: {share!r}")
-        check_filter(topic_filter)
-        if options.selector is not None:
-            raise InvalidFilter("selectors are not supported on shared subscriptions (yet)")
-        if self.acl is not None:
-            # The group's messages are not checked per member: all must be readable.
-            self.require(session.identity, "subscribe", share, session.client_id, whole=True)
-        queue = self.queues.get(share)
-        if queue is None:
-            queue = self.queues[share] = Queue(
-                share,
-                self,
-                self.session_queue_policy,
-                lossy=True,
-                ordered=True,
-                durable=self._mode(self.session_queue_policy) != "memory",
-            )
-            shared = SubscribeOptions(qos=2)
-            self._trie.add(topic_filter, share, _Binding(shared, None, queue))
-            self._routes.clear()
-        session.subscriptions[share] = options
-        consumer = self._attach(session, queue, qos=options.qos)
-        sub_id = options.subscription_id
-        consumer.subscription_ids = () if sub_id is None else (sub_id,)
-        consumer.retain_as_published = options.retain_as_published
-        self._save(session)
-        return options.qos
+        """Subscribe ``session`` (``consumers.subscribe``); returns the granted QoS.
+        Raises InvalidFilter, NotAuthorized."""
+        return consumers.subscribe(self, session, topic_filter, options)
 
     def unsubscribe(self, session: Session, topic_filter: str) -> bool:
-        if session.subscriptions.pop(topic_filter, None) is None:
-            return False
-        if topic_filter.startswith(SHARE_PREFIX):
-            self._detach_consumer(session, topic_filter)
-            queue = self.queues.get(topic_filter)
-            if (
-                queue is not None
-                and not queue.consumers
-                and not any(topic_filter in s.subscriptions for s in self.sessions.values())
-            ):
-                # The last member left: the group's queue goes with it.
-                self._trie.remove(topic_filter.split("/", 2)[2], topic_filter)
-                self.delete_queue(topic_filter)
-        else:
-            self._trie.remove(topic_filter, (session, topic_filter))
-        self._routes.clear()
-        self._save(session)
-        return True
+        return consumers.unsubscribe(self, session, topic_filter)
 
     def durable_subscription(
         self,
@@ -717,70 +419,21 @@ class Broker:
         policy: QueuePolicy | None = None,
     ) -> Queue:
         """A queue fed by ``topic_filter`` that keeps filling while its consumer is away
-        (JMS durable topic subscriptions, a bridge's outbox). Deleted only by
-        ``drop_durable_subscription``. With a ``selector`` only the messages it
-        matches go in; ``policy`` replaces the configured one. Called again for an
-        existing one (one restored from the store), it takes the new selector and
-        policy. Raises InvalidFilter."""
-        queue = self.queues.get(name)
-        if queue is not None:
-            # Taken back after a restart, perhaps with a changed filter (a bridge's outbox
-            # whose rule was edited), or a queue that was unbound: it keeps what it holds.
-            previous = self._durable.get(name)
-            if previous != topic_filter:
-                check_filter(topic_filter)
-                if previous is not None:
-                    self._trie.remove(previous, name)
-                self._durable[name] = topic_filter
-                if queue.durable:
-                    self.store.save_durable_subscription(name, topic_filter)
-            if policy is not None:
-                queue.set_policy(policy)
-            self._trie.add(
-                topic_filter,
-                name,
-                _Binding(SubscribeOptions(qos=2, selector=selector), None, queue),
-            )
-            self._routes.clear()
-            return queue
-        check_filter(topic_filter)
-        if policy is None:
-            policy = self._policies.get(name, self.session_queue_policy)
-        queue = self.queues[name] = Queue(
-            name, self, policy, ordered=True, durable=self._mode(policy) != "memory"
+        (``consumers.durable_subscription``). Raises InvalidFilter."""
+        return consumers.durable_subscription(
+            self, name, topic_filter, selector=selector, policy=policy
         )
-        binding = _Binding(SubscribeOptions(qos=2, selector=selector), None, queue)
-        self._trie.add(topic_filter, name, binding)
-        self._durable[name] = topic_filter
-        if queue.durable:
-            self.store.save_durable_subscription(name, topic_filter)
-        self._routes.clear()
-        return queue
 
     def durable_filters(self) -> dict[str, str]:
         """The durable subscriptions: queue name -> topic filter."""
         return dict(self._durable)
 
     def unbind_durable_subscription(self, name: str) -> bool:
-        """Stop feeding durable subscription ``name`` but keep its queue and what it
-        holds, as a plain queue (a bridge outbox whose rule is gone)."""
-        topic_filter = self._durable.pop(name, None)
-        if topic_filter is None:
-            return False
-        self._trie.remove(topic_filter, name)
-        self._routes.clear()
-        self.store.delete_durable_subscription(name)
-        return True
+        """Stop feeding durable subscription ``name``, keeping its queue as a plain one."""
+        return consumers.unbind_durable_subscription(self, name)
 
     def drop_durable_subscription(self, name: str) -> bool:
-        topic_filter = self._durable.pop(name, None)
-        if topic_filter is None:
-            return False
-        self._trie.remove(topic_filter, name)
-        self._routes.clear()
-        self.delete_queue(name)
-        self.store.delete_durable_subscription(name)
-        return True
+        return consumers.drop_durable_subscription(self, name)
 
     def consume(
         self,
@@ -792,77 +445,15 @@ class Broker:
         ack_all: bool = False,
         selector: Selector | None = None,
     ) -> Consumer:
-        """Make ``session`` a competing consumer of queue ``queue_name`` (created on first use).
-
-        With a ``selector`` it takes only the messages the selector matches; the others
-        stay queued for other consumers (JMS). Raises NotAuthorized."""
-        if queue_name.startswith(BRIDGE_QUEUE_PREFIX) and session.identity is not TRUSTED:
-            # A client consuming a bridge's outbox would take messages from the upstream.
-            self.stats.denied["consume"] += 1
-            raise NotAuthorized("consume", QUEUE_PREFIX + queue_name)
-        if self.acl is not None and not self._may_consume(session, queue_name):
-            destination = QUEUE_PREFIX + queue_name
-            self._denied(session.identity, "consume", destination, session.client_id)
-            raise NotAuthorized("consume", destination)
-        queue = self.queues.get(queue_name) or self.declare_queue(queue_name)
-        return self._attach(
-            session, queue, qos=qos, window=window, ack_all=ack_all, selector=selector
+        """Make ``session`` a competing consumer of queue ``queue_name``
+        (``consumers.consume``). Raises NotAuthorized."""
+        return consumers.consume(
+            self, session, queue_name, qos=qos, window=window, ack_all=ack_all, selector=selector
         )
 
     def cancel(self, session: Session, queue_name: str, *, requeue: bool = True) -> bool:
-        """Stop consuming. Unacked deliveries go back to the queue (JMS), or with
-        ``requeue=False`` may still be acknowledged (MQTT 3.10.4-3)."""
-        if not requeue:
-            return self._detach_consumer(session, queue_name)
-        consumer = session.consumers.pop(queue_name, None)
-        if consumer is None or consumer.closed:
-            return False
-        consumer.queue.detach(consumer)
-        consumer.sink = None
-        return True
-
-    def _attach(
-        self,
-        session: Session,
-        queue: Queue,
-        *,
-        qos: int,
-        window: int = 65535,
-        ack_all: bool = False,
-        selector: Selector | None = None,
-    ) -> Consumer:
-        consumer = session.consumers.get(queue.name)
-        if consumer is not None:
-            consumer.qos = qos  # subscribing again updates the options
-            if consumer.selector != selector:
-                consumer.selector = selector
-                queue.selectors_changed()
-                queue.dispatch()
-            if consumer.closed:
-                consumer.closed = False
-                if consumer.sink is not None:
-                    queue.attach(consumer)
-            return consumer
-        window = min(window, session.consumer.window)
-        consumer = Consumer(
-            queue, session, qos=qos, window=window, ack_all=ack_all, selector=selector
-        )
-        session.consumers[queue.name] = consumer
-        consumer.sink = session.sink
-        if consumer.sink is not None:
-            queue.attach(consumer)
-        return consumer
-
-    def _detach_consumer(self, session: Session, queue_name: str) -> bool:
-        """Take no more from the queue, but let deliveries already sent be acknowledged
-        (MQTT 3.10.4-3): the consumer stays with the session, closed, until they are."""
-        consumer = session.consumers.get(queue_name)
-        if consumer is None or consumer.closed:
-            return False
-        consumer.queue.detach(consumer, keep_inflight=True)
-        consumer.closed = True
-        self._drop_if_done(consumer)
-        return True
+        """Stop consuming (``consumers.cancel``)."""
+        return consumers.cancel(self, session, queue_name, requeue=requeue)
 
     def _drop_if_done(self, consumer: Consumer) -> None:
         consumer_map = consumer.session.consumers
@@ -870,26 +461,6 @@ class Broker:
             if consumer_map.get(consumer.queue.name) is consumer:
                 del consumer_map[consumer.queue.name]
             consumer.sink = None
-
-    def _send_retained(
-        self, session: Session, topic_filter: str, options: SubscribeOptions
-    ) -> None:
-        now = self.now()
-        ids = () if options.subscription_id is None else (options.subscription_id,)
-        acl = self.acl
-        for message in self.retained.match(topic_filter):
-            if message.expiry is not None and message.expiry <= now:
-                continue
-            if options.selector is not None and not options.selector.matches(message):
-                continue
-            if acl is not None and not self._readable(session, message.destination):
-                continue
-            qos = min(message.qos, options.qos)
-            session.queue.put(
-                Delivery(
-                    message, qos=qos, retain=True, subscription_ids=ids, expires=message.expiry
-                )
-            )
 
     # -- publishing ----------------------------------------------------------------
 
@@ -1099,10 +670,6 @@ def _stored(entry: Delivery) -> StoredEntry:
         retain=entry.retain,
         subscription_ids=entry.subscription_ids,
     )
-
-
-def _user(identity: Principal | Trust | None) -> str | None:
-    return None if identity is None or identity is TRUSTED else identity.user
 
 
 def _choices(

@@ -424,59 +424,37 @@ def _not(operand: Fn) -> Fn:
 
 
 def _logical(node: Logical) -> Fn:
+    """AND and OR in three-valued logic, one the dual of the other: AND stops at the
+    first False, OR at the first True; otherwise an unknown (None) operand makes the
+    result unknown, else it is the other value."""
     fns = tuple(_condition(operand) for operand in node.operands)
-    if node.op == "AND":
-        if len(fns) == 2:
-            f, g = fns
-
-            def and2(m: Message, r: bool) -> object:
-                a = f(m, r)
-                if a is False:
-                    return False
-                b = g(m, r)
-                if b is False:
-                    return False
-                return None if a is None or b is None else True
-
-            return and2
-
-        def and_(m: Message, r: bool) -> object:
-            result: object = True
-            for fn in fns:
-                value = fn(m, r)
-                if value is False:
-                    return False
-                if value is None:
-                    result = None
-            return result
-
-        return and_
-
+    stop = node.op != "AND"
+    other = not stop
     if len(fns) == 2:
         f, g = fns
 
-        def or2(m: Message, r: bool) -> object:
+        def both(m: Message, r: bool) -> object:
             a = f(m, r)
-            if a is True:
-                return True
+            if a is stop:
+                return stop
             b = g(m, r)
-            if b is True:
-                return True
-            return None if a is None or b is None else False
+            if b is stop:
+                return stop
+            return None if a is None or b is None else other
 
-        return or2
+        return both
 
-    def or_(m: Message, r: bool) -> object:
-        result: object = False
+    def every(m: Message, r: bool) -> object:
+        result: object = other
         for fn in fns:
             value = fn(m, r)
-            if value is True:
-                return True
+            if value is stop:
+                return stop
             if value is None:
                 result = None
         return result
 
-    return or_
+    return every
 
 
 def _compare(node: Compare) -> Fn:

@@ -38,16 +38,13 @@ def purge(broker: Broker, queue: Queue) -> int:
         broker.forget(queue, entry, ok=False)
     if entries:
         broker.stats.drops[PURGED] += len(entries)
-    _relieved(queue)
+    queue.drained()
     return len(entries)
 
 
 def death_queue(message: Message) -> str | None:
     """The queue a dead-lettered message came from (its ``x-death-queue`` header)."""
-    for name, value in header_pairs(message.headers):
-        if name == DEATH_QUEUE:
-            return value
-    return None
+    return message.headers.get(DEATH_QUEUE)
 
 
 def move(broker: Broker, queue: Queue, to: str | None = None) -> tuple[int, int]:
@@ -89,7 +86,7 @@ def move(broker: Broker, queue: Queue, to: str | None = None) -> tuple[int, int]
         moved += 1
     for entry in kept:
         queue.restore(entry)  # still stored: only put back in line
-    _relieved(queue)
+    queue.drained()
     if kept:
         queue.dispatch()
     return moved, len(kept)
@@ -102,11 +99,3 @@ def delete_retained(broker: Broker, topic: str) -> bool:
     broker.retained.set(Message(destination=topic, payload=b"", retain=True))
     broker.store.clear_retained(topic)  # a no-op where it was never stored
     return True
-
-
-def _relieved(queue: Queue) -> None:
-    """After entries left without being sent: publishers held back by this queue's
-    depth (backpressure) go on."""
-    if queue.depth <= queue.low_water:
-        queue.stalled = False
-        queue._relieve()

@@ -318,6 +318,15 @@ class Queue:
             if self._waiters:
                 self._relieve()
 
+    def drained(self) -> None:
+        """Entries left without being sent (an admin purge or move, core/admin.py): back
+        under the low-water mark, publishers this queue held back go on, as ``_remove``
+        lets them go."""
+        if self.depth <= self.low_water:
+            self.stalled = False
+            if self._waiters:
+                self._relieve()
+
     def requeue(self, entries: list[Delivery]) -> None:
         """Put delivered-but-unacked entries back at the front, in their original order."""
         limit = self.policy.max_deliveries

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal, Protocol
 
+from ..core.destinations import QUEUE_PREFIX, SHARE_PREFIX
 from ..core.topics import InvalidFilter, check_filter
 from ..logging import get_logger
 
@@ -32,8 +33,6 @@ Action = Literal["publish", "subscribe", "consume"]
 RuleAction = Literal["publish", "subscribe", "consume", "all"]
 ACTIONS: Final[tuple[Action, ...]] = ("publish", "subscribe", "consume")
 RULE_ACTIONS: Final[tuple[RuleAction, ...]] = (*ACTIONS, "all")
-QUEUE_PREFIX: Final = "$queue/"
-SHARE_PREFIX: Final = "$share/"
 # The reason of a refused publish (PublishResult.reason) and the drop counter's name.
 NOT_AUTHORIZED: Final = "not-authorized"
 # Bounds of the caches: identities seen, and decisions per identity.

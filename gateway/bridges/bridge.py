@@ -35,6 +35,7 @@ from ..core.broker import BRIDGE_QUEUE_PREFIX, QUEUE_PREFIX, Broker
 from ..core.delivery import CloseReason, Delivery
 from ..core.message import Kind, Message, Origin
 from ..core.queue import Overflow, Queue, QueuePolicy
+from ..core.routing import parse_destination
 from ..core.selector import Selector, compile_selector
 from ..core.session import TRUSTED, Session
 from .base import ORIGIN_HEADER, InboundRule, Outbound, Settle, Upstream, UpstreamError
@@ -466,9 +467,7 @@ class Bridge:
             self.log.warning("bridge.inbound_refused", subject=subject, error=str(exc))
             self._return_later(settle)
             return
-        kind = Kind.TOPIC
-        if destination.startswith(QUEUE_PREFIX):
-            kind, destination = Kind.QUEUE, destination[len(QUEUE_PREFIX) :]
+        kind, destination = parse_destination(destination)
         local = msgspec.structs.replace(
             message,
             destination=destination,

@@ -37,6 +37,7 @@ from ..codecs.mqtt import (
     ReasonCode,
     Role,
 )
+from ..core.destinations import SHARE_PREFIX
 from ..core.message import Origin
 from ..core.topics import InvalidFilter, check_filter, filter_matches
 from ..listeners.mqtt_mapping import properties_of, to_message
@@ -62,7 +63,6 @@ if TYPE_CHECKING:
 DEFAULT_PORTS: Final = {"mqtt": 1883, "mqtts": 8883}
 TLS_SCHEMES: Final = frozenset({"mqtts"})
 READ_SIZE = 65536
-SHARE_PREFIX = "$share/"
 # How long close() gives its DISCONNECT to be written.
 CLOSE_TIMEOUT = 2.0
 # The in-flight limit assumed for an MQTT 3.1.1 broker, which does not announce one

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Final
 import msgspec
 
 from .broker import PublishResult, Status
+from .destinations import QUEUE_PREFIX
 from .headers import Headers, header_pairs
 from .message import Kind, Message, next_message_id
 from .selector import Selector, SelectorError, compile_selector
@@ -53,7 +54,6 @@ __all__ = [
     "parse_destination",
 ]
 
-QUEUE_PREFIX: Final = "$queue/"
 # Set on every copy and diverted message: the rule that addressed it, and the
 # destination (neutral form) the original was published to.
 ROUTED_BY: Final = "x-routed-by"

@@ -18,10 +18,11 @@ from typing import Any
 import trio
 
 from ..auth import Authenticator, AuthError, Identity
-from ..auth.acl import QUEUE_PREFIX, Principal
+from ..auth.acl import Principal
 from ..config import Config, ListenerConfig
 from ..core import Broker, Kind, Origin
 from ..core.broker import NotAuthorized
+from ..core.destinations import QUEUE_PREFIX
 from ._serve import Connection, Handler
 from .authn import http_identity, unauthorized
 from .http import HTTPError, Request, Response, http_handler, json_response, path_params

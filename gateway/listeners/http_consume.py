@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 import msgspec
 import trio
 
-from ..auth.acl import QUEUE_PREFIX
 from ..config import ListenerConfig
 from ..core import (
     CloseReason,
@@ -23,6 +22,8 @@ from ..core import (
     check_filter,
 )
 from ..core.broker import NotAuthorized
+from ..core.destinations import QUEUE_PREFIX
+from ..core.routing import parse_destination
 from ..core.selector import Selector, SelectorError, compile_selector
 from ..core.session import TRUSTED
 from . import http_mapping as mapping
@@ -231,7 +232,7 @@ async def release_messages(
 async def request_reply(
     service: HTTPService, listener: ListenerConfig, request: Request
 ) -> Response:
-    kind, name = mapping.parse_destination(request.params["destination"])
+    kind, name = parse_destination(request.params["destination"])
     service.check_destination(kind, name)
     timeout = _query_number(request, "timeout", DEFAULT_REQUEST_TIMEOUT, 0.001, MAX_REQUEST_TIMEOUT)
     broker = service.broker
@@ -253,7 +254,7 @@ async def request_reply(
         reply_queue = broker.temporary_queue(session)
         broker.consume(session, reply_queue, qos=0)
         fields = mapping.fields_from_headers(request.headers)
-        fields["reply_to"] = mapping.QUEUE_PREFIX + reply_queue
+        fields["reply_to"] = QUEUE_PREFIX + reply_queue
         correlation = fields.setdefault("correlation_id", secrets.token_hex(8))
         message = mapping.build_message(
             kind, name, request.body, fields, service.origin(listener, request)

@@ -23,23 +23,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..core import Headers, Kind, Message, Origin, header_pairs
+from ..core.destinations import QUEUE_PREFIX
 from ..core.message import is_utf8
 from .http import HTTPError
 
 PREFIX = "x-msg-"
-QUEUE_PREFIX = "$queue/"
 STANDARD = frozenset(
     {"priority", "expiry", "correlation-id", "reply-to", "persistent", "retain", "expires-at"}
 )
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _TRUE = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-
-
-def parse_destination(destination: str) -> tuple[Kind, str]:
-    """The neutral address form shared with reply-to: `$queue/NAME` or a topic name."""
-    if destination.startswith(QUEUE_PREFIX) and len(destination) > len(QUEUE_PREFIX):
-        return Kind.QUEUE, destination[len(QUEUE_PREFIX) :]
-    return Kind.TOPIC, destination
 
 
 def is_text(content_type: str | None) -> bool:

@@ -16,6 +16,7 @@ from ..auth.acl import NOT_AUTHORIZED
 from ..config import ListenerConfig
 from ..core import Broker, Kind, Message, Origin, PublishResult, Status
 from ..core.broker import NotAuthorized
+from ..core.routing import parse_destination
 from ..core.session import TRUSTED
 from ..store import MemoryStore
 from . import http_mapping as mapping
@@ -223,7 +224,7 @@ async def receive_webhook(
             return json_response(200, {"duplicate": True, "id": original})
     fields = mapping.fields_from_headers(request.headers)
     fields["headers"] = hook.message_headers(fields.get("headers", ()), key)
-    kind, destination = mapping.parse_destination(hook.destination)
+    kind, destination = parse_destination(hook.destination)
     message = mapping.build_message(
         kind, destination, request.body, fields, service.origin(listener, request)
     )

@@ -22,8 +22,8 @@ from typing import Final
 from ..codecs import mqtt
 from ..codecs.mqtt import MQTTProtocolError, ReasonCode
 from ..core import Headers, Kind, Message, Origin, header_pairs
+from ..core.destinations import QUEUE_PREFIX
 
-QUEUE_PREFIX = "$queue/"
 NO_PROPERTIES = mqtt.NO_PROPERTIES
 # An enum member read through its class costs about 90 ns on Python 3.11: per message, aliases.
 _QUEUE: Final = Kind.QUEUE

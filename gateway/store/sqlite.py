@@ -22,36 +22,52 @@ Safety at open: a lock file (one gateway per data directory), the schema
 version (a newer one is refused), the file's size, ``PRAGMA quick_check`` and,
 at ``load``, a checksum per stored message: a damaged database is refused with
 its path, never written to, repaired or replaced by an empty one.
+
+Its parts: ``batch`` (the changes recorded, coalescing), ``encoding`` (what a row
+holds, with its checksum), ``safety`` (the lock and the checks at open); this module
+opens, commits and loads.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import sqlite3
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from ..core.headers import Headers, header_pairs
-from ..core.message import Kind, Message, Origin
+from ..core.message import Message
 from ..core.stats import BATCH_BOUNDS, LATENCY_BOUNDS, Buckets
-from .base import (
-    DurableCallback,
-    SessionState,
-    Snapshot,
-    StoredEntry,
-    StoredSubscription,
+from .base import DurableCallback, SessionState, Snapshot, StoredEntry
+from .batch import GONE, Batch, Gone
+from .encoding import (
+    CorruptRow,
+    checked,
+    decode_extra,
+    decode_message,
+    decode_session_state,
+    encode,
+    encode_message,
+    encode_session,
+    with_crc,
 )
+from .safety import SCHEMA_VERSION, StoreError, check, lock, unlock
 
-SCHEMA_VERSION = 1
+__all__ = [
+    "SCHEMA_VERSION",
+    "SQLiteStore",
+    "StoreError",
+    "decode_message",
+    "encode_message",
+    "run_writer",
+]
+
 DB_NAME = "gateway.db"
-LOCK_NAME = "gateway.lock"
+
 # How long a failed commit waits before it is tried again.
 RETRY_INTERVAL = 1.0
 # The write-ahead log is cut back to this size after a checkpoint.
@@ -100,238 +116,6 @@ CREATE TABLE IF NOT EXISTS durable_subscriptions (
 """
 
 
-class StoreError(Exception):
-    """The store cannot be opened; the message says why and names the path."""
-
-
-# -- encoding ------------------------------------------------------------------------------
-
-
-class _StoredMessage(msgspec.Struct, array_like=True, omit_defaults=True):
-    destination: str
-    payload: bytes
-    kind: str
-    headers: list[tuple[str, str]]
-    qos: int
-    retain: bool
-    priority: int
-    expiry: float | None
-    content_type: str | None
-    text: bool
-    correlation_id: bytes | None
-    reply_to: str | None
-    message_id: int
-    timestamp: float
-    origin: tuple[str, str, str]
-
-
-_encode = msgspec.msgpack.Encoder().encode
-_decode_message = msgspec.msgpack.Decoder(_StoredMessage).decode
-
-
-def encode_message(message: Message) -> bytes:
-    origin = message.origin
-    return _encode(
-        _StoredMessage(
-            destination=message.destination,
-            payload=message.payload,
-            kind=message.kind.value,
-            headers=list(header_pairs(message.headers)),
-            qos=message.qos,
-            retain=message.retain,
-            priority=message.priority,
-            expiry=message.expiry,
-            content_type=message.content_type,
-            text=message.text,
-            correlation_id=message.correlation_id,
-            reply_to=message.reply_to,
-            message_id=message.message_id,
-            timestamp=message.timestamp,
-            origin=(origin.protocol, origin.listener, origin.client_id),
-        )
-    )
-
-
-def decode_message(data: bytes) -> Message:
-    s = _decode_message(data)
-    protocol, listener, client_id = s.origin
-    return Message(
-        destination=s.destination,
-        payload=s.payload,
-        kind=Kind(s.kind),
-        headers=Headers(s.headers) if s.headers else Headers(),
-        qos=s.qos,
-        retain=s.retain,
-        priority=s.priority,
-        expiry=s.expiry,
-        content_type=s.content_type,
-        text=s.text,
-        correlation_id=s.correlation_id,
-        reply_to=s.reply_to,
-        message_id=s.message_id,
-        timestamp=s.timestamp,
-        origin=Origin(protocol=protocol, listener=listener, client_id=client_id),
-    )
-
-
-def _with_crc(key: object, data: bytes) -> tuple[object, bytes, int]:
-    """A row holding a message, with the checksum ``load`` verifies: SQLite checks
-    its pages' structure (``quick_check``), not the bytes of the data in them."""
-    return key, data, zlib.crc32(data)
-
-
-class CorruptRow(Exception):
-    pass
-
-
-def _checked(data: bytes, crc: int, key: object) -> bytes:
-    if zlib.crc32(data) != crc:
-        raise CorruptRow(f"the checksum of the stored message {key!r} does not match")
-    return data
-
-
-class _StoredSession(msgspec.Struct, array_like=True):
-    expiry: float
-    subscriptions: list[tuple[str, int, bool, bool, int, int | None]]
-    # One per subscription, in the same order (absent in stores written before selectors).
-    selectors: list[str | None] = []
-
-
-def _encode_session(state: SessionState) -> bytes:
-    return _encode(
-        _StoredSession(
-            expiry=state.expiry,
-            subscriptions=[
-                (
-                    s.topic_filter,
-                    s.qos,
-                    s.no_local,
-                    s.retain_as_published,
-                    s.retain_handling,
-                    s.subscription_id,
-                )
-                for s in state.subscriptions
-            ],
-            selectors=[s.selector for s in state.subscriptions],
-        )
-    )
-
-
-_decode_session = msgspec.msgpack.Decoder(_StoredSession).decode
-
-
-def _decode_session_state(client_id: str, data: bytes) -> SessionState:
-    s = _decode_session(data)
-    selectors = s.selectors + [None] * (len(s.subscriptions) - len(s.selectors))
-    return SessionState(
-        client_id=client_id,
-        expiry=s.expiry,
-        subscriptions=tuple(
-            StoredSubscription(
-                topic_filter=f,
-                qos=q,
-                no_local=nl,
-                retain_as_published=rap,
-                retain_handling=rh,
-                subscription_id=sid,
-                selector=selector,
-            )
-            for (f, q, nl, rap, rh, sid), selector in zip(s.subscriptions, selectors, strict=True)
-        ),
-    )
-
-
-_decode_extra = msgspec.msgpack.Decoder(tuple[bool, list[int]]).decode
-
-
-# -- the batch -----------------------------------------------------------------------------
-
-
-class _Gone:
-    """An entry removed in this batch: its row is deleted at commit."""
-
-
-_GONE = _Gone()
-
-
-@dataclass(slots=True)
-class _Batch:
-    """Changes recorded since the last commit, coalesced by key."""
-
-    messages: dict[int, Message] = field(default_factory=dict)
-    # (queue, message id) -> (seq, entry) to write, or _GONE to delete
-    entries: dict[tuple[str, int], tuple[int, StoredEntry] | _Gone] = field(default_factory=dict)
-    # keys first enqueued in this batch (not on disk): removing one cancels it
-    fresh: set[tuple[str, int]] = field(default_factory=set)
-    dropped_queues: list[str] = field(default_factory=list)
-    sessions: dict[str, SessionState | None] = field(default_factory=dict)
-    incomplete: dict[tuple[str, int], bool] = field(default_factory=dict)
-    retained: dict[str, Message | None] = field(default_factory=dict)
-    durable: dict[str, str | None] = field(default_factory=dict)
-    callbacks: list[DurableCallback] = field(default_factory=list)
-    wait: bool = False
-
-    def empty(self) -> bool:
-        return not (
-            self.entries
-            or self.dropped_queues
-            or self.sessions
-            or self.incomplete
-            or self.retained
-            or self.durable
-        )
-
-    def absorb(self, newer: _Batch) -> int:
-        """Apply ``newer``'s changes (recorded after this batch's) on top of this one,
-        as if they had been recorded into it; returns how many entries cancel out.
-
-        A batch whose commit failed is kept this way: it is written together with
-        what came after it, so the acknowledgements that followed (their removals
-        free space) can make the retry fit on a full disk.
-        """
-        cancelled = 0
-        entries, fresh = self.entries, self.fresh
-        for queue in newer.dropped_queues:
-            for key in [k for k in entries if k[0] == queue]:
-                fresh.discard(key)
-                del entries[key]
-            self.dropped_queues.append(queue)
-        for key, held in newer.entries.items():
-            old = entries.get(key)
-            if isinstance(held, _Gone):
-                if key in fresh:  # written by neither: never reaches the disk
-                    fresh.discard(key)
-                    del entries[key]
-                    cancelled += 1
-                else:
-                    entries[key] = held
-                continue
-            seq, entry = held
-            if seq < 0:  # an update: keep the write this batch already has
-                if isinstance(old, _Gone):
-                    continue
-                if old is not None:
-                    seq = old[0]
-            elif old is None and key in newer.fresh:
-                fresh.add(key)
-            entries[key] = (seq, entry)
-        self.messages.update(newer.messages)
-        self.sessions.update(newer.sessions)
-        for key, held_now in newer.incomplete.items():
-            if key[1] < 0:  # the session ended: every earlier id of it goes
-                for old_key in [k for k in self.incomplete if k[0] == key[0]]:
-                    del self.incomplete[old_key]
-            self.incomplete.pop(key, None)  # keep the order: newer changes apply last
-            self.incomplete[key] = held_now
-        self.retained.update(newer.retained)
-        self.durable.update(newer.durable)
-        self.callbacks.extend(newer.callbacks)
-        # Nobody waits for this batch's own changes any more (they were refused):
-        # only the newer batch's acknowledgements wait for the commit.
-        self.wait = newer.wait
-        return cancelled
-
-
 @dataclass(slots=True)
 class CommitStats:
     commits: int = 0
@@ -358,7 +142,7 @@ class SQLiteStore:
         self.stats = CommitStats()
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
-        self._batch = _Batch()
+        self._batch = Batch()
         self._seq = 0
         self._available = True
         # Batches with callbacks handed to the writer and not yet committed.
@@ -380,7 +164,7 @@ class SQLiteStore:
         refuses it, the file is left exactly as it was."""
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            self._lock()
+            self._lock_fd = lock(self.dir)
         except OSError as exc:
             raise StoreError(f"cannot lock the data directory {self.dir}: {exc}") from None
         existed = self.path.exists() and self.path.stat().st_size > 0
@@ -392,7 +176,7 @@ class SQLiteStore:
             self._unlock()
             raise StoreError(f"cannot open the store {self.path}: {exc}") from None
         try:
-            version = self._check(db, existed)
+            version = check(db, self.path, existed)
             if version == 0:
                 # A new database. Incremental vacuum lets the writer give freed pages
                 # back to the file system; it can only be chosen before any table.
@@ -426,66 +210,10 @@ class SQLiteStore:
             ) from None
         self._db = db
 
-    def _lock(self) -> None:
-        lock_path = self.dir / LOCK_NAME
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise StoreError(
-                f"the data directory {self.dir} is in use by another gateway "
-                f"(pid {holder}, lock {lock_path})"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
-
     def _unlock(self) -> None:
         if self._lock_fd is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-                os.close(self._lock_fd)
+            unlock(self._lock_fd)
             self._lock_fd = None
-
-    def _check(self, db: sqlite3.Connection, existed: bool) -> int:
-        """Refuse a database this gateway cannot use; returns its schema version."""
-        try:
-            version: int = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"the store {self.path} was written by a newer gateway (schema "
-                    f"{version}; this one reads up to {SCHEMA_VERSION}); refusing to start"
-                )
-            if version == 0 and db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-                raise StoreError(
-                    f"{self.path} is a database with tables but no gateway schema version: "
-                    "not a gateway store (or one from an unreleased build); it was left as "
-                    "it is. Move it away to start empty."
-                )
-            if existed:
-                page = db.execute("PRAGMA page_size").fetchone()[0]
-                size = self.path.stat().st_size
-                if size % page:
-                    raise StoreError(
-                        f"the store {self.path} is corrupt (its size, {size} bytes, is not a "
-                        f"whole number of {page}-byte pages: it was truncated); it was left "
-                        "as it is. Restore it from a backup or move it away to start empty."
-                    )
-                problems = [row[0] for row in db.execute("PRAGMA quick_check")]
-                if problems != ["ok"]:
-                    raise StoreError(
-                        f"the store {self.path} is corrupt ({'; '.join(problems[:3])}); it "
-                        "was left as it is. Restore it from a backup or move it away to "
-                        "start empty."
-                    )
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(
-                f"the store {self.path} is not a readable database ({exc}); it was left "
-                "as it is. Restore it from a backup or move it away to start empty."
-            ) from None
-        return version
 
     def close(self) -> bool:
         """Commit what is pending and release the lock; False if that commit failed
@@ -493,7 +221,7 @@ class SQLiteStore:
         first (``take_callbacks``) to run them on another thread than this one."""
         ok = True
         if self._db is not None:
-            batch, self._batch = self._batch, _Batch()
+            batch, self._batch = self._batch, Batch()
             try:
                 if not batch.empty():
                     self._write(batch)
@@ -523,7 +251,7 @@ class SQLiteStore:
     def enqueue(self, queue: str, message: Message, entry: StoredEntry, *, wait: bool) -> None:
         batch = self._batch
         key = (queue, entry.message_id)
-        if batch.entries.get(key) is _GONE:
+        if batch.entries.get(key) is GONE:
             batch.entries[key] = (self._seq, entry)  # removed then enqueued again: rewrite
         else:
             batch.fresh.add(key)
@@ -538,7 +266,7 @@ class SQLiteStore:
         batch = self._batch
         key = (queue, entry.message_id)
         held = batch.entries.get(key)
-        if isinstance(held, _Gone):
+        if isinstance(held, Gone):
             return
         seq = held[0] if held is not None else -1  # -1: keep the stored seq
         batch.entries[key] = (seq, entry)
@@ -555,7 +283,7 @@ class SQLiteStore:
             del batch.entries[key]
             self.stats.entries_cancelled += 1
             return
-        batch.entries[key] = _GONE
+        batch.entries[key] = GONE
         self._changed()
 
     def drop_queue(self, queue: str) -> None:
@@ -620,17 +348,17 @@ class SQLiteStore:
 
     # -- the writer ------------------------------------------------------------------------
 
-    def take_batch(self) -> _Batch | None:
+    def take_batch(self) -> Batch | None:
         """The current batch for the writer (None if it is empty), and a fresh one."""
         batch = self._batch
         if batch.empty() and not batch.callbacks:
             return None
-        self._batch = _Batch()
+        self._batch = Batch()
         if batch.callbacks:
             self._waiting += 1
         return batch
 
-    def commit(self, batch: _Batch) -> None:
+    def commit(self, batch: Batch) -> None:
         """Write ``batch`` in one transaction (runs in the writer thread). Raises sqlite3.Error."""
         started = time.perf_counter()
         self._write(batch)
@@ -646,7 +374,7 @@ class SQLiteStore:
         if len(stats.durations) > 1000:
             del stats.durations[:500]
 
-    def committed(self, batch: _Batch, ok: bool) -> None:
+    def committed(self, batch: Batch, ok: bool) -> None:
         """On the Trio thread after ``commit``: mark health, run the batch's callbacks."""
         if batch.callbacks:
             self._waiting -= 1
@@ -661,14 +389,14 @@ class SQLiteStore:
         self.last_error = error
         self.stats.failures += 1
 
-    def put_back(self, batch: _Batch) -> None:
+    def put_back(self, batch: Batch) -> None:
         """Keep a batch whose commit failed (after ``committed(batch, ok=False)``): it
         becomes the current batch again, with what was recorded since on top."""
         batch.callbacks.clear()
         self.stats.entries_cancelled += batch.absorb(self._batch)
         self._batch = batch
 
-    def untake(self, batch: _Batch) -> None:
+    def untake(self, batch: Batch) -> None:
         """Give back a batch taken but never written (the writer was cancelled before
         its thread ran): the current batch again, its callbacks still waiting, first."""
         if batch.callbacks:
@@ -680,7 +408,7 @@ class SQLiteStore:
         batch.wait = wait or batch.wait
         self._batch = batch
 
-    def _write(self, batch: _Batch) -> None:
+    def _write(self, batch: Batch) -> None:
         db = self._db
         assert db is not None, "the store is not open"
         db.execute("BEGIN IMMEDIATE")
@@ -693,7 +421,7 @@ class SQLiteStore:
                 db.execute("ROLLBACK")
             raise
 
-    def _apply(self, db: sqlite3.Connection, batch: _Batch) -> None:
+    def _apply(self, db: sqlite3.Connection, batch: Batch) -> None:
         for queue in batch.dropped_queues:
             gone = [
                 row[0]
@@ -706,12 +434,12 @@ class SQLiteStore:
         updates = []
         deletes = []
         for (queue, message_id), held in batch.entries.items():
-            if isinstance(held, _Gone):
+            if isinstance(held, Gone):
                 deletes.append((queue, message_id))
                 continue
             seq, entry = held
             extra = (
-                _encode((entry.retain, list(entry.subscription_ids)))
+                encode((entry.retain, list(entry.subscription_ids)))
                 if entry.retain or entry.subscription_ids
                 else None
             )
@@ -728,7 +456,7 @@ class SQLiteStore:
         if written:
             db.executemany(
                 "INSERT OR IGNORE INTO messages (id, data, crc) VALUES (?, ?, ?)",
-                [_with_crc(mid, encode_message(batch.messages[mid])) for mid in written],
+                [with_crc(mid, encode_message(batch.messages[mid])) for mid in written],
             )
         if inserts:
             db.executemany(
@@ -749,7 +477,7 @@ class SQLiteStore:
             else:
                 db.execute(
                     "INSERT OR REPLACE INTO sessions (client_id, data) VALUES (?, ?)",
-                    (client_id, _encode_session(state)),
+                    (client_id, encode_session(state)),
                 )
         for (client_id, wire_id), held_now in batch.incomplete.items():
             if wire_id < 0:
@@ -769,7 +497,7 @@ class SQLiteStore:
             else:
                 db.execute(
                     "INSERT OR REPLACE INTO retained (topic, data, crc) VALUES (?, ?, ?)",
-                    _with_crc(topic, encode_message(message)),
+                    with_crc(topic, encode_message(message)),
                 )
         for name, topic_filter in batch.durable.items():
             if topic_filter is None:
@@ -852,12 +580,12 @@ class SQLiteStore:
         assert db is not None, "the store is not open"
         snapshot = Snapshot()
         for message_id, data, crc in db.execute("SELECT id, data, crc FROM messages"):
-            snapshot.messages[message_id] = decode_message(_checked(data, crc, message_id))
+            snapshot.messages[message_id] = decode_message(checked(data, crc, message_id))
         for queue, message_id, qos, count, wire_id, stage, extra in db.execute(
             "SELECT queue, message_id, qos, count, wire_id, stage, extra "
             "FROM entries ORDER BY queue, seq"
         ):
-            retain, ids = _decode_extra(extra) if extra is not None else (False, [])
+            retain, ids = decode_extra(extra) if extra is not None else (False, [])
             snapshot.queues.setdefault(queue, []).append(
                 StoredEntry(
                     message_id=message_id,
@@ -870,11 +598,11 @@ class SQLiteStore:
                 )
             )
         for client_id, data in db.execute("SELECT client_id, data FROM sessions"):
-            snapshot.sessions[client_id] = _decode_session_state(client_id, data)
+            snapshot.sessions[client_id] = decode_session_state(client_id, data)
         for client_id, wire_id in db.execute("SELECT client_id, wire_id FROM incomplete"):
             snapshot.incomplete.setdefault(client_id, set()).add(wire_id)
         for topic, data, crc in db.execute("SELECT topic, data, crc FROM retained"):
-            snapshot.retained[topic] = decode_message(_checked(data, crc, topic))
+            snapshot.retained[topic] = decode_message(checked(data, crc, topic))
         for name, topic_filter in db.execute(
             "SELECT name, topic_filter FROM durable_subscriptions"
         ):

@@ -123,10 +123,6 @@ class CommitStats:
     entries_cancelled: int = 0
     failures: int = 0
     pages_reclaimed: int = 0
-    last_batch: int = 0
-    last_commit_seconds: float = 0.0
-    # recent commit durations, for the benchmarks and metrics
-    durations: list[float] = field(default_factory=list)
     # every commit's duration (seconds) and size (entries), as histograms for the metrics
     commit_seconds: Buckets = field(default_factory=lambda: Buckets(LATENCY_BOUNDS))
     batch_entries: Buckets = field(default_factory=lambda: Buckets(BATCH_BOUNDS))
@@ -147,7 +143,6 @@ class SQLiteStore:
         self._available = True
         # Batches with callbacks handed to the writer and not yet committed.
         self._waiting = 0
-        self.max_bytes: int | None = None
         self.last_error: str | None = None
         # Set by the writer to be woken when a batch gets its first change.
         self.wakeup: Any = None
@@ -192,7 +187,6 @@ class SQLiteStore:
             if max_bytes is not None:
                 page = db.execute("PRAGMA page_size").fetchone()[0]
                 db.execute(f"PRAGMA max_page_count={max(16, max_bytes // page)}")
-                self.max_bytes = max_bytes
             row = db.execute("SELECT max(seq) FROM entries").fetchone()
             self._seq = (row[0] or 0) + 1
             # 2 = incremental (chosen at creation); another database keeps its pages.
@@ -363,16 +357,12 @@ class SQLiteStore:
         started = time.perf_counter()
         self._write(batch)
         elapsed = time.perf_counter() - started
+        written = len(batch.entries)
         stats = self.stats
         stats.commits += 1
-        stats.last_batch = len(batch.entries)
-        stats.entries_written += len(batch.entries)
-        stats.last_commit_seconds = elapsed
-        stats.durations.append(elapsed)
+        stats.entries_written += written
         stats.commit_seconds.observe(elapsed)
-        stats.batch_entries.observe(len(batch.entries))
-        if len(stats.durations) > 1000:
-            del stats.durations[:500]
+        stats.batch_entries.observe(written)
 
     def committed(self, batch: Batch, ok: bool) -> None:
         """On the Trio thread after ``commit``: mark health, run the batch's callbacks."""
@@ -608,14 +598,6 @@ class SQLiteStore:
         ):
             snapshot.durable_subscriptions[name] = topic_filter
         return snapshot
-
-    def size(self) -> int:
-        """Bytes on disk: the database and its write-ahead log."""
-        total = 0
-        for path in (self.path, self.path.with_name(DB_NAME + "-wal")):
-            with contextlib.suppress(OSError):
-                total += path.stat().st_size
-        return total
 
 
 async def run_writer(store: SQLiteStore, log: Any) -> None:

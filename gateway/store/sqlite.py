@@ -245,11 +245,9 @@ class SQLiteStore:
     def enqueue(self, queue: str, message: Message, entry: StoredEntry, *, wait: bool) -> None:
         batch = self._batch
         key = (queue, entry.message_id)
-        if batch.entries.get(key) is GONE:
-            batch.entries[key] = (self._seq, entry)  # removed then enqueued again: rewrite
-        else:
+        if batch.entries.get(key) is not GONE:  # GONE: removed then enqueued again, on disk
             batch.fresh.add(key)
-            batch.entries[key] = (self._seq, entry)
+        batch.entries[key] = (self._seq, entry)
         self._seq += 1
         batch.messages[entry.message_id] = message
         if wait:

@@ -52,6 +52,11 @@ def queue_policy(queue: QueueConfig) -> QueuePolicy:
     )
 
 
+def session_queue_policy(config: Config) -> QueuePolicy:
+    """The policy of every session's queue (``[gateway] max_queued_messages``)."""
+    return QueuePolicy(max_length=config.gateway.max_queued_messages)
+
+
 def build_store(config: Config) -> Store:
     if config.gateway.durability == "memory" and not any(
         queue.durability not in (None, "memory") for queue in config.queues
@@ -64,7 +69,7 @@ def build_broker(config: Config, store: Store | None = None) -> Broker:
     return Broker(
         store=store,
         durability=config.gateway.durability,
-        session_queue=QueuePolicy(max_length=config.gateway.max_queued_messages),
+        session_queue=session_queue_policy(config),
         queues=[(queue.name, queue_policy(queue)) for queue in config.queues],
         auto_create_queues=config.gateway.auto_create_queues,
         router=build_router(config),
@@ -338,7 +343,7 @@ class Gateway:
             self.auth.store = plan.users
         broker.set_acl(plan.acl)
         broker.auto_create_queues = new.gateway.auto_create_queues
-        broker.session_queue_policy = QueuePolicy(max_length=new.gateway.max_queued_messages)
+        broker.session_queue_policy = session_queue_policy(new)
         for queue in new.queues:
             policy = queue_policy(queue)
             existing = broker.queues.get(queue.name)

@@ -20,7 +20,8 @@ from .config_schema import (
     parse_bind,
     parse_duration,
 )
-from .core.routing import RouteError, Router
+from .core.message import Kind
+from .core.routing import RouteError, Router, parse_destination
 
 if TYPE_CHECKING:
     from .auth.acl import Acl
@@ -283,10 +284,8 @@ def _validate_routes(config: Config) -> None:
 
 
 def _webhook_destination_problem(config: Config, destination: str) -> str | None:
-    # The neutral address form of http_mapping.parse_destination (config imports no
-    # listener): "$queue/NAME" or a topic name.
-    if destination.startswith("$queue/") and len(destination) > len("$queue/"):
-        queue = destination[len("$queue/") :]
+    kind, queue = parse_destination(destination)  # "$queue/NAME" or a topic name
+    if kind is Kind.QUEUE:
         if queue.startswith("$"):
             return "a queue name must not start with '$'"
         declared = {item.name for item in config.queues}
